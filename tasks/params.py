@@ -1,0 +1,146 @@
+"""`params.yaml`, read once into frozen, typed sections.
+
+The rest of the code receives these objects, never dicts or config paths. Sections that
+shape the data are listed under `params:` in `dvc.yaml`; `runtime` only changes speed and
+is never a DVC param, so tuning it never invalidates a dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Paths(Section):
+    input: str = Field(description="folder of images, or any fsspec URL of one")
+    manifest: str = Field("", description="CSV/Parquet manifest with `path` and optional prior labels")
+    ingest: str = "data/ingest"
+    crop: str = "data/crop"
+    prompt: str = "data/prompt"
+    sample: str = "data/sample_runs"
+    verify: str = "data/verify"
+    feid: str = "data/feid"
+    metrics: str = "metrics"
+    plots: str = "plots"
+
+
+class Ingest(Section):
+    source: str = Field("unknown", description="`source` for rows whose manifest does not name one")
+    max_bytes: int = Field(20_000_000, gt=0)
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"]
+    label_set: list[str] = Field(default_factory=list, description="expression classes the prior labels come from")
+    au_set: list[str] = Field(default_factory=list, description="AUs the prior labels cover")
+
+
+class Crop(Section):
+    detector: Literal["yuface", "none"] = "yuface"
+    min_score: float = Field(0.6, ge=0, le=1)
+    min_size: int = Field(24, ge=1)
+    max_side: int = Field(960, ge=64)
+    margin: float = Field(0.3, ge=0, le=1)
+    crop_size: int = Field(256, ge=32)
+    faces: Literal["all", "largest"] = "all"
+    max_error_rate: float = Field(0.5, ge=0, le=1)
+
+
+class Prompt(Section):
+    version: str = "seke-v1"
+    knowledge: bool = True
+    blind: bool = True
+
+
+class LocalAnnotator(Section):
+    classifiers: list[Literal["fer", "facex"]] = ["fer", "facex"]
+    tta: bool = True
+
+
+class Annotator(Section):
+    backend: Literal["local", "openai"] = "local"
+    model: str = "local-ensemble-v1"
+    temperature: float = Field(1.0, ge=0)
+    local: LocalAnnotator = LocalAnnotator()
+
+
+class Sample(Section):
+    k0: int = Field(3, ge=1)
+    dk: int = Field(2, ge=1)
+    kmax: int = Field(7, ge=1)
+    seed: int = 1234
+    stop_vote_share: float = Field(0.8, ge=0, le=1)
+    stop_min_samples: int = Field(3, ge=1)
+    max_error_rate: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _k(self) -> "Sample":
+        if self.kmax < self.k0:
+            raise ValueError(f"sample.kmax ({self.kmax}) must be >= sample.k0 ({self.k0})")
+        return self
+
+
+class Verify(Section):
+    min_vote_share: float = Field(0.6, ge=0, le=1)
+    max_entropy: float = Field(1.2, ge=0)
+    max_va_std: float = Field(0.35, ge=0)
+    max_au_entropy: float = Field(0.8, ge=0, le=1)
+    min_prior_agreement: float = Field(0.5, ge=0, le=1)
+    min_consistency: float = Field(0.25, ge=0, le=1)
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    use_consistency: bool = True
+    use_priors: bool = True
+    au_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class Export(Section):
+    min_rows: int = Field(1, ge=0)
+
+
+class Expectations(Section):
+    max_class_share: float = Field(0.95, gt=0, le=1)
+    min_classes: int = Field(1, ge=0)
+
+
+class Runtime(Section):
+    cache: str = ".seke/cache"
+    concurrency: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=1)
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(4, ge=0)
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+
+
+class Params(Section):
+    paths: Paths
+    ingest: Ingest = Ingest()
+    crop: Crop = Crop()
+    prompt: Prompt = Prompt()
+    annotator: Annotator = Annotator()
+    sample: Sample = Sample()
+    verify: Verify = Verify()
+    export: Export = Export()
+    expectations: Expectations = Expectations()
+    runtime: Runtime = Runtime()
+
+    def data_digest(self) -> str:
+        """Hash of everything that shapes the data (all sections but `paths` and `runtime`)."""
+        d = self.model_dump(mode="json", exclude={"paths", "runtime"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `params.yaml`; errors name the offending key."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: run from the project root or pass --params")
+    return Params.model_validate(yaml.safe_load(p.read_text()) or {})
