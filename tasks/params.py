@@ -70,6 +70,13 @@ class Annotator(Section):
     model: str = "local-ensemble-v1"
     temperature: float = Field(1.0, ge=0)
     local: LocalAnnotator = LocalAnnotator()
+    # openai backend (endpoint and key come only from the environment, never from here)
+    max_n: int = Field(8, ge=1, description="at most this many samples (`n`) per request")
+    image_detail: Literal["auto", "low", "high"] = "auto"
+    max_output_tokens: int = Field(0, ge=0, description="max_completion_tokens per answer; 0 = not sent")
+    price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens")
+    price_out_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
+    budget_usd: float = Field(0.0, ge=0, description="stop the run before spending more; 0 = no limit")
 
 
 class Sample(Section):
@@ -77,8 +84,11 @@ class Sample(Section):
     dk: int = Field(2, ge=1)
     kmax: int = Field(7, ge=1)
     seed: int = 1234
-    stop_vote_share: float = Field(0.8, ge=0, le=1)
     stop_min_samples: int = Field(3, ge=1)
+    stop_vote_share: float = Field(0.8, ge=0, le=1)
+    stop_max_entropy: float = Field(1.0, ge=0)
+    stop_max_va_std: float = Field(0.25, ge=0)
+    stop_max_au_entropy: float = Field(0.6, ge=0, le=1)
     max_error_rate: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -118,6 +128,10 @@ class Runtime(Section):
     max_retries: int = Field(4, ge=0)
     requests_per_minute: int = Field(0, ge=0)
     tokens_per_minute: int = Field(0, ge=0)
+    retry_base_s: float = Field(1.0, gt=0, description="first backoff delay; doubles per retry, with jitter")
+    retry_max_s: float = Field(60.0, gt=0, description="cap on one backoff delay (Retry-After included)")
+    max_consecutive_failures: int = Field(20, ge=0, description="stop the run after this many failed calls in a row; 0 = never")
+    progress_every_s: float = Field(10.0, gt=0, description="log progress at most this often")
 
 
 class Params(Section):
