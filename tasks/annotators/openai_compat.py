@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletion
 
 from tasks.annotators.base import Annotator, AnnotatorStop, Call, CallResult, RawAnswer
 
@@ -371,7 +372,15 @@ class OpenAIAnnotator(Annotator):
                 self.stats["image_sends"] += 1
                 prog.requests += 1
                 try:
-                    return await client.chat.completions.create(**kw)
+                    # `client.post` (the SDK's documented route for raw bodies) rather than
+                    # `chat.completions.create`: the latter walks the whole body, JSON schema
+                    # included, through its type transformer, ~2 ms of CPU per request, which
+                    # caps throughput at high concurrency. Headers, auth, Azure routing and
+                    # error types are the same.
+                    t_req = time.perf_counter()
+                    resp = await client.post("/chat/completions", body=kw, cast_to=ChatCompletion)
+                    prog_latency = (time.perf_counter() - t_req) * 1e3
+                    return resp, prog_latency
                 except openai.BadRequestError as e:
                     about = self._bad_request_about(e)
                     if about == "response_format" and mode < len(MODES) - 1:
@@ -409,16 +418,17 @@ class OpenAIAnnotator(Annotator):
         t0 = time.perf_counter()
         data_urls = {"url": f"data:{_mime(call.image)};base64,{base64.b64encode(call.image).decode()}"}
         answers: list[RawAnswer] = []
-        usage = {"in": 0, "out": 0}
+        usage = {"in": 0, "out": 0, "ms": 0.0}
 
         async def chunk(items: list[tuple[int, int]]) -> None:
             while items:
                 n = max(1, min(len(items), self.a.max_n, self.endpoint.n_cap))
                 part = items[:n]
                 try:
-                    resp = await self._request(client, call, data_urls, n, part[0][1], prog)
+                    resp, ms = await self._request(client, call, data_urls, n, part[0][1], prog)
                 except _NCapped:
                     continue
+                usage["ms"] += ms
                 choices = sorted(resp.choices or [], key=lambda c: c.index)[:n]
                 if resp.usage is not None:
                     usage["in"] += resp.usage.prompt_tokens or 0
@@ -460,7 +470,7 @@ class OpenAIAnnotator(Annotator):
             w = min(1.0, len(answers) / self._out_seen)
             self._out_per_answer += w * (usage["out"] / len(answers) - self._out_per_answer)
         return CallResult(call=call, answers=answers, tokens_in=usage["in"], tokens_out=usage["out"],
-                          latency_ms=(time.perf_counter() - t0) * 1e3, cost_usd=cost, error=error)
+                          latency_ms=usage["ms"] or (time.perf_counter() - t0) * 1e3, cost_usd=cost, error=error)
 
     # -- the run --------------------------------------------------------------------
     async def _main(self, calls: Iterable[Call], out: "queue.Queue", prog: _Progress) -> str | None:
