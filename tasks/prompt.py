@@ -105,7 +105,7 @@ def make_request(k: Knowledge, face: FaceRecord, variant: str, ask: tuple[str, .
     rid = hashlib.sha256(canon.encode()).hexdigest()
     return RequestRecord(request_id=rid, face_id=face.face_id, variant=variant, ask=list(ask),
                          prompt_version=version, messages_json=json.dumps(messages),
-                         schema_json=json.dumps(schema), image_sha256=face.crop_sha256)
+                         answer_schema=json.dumps(schema), image_sha256=face.crop_sha256)
 
 
 def requests_for(k: Knowledge, face: FaceRecord, version: str, knowledge: bool,

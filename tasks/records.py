@@ -142,7 +142,7 @@ class RequestRecord(Record):
     ask: list[str]
     prompt_version: str
     messages_json: str = Field(description="OpenAI chat messages; the image part is {'type':'image_ref','sha256':...}")
-    schema_json: str = Field(description="JSON schema of the answer")
+    answer_schema: str = Field(description="JSON schema of the answer")
     image_sha256: str
 
 

@@ -1,0 +1,154 @@
+"""The suites. Each stage maps to frames; each frame to a list of expectations.
+
+The column sets come from the records (tasks.records), the value sets from the knowledge
+files, and the bounds from params.yaml (`expectations` section), so nothing is written
+twice.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import pandas as pd
+
+from tasks.knowledge import AUS, EXPRESSIONS
+from tasks.params import Params
+from tasks.records import (CropStatus, FaceRecord, FeidRecord, ImageRecord, QuarantineRecord, RequestRecord,
+                           SampleRecord, Verdict)
+
+log = logging.getLogger(__name__)
+
+
+class ExpectationsFailed(RuntimeError):
+    pass
+
+
+def _va(gxe, cols=("valence", "arousal")):
+    return [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=-1.0, max_value=1.0) for c in cols]
+
+
+def _unit(gxe, col):
+    return gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0.0, max_value=1.0)
+
+
+# Byte and long-text columns are not loaded into the frames GX validates.
+HEAVY = ("crop", "raw", "messages_json", "answer_schema", "conversations", "image")
+
+
+def _columns(gxe, record):
+    return gxe.ExpectTableColumnsToMatchSet(column_set=[c for c in record.columns() if c not in HEAVY],
+                                            exact_match=False)
+
+
+def _ingest(gxe, p: Params, n: dict):
+    return {
+        "images": [_columns(gxe, ImageRecord), gxe.ExpectColumnValuesToBeUnique(column="id"),
+                   gxe.ExpectColumnValuesToNotBeNull(column="id"),
+                   gxe.ExpectColumnValuesToBeInSet(column="prior_expression", value_set=list(EXPRESSIONS)),
+                   *_va(gxe, ("prior_valence", "prior_arousal")),
+                   gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1)],
+        "quarantine": [gxe.ExpectColumnValuesToNotBeNull(column="reason"),
+                       gxe.ExpectColumnValuesToNotBeNull(column="detail")],
+        "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
+    }
+
+
+def _crop(gxe, p: Params, n: dict):
+    return {
+        "faces": [_columns(gxe, FaceRecord), gxe.ExpectColumnValuesToBeUnique(column="face_id"),
+                  _unit(gxe, "score"), gxe.ExpectColumnValuesToBeBetween(column="box_w", min_value=0, strict_min=True)],
+        "images": [gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "no_face", "decode_error"]),
+                   gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+                   gxe.ExpectTableRowCountToEqual(value=n["images"])],
+    }
+
+
+def _prompt(gxe, p: Params, n: dict):
+    return {"requests": [_columns(gxe, RequestRecord), gxe.ExpectColumnValuesToBeUnique(column="request_id"),
+                         gxe.ExpectColumnValuesToBeInSet(column="variant", value_set=["primed", "blind", "plain"])]}
+
+
+def _sample(gxe, p: Params, n: dict):
+    return {"samples": [_columns(gxe, SampleRecord),
+                        gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+                        *_va(gxe), gxe.ExpectColumnValuesToBeBetween(column="sample_index", min_value=0),
+                        gxe.ExpectColumnValuesToBeInSet(column="status",
+                                                        value_set=["ok", "invalid", "refused", "truncated", "error"])],
+            "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))]}
+
+
+def _verify(gxe, p: Params, n: dict):
+    return {"verdicts": [_columns(gxe, Verdict), gxe.ExpectColumnValuesToBeUnique(column="face_id"),
+                         gxe.ExpectTableRowCountToEqual(value=n["faces"]), _unit(gxe, "confidence"),
+                         gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+                         *_va(gxe)],
+            "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))]}
+
+
+def _export(gxe, p: Params, n: dict):
+    e = p.expectations
+    return {
+        "feid": [_columns(gxe, FeidRecord), gxe.ExpectColumnValuesToBeUnique(column="id"),
+                 gxe.ExpectColumnValuesToNotBeNull(column="expression"),
+                 gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+                 *_va(gxe), gxe.ExpectColumnValuesToNotBeNull(column="valence"),
+                 _unit(gxe, "confidence"), _unit(gxe, "expression_confidence"),
+                 gxe.ExpectTableRowCountToEqual(value=n["accepted"]),
+                 gxe.ExpectTableRowCountToBeBetween(min_value=p.export.min_rows)],
+        "rejects": [gxe.ExpectTableRowCountToEqual(value=n["faces"] - n["accepted"])],
+        "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
+        "label_distribution": [
+            gxe.ExpectColumnValuesToBeBetween(column="share", min_value=0.0, max_value=e.max_class_share),
+            gxe.ExpectTableRowCountToBeBetween(min_value=e.min_classes)],
+    }
+
+
+SUITES: dict[str, Callable] = {"ingest": _ingest, "crop": _crop, "prompt": _prompt, "sample": _sample,
+                               "verify": _verify, "export": _export}
+
+
+def au_frame(df: pd.DataFrame, col: str = "aus") -> pd.DataFrame:
+    """One row per AU code named in a list column (GX expectations work on scalar columns)."""
+    codes = [a for lst in df[col].dropna() for a in lst] if col in df else []
+    return pd.DataFrame({"au": pd.Series(codes, dtype="object")})
+
+
+def label_distribution(df: pd.DataFrame, col: str = "expression") -> pd.DataFrame:
+    vc = df[col].value_counts(normalize=True) if len(df) else pd.Series(dtype=float)
+    return pd.DataFrame({"expression": vc.index.astype(str), "share": vc.values.astype(float)})
+
+
+def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: dict | None = None) -> dict:
+    """Validate a stage's frames; return {suite, success, evaluated, failed: [...]} or raise."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    suites = SUITES[stage](gxe, params, counts or {})
+    ctx = gx.get_context(mode="ephemeral")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ds = ctx.data_sources.add_pandas(name=f"seke_{stage}")
+    failed: list[str] = []
+    evaluated = 0
+    for frame, expectations in suites.items():
+        if frame not in frames:
+            raise KeyError(f"suite {stage} expects a frame {frame!r}; got {sorted(frames)}")
+        asset = ds.add_dataframe_asset(name=frame)
+        batch = asset.add_batch_definition_whole_dataframe(f"{frame}_all").get_batch(
+            batch_parameters={"dataframe": frames[frame]})
+        suite = gx.ExpectationSuite(name=f"{stage}.{frame}", expectations=expectations)
+        res = batch.validate(suite)
+        for r in res.results:
+            evaluated += 1
+            if not r.success:
+                cfg = r.expectation_config
+                kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+                detail = {k: r.result.get(k) for k in ("observed_value", "unexpected_count", "partial_unexpected_list")
+                          if r.result.get(k) is not None}
+                failed.append(f"{stage}.{frame}: {cfg.type} {kw} -> {detail}")
+    summary = {"suite": stage, "success": not failed, "evaluated": evaluated, "failed": len(failed)}
+    if failed:
+        raise ExpectationsFailed(f"{len(failed)} of {evaluated} expectations failed for stage {stage!r}:\n  "
+                                 + "\n  ".join(failed))
+    return summary

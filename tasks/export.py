@@ -1,0 +1,61 @@
+"""export: FEID, one instruction-data row per accepted face.
+
+Input: Verdict + FaceRecord (crop bytes). Output: FeidRecord (accepted faces) and the
+rejected Verdicts, with their reasons, in a table of their own. The `image` column is a
+struct of bytes and path, which Hugging Face `datasets` decodes as an Image feature.
+"""
+from __future__ import annotations
+
+from tasks.knowledge import AUS, Knowledge
+from tasks.records import FeidRecord, Image, Turn
+
+IMAGE = "<image>"
+
+
+def _au_text(k: Knowledge, aus: list[str]) -> str:
+    if not aus:
+        return "No action units are clearly active."
+    return ", ".join(f"{a} ({k.au_catalogue[a]['name']})" for a in aus) + "."
+
+
+def _va_words(v: float, a: float) -> str:
+    pv = "pleasant" if v > 0.2 else "unpleasant" if v < -0.2 else "neutral"
+    pa = "high" if a > 0.3 else "low" if a < -0.3 else "moderate"
+    return f"{pv} valence and {pa} arousal"
+
+
+def conversations(k: Knowledge, expression: str, valence: float, arousal: float, aus: list[str]) -> list[Turn]:
+    q_expr = (f"{IMAGE}\nWhat is the facial expression of this person? "
+              f"Answer with one of: {', '.join(k.expressions)}.")
+    q_va = "Estimate the valence and arousal of this face, each in [-1, 1]."
+    q_au = "Which facial action units (FACS) are active in this face?"
+    q_all = "Describe the emotion this face shows, with the facial evidence for it."
+    core, _ = k.prototype(expression)
+    shared = [a for a in aus if a in core]
+    evidence = (f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'} that reading."
+                if shared else "")
+    desc = (f"The face shows {expression}. {_au_text(k, aus)}{evidence} Its valence is {valence:+.2f} and its "
+            f"arousal {arousal:+.2f}, that is {_va_words(valence, arousal)}.")
+    pairs = [(q_expr, expression), (q_va, f"Valence: {valence:+.2f}, arousal: {arousal:+.2f}."),
+             (q_au, _au_text(k, aus)), (q_all, desc)]
+    out: list[Turn] = []
+    for q, a in pairs:
+        out += [Turn(**{"from": "human", "value": q}), Turn(**{"from": "gpt", "value": a})]
+    return out
+
+
+def feid_row(verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: str, prompt_version: str,
+             params_hash: str) -> FeidRecord:
+    probs = verdict["au_probs"] or [None] * len(AUS)
+    aus = list(verdict["aus"] or [])
+    expr_conf = verdict["vote_share"] if verdict["expression_source"] == "annotator" else 1.0
+    return FeidRecord(
+        id=verdict["face_id"],
+        image=Image(bytes=face["crop"], path=f"{verdict['face_id']}.jpg"),
+        source=face["source"], label_set=face["label_set"] or list(k.expressions), au_set=face["au_set"] or list(AUS),
+        expression=verdict["expression"], expression_confidence=float(expr_conf),
+        valence=verdict["valence"], arousal=verdict["arousal"], aus=aus,
+        au_probabilities=dict(zip(AUS, probs)), confidence=verdict["confidence"],
+        conversations=conversations(k, verdict["expression"], verdict["valence"], verdict["arousal"], aus),
+        annotator=annotator, model=model, prompt_version=prompt_version, params_hash=params_hash,
+        knowledge_version=k.digest)

@@ -1,0 +1,154 @@
+"""ingest: list images and their prior labels; quarantine what cannot be used.
+
+Input: a folder of images, or a manifest (CSV/Parquet with `path` and optional prior labels:
+`expression` [+ `label_scheme`], `valence`, `arousal`, `AUxx` columns, `source`, `subject`,
+`label_set`), on a local path or any fsspec URL. Output: ImageRecord per usable image,
+QuarantineRecord (with a reason) per unusable file. The image id is the SHA-256 of the bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import posixpath
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import fsspec
+from PIL import Image, UnidentifiedImageError
+
+from tasks.knowledge import Knowledge, UnknownLabel
+from tasks.params import Ingest
+from tasks.records import ImageRecord, QuarantineRecord
+
+
+@dataclass
+class Entry:
+    """One file to ingest: its path relative to the root, plus the manifest row (if any)."""
+    path: str
+    labels: dict
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def list_entries(root: str, manifest: str, extensions: Iterable[str]) -> Iterator[Entry]:
+    """Entries from the manifest if one is given, else every image file under `root`."""
+    if manifest:
+        import polars as pl
+
+        fs, mpath = fsspec.core.url_to_fs(manifest)
+        with fs.open(mpath, "rb") as fh:
+            data = fh.read()
+        df = (pl.read_parquet(io.BytesIO(data)) if mpath.endswith(".parquet")
+              else pl.read_csv(io.BytesIO(data), infer_schema_length=0))  # CSV: all strings, parsed below
+        if "path" not in df.columns:
+            raise ValueError(f"manifest {manifest} has no `path` column (columns: {df.columns})")
+        for row in df.iter_rows(named=True):
+            yield Entry(str(row.pop("path")), row)
+        return
+    fs, rpath = fsspec.core.url_to_fs(root)
+    exts = tuple(e.lower() for e in extensions)
+    for p in sorted(fs.find(rpath)):
+        if p.lower().endswith(exts):
+            yield Entry(posixpath.relpath(p, rpath), {})
+
+
+def resolve(root: str, rel: str) -> str | None:
+    """The URL of `rel` under `root`, or None if it points outside the root."""
+    if "://" in rel or rel.startswith("/"):
+        return None
+    norm = posixpath.normpath(rel)
+    if norm.startswith("..") or norm == ".":
+        return None
+    return f"{root.rstrip('/')}/{norm}"
+
+
+def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
+    """Prior labels of one manifest row, mapped to the project's label spaces. Raises
+    UnknownLabel / ValueError with a message naming the bad value."""
+    out: dict = {"prior_expression": None, "prior_valence": None, "prior_arousal": None,
+                 "prior_aus": None, "label_set": [], "au_set": []}
+    expr = labels.get("expression")
+    if not _is_missing(expr):
+        out["prior_expression"] = k.expression(expr, labels.get("label_scheme") or None)
+        ls = labels.get("label_set")
+        out["label_set"] = ([k.expression(x) for x in str(ls).split(",")] if not _is_missing(ls)
+                            else list(params.label_set or k.expressions))
+        if out["prior_expression"] not in out["label_set"]:
+            raise ValueError(f"expression {expr!r} is not in the row's label_set {out['label_set']}")
+    for key in ("valence", "arousal"):
+        v = labels.get(key)
+        if not _is_missing(v):
+            f = float(v)
+            if not -1.0 <= f <= 1.0:
+                raise ValueError(f"{key} {v!r} is outside [-1, 1]")
+            out[f"prior_{key}"] = f
+    if (out["prior_valence"] is None) != (out["prior_arousal"] is None):
+        raise ValueError("valence and arousal must be given together")
+    au_cols = {}
+    for col, v in labels.items():
+        if str(col).upper().startswith("AU") and not _is_missing(v):
+            au_cols[k.au_code(col)] = float(v)
+    if au_cols:
+        out["au_set"] = sorted(au_cols)
+        out["prior_aus"] = sorted(a for a, v in au_cols.items() if v > 0)
+    elif params.au_set:
+        raise ValueError("ingest.au_set is set but the row has no AU columns")
+    return out
+
+
+def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
+           read=None) -> Iterator[ImageRecord | QuarantineRecord]:
+    """Yield an ImageRecord or a QuarantineRecord for every entry, never dropping one."""
+    seen: dict[str, str] = {}
+    for e in entries:
+        url = resolve(root, e.path)
+        if url is None:
+            yield QuarantineRecord(path=e.path, reason="outside_root", detail=f"{e.path!r} is not under {root}")
+            continue
+        try:
+            fs, p = fsspec.core.url_to_fs(url)
+            size = fs.size(p)
+            if size is not None and size > params.max_bytes:
+                yield QuarantineRecord(path=e.path, reason="too_large",
+                                       detail=f"{size} bytes > ingest.max_bytes={params.max_bytes}")
+                continue
+            data = read(url) if read else fs.cat_file(p)
+        except (OSError, ValueError) as ex:
+            yield QuarantineRecord(path=e.path, reason="unreadable", detail=f"{type(ex).__name__}: {ex}")
+            continue
+        if len(data) == 0:
+            yield QuarantineRecord(path=e.path, reason="empty", detail="0 bytes")
+            continue
+        if len(data) > params.max_bytes:
+            yield QuarantineRecord(path=e.path, reason="too_large",
+                                   detail=f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}")
+            continue
+        try:
+            im = Image.open(io.BytesIO(data))
+            fmt, (w, h) = im.format or "unknown", im.size
+        except (UnidentifiedImageError, OSError) as ex:
+            yield QuarantineRecord(path=e.path, reason="not_an_image", detail=f"{type(ex).__name__}: {ex}")
+            continue
+        try:
+            im.load()  # full decode: catches truncated and corrupt files
+        except Exception as ex:  # PIL raises OSError, SyntaxError, ValueError... on corrupt data
+            yield QuarantineRecord(path=e.path, reason="unreadable", detail=f"corrupt {fmt}: {ex}")
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in seen:
+            yield QuarantineRecord(path=e.path, reason="duplicate", detail=f"same bytes as {seen[sha]}")
+            continue
+        try:
+            labels = parse_labels(k, e.labels, params)
+        except (UnknownLabel, ValueError) as ex:
+            yield QuarantineRecord(path=e.path, reason="bad_label", detail=str(ex))
+            continue
+        seen[sha] = e.path
+        src = e.labels.get("source")
+        subj = e.labels.get("subject")
+        yield ImageRecord(id=sha, path=e.path, uri=url, source=params.source if _is_missing(src) else str(src),
+                          subject=None if _is_missing(subj) else str(subj), width=w, height=h, format=fmt,
+                          n_bytes=len(data), **labels)

@@ -1,0 +1,128 @@
+"""sample (Monte Carlo, adaptive): answer each face's requests K times, K chosen per face.
+
+Input: FaceRecord (crop bytes, priors) and that face's RequestRecords. Output: one
+SampleRecord per sample drawn: parsed answer, raw answer, seed, index, status, annotator.
+
+Round 1 draws `k0` samples of every request of every face in a batch; then, while a face is
+not `verify.settled` and has fewer than `kmax` samples, `dk` more. Seeds are a pure function
+of (sample.seed, request id, index), and every raw answer goes through the response cache
+first, so `dvc repro` is reproducible and a re-run, or a run resumed after a crash, pays
+for nothing that had already succeeded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from tasks.annotators.base import Annotator, Call, CallResult
+from tasks.answer import parse
+from tasks.cache import ResponseCache
+from tasks.knowledge import AUS, Knowledge
+from tasks.params import Params
+from tasks.records import SampleRecord
+from tasks.verify import settled
+
+log = logging.getLogger(__name__)
+
+
+def seed_for(base: int, request_id: str, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}|{request_id}|{index}".encode()).digest()[:4], "big") >> 1
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    cached: int = 0
+    fresh: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    tokens_in: float = 0.0
+    tokens_out: float = 0.0
+    per_face_k: list[int] = field(default_factory=list)
+
+
+def _record(ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int,
+            error: str | None, cached: bool) -> dict:
+    base = dict(face_id=face_id, request_id=req["request_id"], variant=req["variant"], sample_index=index,
+                seed=seed, annotator=ann.name, annotator_version=ann.version, model=ann.model, cached=cached)
+    if entry is None:
+        return SampleRecord(**base, status="error", error=error or "no answer").model_dump()
+    p = parse(entry.get("text"), tuple(req["ask"]), entry.get("finish_reason"), entry.get("refusal"))
+    au_probs = None
+    if p.aus is not None:
+        au_probs = [1.0 if a in p.aus else 0.0 for a in AUS]
+    return SampleRecord(**base, status=p.status, error=p.error, raw=entry.get("text"), expression=p.expression,
+                        valence=p.valence, arousal=p.arousal, aus=p.aus, au_probs=au_probs,
+                        rationale=p.rationale, tokens_in=round(entry.get("tokens_in", 0)),
+                        tokens_out=round(entry.get("tokens_out", 0)), latency_ms=entry.get("latency_ms", 0.0),
+                        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
+
+
+def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annotator, cache: ResponseCache,
+                 params: Params, k: Knowledge, tally: Tally) -> Iterator[dict]:
+    """Adaptive Monte Carlo sampling for one batch of faces; yields SampleRecord dicts,
+    grouped by face, in the faces' order."""
+    sp = params.sample
+    drawn: dict[str, list[dict]] = {f["face_id"]: [] for f in faces}
+    open_faces = [f for f in faces if requests.get(f["face_id"])]
+    size = sp.k0
+    while open_faces:
+        calls: list[Call] = []
+        for f in open_faces:
+            for req in requests[f["face_id"]]:
+                have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
+                idx = tuple(range(have, min(have + size, sp.kmax)))
+                if not idx:
+                    continue
+                seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
+                missing_i, missing_s = [], []
+                for i, s in zip(idx, seeds):
+                    e = cache.get(req["request_id"], i, s)
+                    if e is not None:
+                        tally.cached += 1
+                        drawn[f["face_id"]].append(_record(ann, f["face_id"], req, e, i, s, None, True))
+                    else:
+                        missing_i.append(i)
+                        missing_s.append(s)
+                if missing_i:
+                    calls.append(Call(request_id=req["request_id"], face_id=f["face_id"],
+                                      messages=json.loads(req["messages_json"]), schema=json.loads(req["answer_schema"]),
+                                      ask=tuple(req["ask"]), image=f["crop"], indices=tuple(missing_i),
+                                      seeds=tuple(missing_s)))
+        by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
+        for res in ann.run(calls):
+            _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
+        still = []
+        for f in open_faces:
+            got = drawn[f["face_id"]]
+            n_per_req = min(sum(1 for x in got if x["request_id"] == r["request_id"]) for r in requests[f["face_id"]])
+            if n_per_req < sp.kmax and not settled(f, got, k, sp):
+                still.append(f)
+        open_faces = still
+        size = sp.dk
+    for f in faces:
+        got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
+        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got), default=0))
+        yield from got
+
+
+def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,
+            drawn: dict[str, list[dict]], tally: Tally) -> None:
+    tally.calls += 1
+    fid = res.call.face_id
+    if res.error is not None:
+        tally.failed += len(res.call.indices)
+        for i, s in zip(res.call.indices, res.call.seeds):
+            drawn[fid].append(_record(ann, fid, req, None, i, s, res.error, False))
+        return
+    entries = {e["index"]: e for e in cache.put(res)}
+    tally.fresh += len(entries)
+    tally.cost_usd += res.cost_usd
+    tally.tokens_in += res.tokens_in
+    tally.tokens_out += res.tokens_out
+    for i, s in zip(res.call.indices, res.call.seeds):
+        e = entries.get(i)
+        drawn[fid].append(_record(ann, fid, req, e, i, s, None if e else "the annotator returned no answer for this index", False))

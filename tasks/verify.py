@@ -1,0 +1,211 @@
+"""verify (SV-UAMC): aggregate each face's Monte Carlo samples and accept or reject it.
+
+Input: the face (its priors) and its SampleRecords. Output: a Verdict with the aggregated
+labels, every uncertainty measure, and either `accepted` with a confidence in [0, 1] or the
+reasons for rejection. The same aggregation drives the sample stage's adaptive stopping
+(`settled`), so "certain enough to stop sampling" and "certain enough to accept" are
+measured by one piece of code.
+
+Samples of variant `primed`/`plain` provide the generated granularities; `blind` samples,
+asked everything with no priors shown, are compared against the face's known labels
+(self-verification against priors).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from tasks.knowledge import AUS, Knowledge
+from tasks.params import Sample as SampleParams
+from tasks.params import Verify
+from tasks.records import Verdict
+
+REASONS = ("api_failure", "no_samples", "uncertain_expression", "va_spread", "au_entropy",
+           "prior_disagreement", "knowledge_conflict", "low_confidence", "incomplete")
+
+
+def entropy_bits(counts: Iterable[int]) -> float:
+    c = [x for x in counts if x > 0]
+    n = sum(c)
+    return -sum(x / n * math.log2(x / n) for x in c) if n else 0.0
+
+
+def binary_entropy(p: float) -> float:
+    if p <= 0 or p >= 1:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+@dataclass
+class Stats:
+    """Everything measured on one face's samples (before any decision)."""
+    n_samples: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+    expression: str | None = None
+    expression_source: str | None = None
+    vote_share: float | None = None
+    entropy: float | None = None
+    valence: float | None = None
+    arousal: float | None = None
+    valence_std: float | None = None
+    arousal_std: float | None = None
+    va_source: str | None = None
+    au_probs: list[float | None] = field(default_factory=lambda: [None] * len(AUS))
+    au_entropy: float | None = None
+    au_source: str | None = None
+    prior_agreement: float | None = None
+    consistency: float | None = None
+
+
+def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
+    s = Stats(n_samples=len(samples))
+    ok = [x for x in samples if x["status"] == "ok"]
+    s.n_ok, s.n_failed = len(ok), len(samples) - len(ok)
+    gen = [x for x in ok if x["variant"] != "blind"]
+    blind = [x for x in ok if x["variant"] == "blind"]
+
+    # expression
+    if face.get("prior_expression"):
+        s.expression, s.expression_source = face["prior_expression"], "prior"
+    else:
+        votes = Counter(x["expression"] for x in gen if x.get("expression"))
+        if votes:
+            (label, top), n = votes.most_common(1)[0], sum(votes.values())
+            # ties break towards the label set's order, so the result never depends on sample order
+            tied = [lab for lab, c in votes.items() if c == top]
+            label = min(tied, key=k.expressions.index)
+            s.expression, s.expression_source = label, "annotator"
+            s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
+
+    # valence / arousal
+    if face.get("prior_valence") is not None:
+        s.valence, s.arousal, s.va_source = face["prior_valence"], face["prior_arousal"], "prior"
+    else:
+        va = [(x["valence"], x["arousal"]) for x in gen if x.get("valence") is not None]
+        if va:
+            s.valence, s.valence_std = mean_std([v for v, _ in va])
+            s.arousal, s.arousal_std = mean_std([a for _, a in va])
+            s.va_source = "annotator"
+
+    # action units: prior where the source annotates them, else occurrence rate over samples
+    au_set = set(face.get("au_set") or [])
+    prior_aus = set(face.get("prior_aus") or [])
+    answered = [set(x["aus"]) for x in gen if x.get("aus") is not None]
+    ents = []
+    for i, a in enumerate(AUS):
+        if a in au_set:
+            s.au_probs[i] = 1.0 if a in prior_aus else 0.0
+        elif answered:
+            p = sum(a in x for x in answered) / len(answered)
+            s.au_probs[i] = p
+            ents.append(binary_entropy(p))
+    if ents:
+        s.au_entropy, s.au_source = sum(ents) / len(ents), "annotator"
+    elif au_set:
+        s.au_source = "prior"
+
+    # self-verification against priors: blind answers vs. known labels
+    checks = []
+    if face.get("prior_expression"):
+        be = [x["expression"] for x in blind if x.get("expression")]
+        if be:
+            checks.append(sum(e == face["prior_expression"] for e in be) / len(be))
+    if au_set:
+        ba = [set(x["aus"]) & au_set for x in blind if x.get("aus") is not None]
+        if ba:
+            checks.append(sum(len(b ^ (prior_aus & au_set)) == 0 for b in ba) / len(ba))
+    if checks:
+        s.prior_agreement = sum(checks) / len(checks)
+
+    # cross-granularity consistency from the knowledge
+    if s.expression:
+        rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
+        s.consistency = k.consistency(s.expression, rates or None, s.valence, s.arousal)
+    return s
+
+
+def uncertainty_reasons(s: Stats, min_vote_share: float, max_entropy: float, max_va_std: float,
+                        max_au_entropy: float) -> list[str]:
+    """Reasons that say 'the samples disagree' (the ones more samples can fix)."""
+    r = []
+    if s.vote_share is not None and (s.vote_share < min_vote_share or (s.entropy or 0) > max_entropy):
+        r.append("uncertain_expression")
+    if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > max_va_std:
+        r.append("va_spread")
+    if s.au_entropy is not None and s.au_entropy > max_au_entropy:
+        r.append("au_entropy")
+    return r
+
+
+def confidence(s: Stats, v: Verify) -> float:
+    """Confidence in [0, 1]: the mean certainty of the generated granularities, scaled by the
+    annotator's demonstrated reliability on this face (blind agreement with priors) and by
+    cross-granularity consistency, each where it exists and is enabled."""
+    parts = []
+    if s.vote_share is not None:
+        parts.append(s.vote_share)
+    if s.valence_std is not None:
+        parts.append(max(0.0, 1.0 - max(s.valence_std, s.arousal_std or 0) / (2 * v.max_va_std)))
+    if s.au_entropy is not None:
+        parts.append(1.0 - s.au_entropy)
+    c = sum(parts) / len(parts) if parts else 1.0
+    if v.use_priors and s.prior_agreement is not None:
+        c *= 0.5 + 0.5 * s.prior_agreement
+    if v.use_consistency and s.consistency is not None:
+        c *= 0.75 + 0.25 * s.consistency
+    return min(1.0, max(0.0, c))
+
+
+def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> Verdict:
+    s = measure(face, samples, k)
+    reasons: list[str] = []
+    if s.n_ok == 0:
+        reasons.append("api_failure" if s.n_failed else "no_samples")
+    else:
+        reasons += uncertainty_reasons(s, v.min_vote_share, v.max_entropy, v.max_va_std, v.max_au_entropy)
+        if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement:
+            reasons.append("prior_disagreement")
+        if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
+            reasons.append("knowledge_conflict")
+    conf = confidence(s, v) if s.n_ok else 0.0
+    if not reasons and conf < v.min_confidence:
+        reasons.append("low_confidence")
+    if not reasons and (s.expression is None or s.valence is None):
+        reasons.append("incomplete")
+    active = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
+    return Verdict(
+        face_id=face["face_id"], accepted=not reasons, reasons=reasons, confidence=conf,
+        expression=s.expression, expression_source=s.expression_source, vote_share=s.vote_share,
+        entropy=s.entropy, n_samples=s.n_samples, n_failed=s.n_failed, valence=s.valence,
+        arousal=s.arousal, valence_std=s.valence_std, arousal_std=s.arousal_std, va_source=s.va_source,
+        aus=active if any(p is not None for p in s.au_probs) else None, au_probs=s.au_probs,
+        au_entropy=s.au_entropy, au_source=s.au_source, prior_agreement=s.prior_agreement,
+        consistency=s.consistency)
+
+
+def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
+    """Adaptive stopping: may this face stop sampling?
+
+    Yes once every request has at least `stop_min_samples` answers and none of the
+    uncertainty reasons holds, judged with the `sample.stop_*` thresholds (kept apart from
+    `verify`'s so that changing a verify threshold never re-runs sampling).
+    Faces whose answers all fail also stop: more samples of a failing call cost money and
+    the failure is recorded.
+    """
+    per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
+    reqs = {x["request_id"] for x in samples}
+    if reqs and not per_req:
+        return True
+    if not reqs or min(per_req.get(r, 0) for r in reqs) < sp.stop_min_samples:
+        return False
+    s = measure(face, samples, k)
+    return not uncertainty_reasons(s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std,
+                                   sp.stop_max_au_entropy)
