@@ -11,6 +11,8 @@ export PREFECT_HOME ?= $(CURDIR)/.seke/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DO_NOT_TRACK := 1
+# dvc.yaml stage commands call `python`: make it the venv's
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.seke/dvc-site
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)

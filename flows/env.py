@@ -11,6 +11,8 @@ DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
+    "GLOG_minloglevel": "2",        # MediaPipe / TFLite C++ logging
+    "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
 

@@ -189,8 +189,7 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
                     pending = next(reqs, None)
                 for s in sample_batch(batch, by_face, ann, cache, p, k, tally):
                     w.write(s)
-                    light.append({c: s[c] for c in ("face_id", "status", "expression", "valence", "arousal",
-                                                    "sample_index", "aus")})
+                    light.append({c: v for c, v in s.items() if c != "raw"})
                 done += len(batch)
                 rate = done / (time.perf_counter() - t0)
                 log.info(f"sample: {done}/{n_faces} faces, {rate:.1f} faces/s, ETA {(n_faces - done) / rate:.0f} s, "
@@ -202,7 +201,7 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
                 raise RuntimeError(f"sample: {bad}/{n} samples failed (> sample.max_error_rate="
                                    f"{p.sample.max_error_rate}); see the `status`/`error` columns. Answers that "
                                    "succeeded are cached: a re-run will not pay for them again.")
-            val = _validate("sample", {"samples": pd.DataFrame(light), "au_codes": _aus(light)}, p)
+            val = _validate("sample", {"samples": _light(light), "au_codes": _aus(light)}, p)
             w.commit()
     finally:
         cache.close()

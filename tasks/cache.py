@@ -55,9 +55,8 @@ class ResponseCache:
         return self.entries.get(sample_key(self.signature_hash, request_id, index, seed))
 
     def put(self, result: CallResult) -> list[dict]:
-        """Store every answer of a successful call; returns the stored entries."""
-        if result.error is not None:
-            return []
+        """Store every answer the call returned (a partly failed call keeps the answers it
+        paid for); returns the stored entries."""
         n = max(len(result.answers), 1)
         new = []
         for a in result.answers:

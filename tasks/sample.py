@@ -113,11 +113,6 @@ def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,
             drawn: dict[str, list[dict]], tally: Tally) -> None:
     tally.calls += 1
     fid = res.call.face_id
-    if res.error is not None:
-        tally.failed += len(res.call.indices)
-        for i, s in zip(res.call.indices, res.call.seeds):
-            drawn[fid].append(_record(ann, fid, req, None, i, s, res.error, False))
-        return
     entries = {e["index"]: e for e in cache.put(res)}
     tally.fresh += len(entries)
     tally.cost_usd += res.cost_usd
@@ -125,4 +120,7 @@ def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,
     tally.tokens_out += res.tokens_out
     for i, s in zip(res.call.indices, res.call.seeds):
         e = entries.get(i)
-        drawn[fid].append(_record(ann, fid, req, e, i, s, None if e else "the annotator returned no answer for this index", False))
+        if e is None:
+            tally.failed += 1
+        drawn[fid].append(_record(ann, fid, req, e, i, s, res.error or "the annotator returned no answer for this index",
+                                  False))
