@@ -134,6 +134,38 @@ class Runtime(Section):
     progress_every_s: float = Field(10.0, gt=0, description="log progress at most this often")
 
 
+class BenchSource(Section):
+    """One labelled source for the FEAB benchmark split (read in place, never copied)."""
+    name: str = Field(description="source name; subjects are namespaced as <name>_<subject>")
+    labels: str = Field(description="CSV with one row per image; its `path` column is relative to `root`")
+    root: str = Field("", description="folder the paths are relative to; default: the CSV's folder")
+    path_column: str = "path"
+    label_column: str = Field("label", description="expression column (the source's own names; mapped by the alias table)")
+    label_scheme: str = ""
+    subject_column: str = Field("", description="person id column; empty = use subject_regex or one subject per image")
+    subject_regex: str = Field("", description="regex on the file name whose group 1 is the person (e.g. LFW names)")
+    label_set: list[str] = Field(default_factory=list, description="expression classes of this source ([] = all 8)")
+    au_set: list[str] = Field(default_factory=list, description="AUs this source annotates (AUxx columns)")
+    licence: str = ""
+    citation: str = ""
+
+
+class Bench(Section):
+    """FEAB (benchmark) and annotation-quality settings. Not a data-shaping section of FEID."""
+    sources: list[BenchSource] = Field(default_factory=list)
+    split: str = Field("bench/split.csv", description="the split manifest `seke split` writes")
+    dev_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects in `dev`; the rest are `test`")
+    seed: int = 0
+    eval_split: Literal["dev", "test", "all"] = "test"
+    limit: int = Field(0, ge=0, description="at most this many images per source (0 = all); a fixed subset")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the confidence intervals (0 = none)")
+    ci: float = Field(0.95, gt=0, lt=1)
+    metrics: str = "metrics/feab.json"
+    plots: str = "plots/feab"
+    report: str = "reports/feab.md"
+    work: str = Field(".seke/bench", description="per-run predictions (Parquet) for re-use and inspection")
+
+
 class Params(Section):
     paths: Paths
     ingest: Ingest = Ingest()
@@ -145,10 +177,11 @@ class Params(Section):
     export: Export = Export()
     expectations: Expectations = Expectations()
     runtime: Runtime = Runtime()
+    bench: Bench = Bench()
 
     def data_digest(self) -> str:
         """Hash of everything that shapes the data (all sections but `paths` and `runtime`)."""
-        d = self.model_dump(mode="json", exclude={"paths", "runtime"})
+        d = self.model_dump(mode="json", exclude={"paths", "runtime", "bench"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
