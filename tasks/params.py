@@ -80,15 +80,35 @@ class Annotator(Section):
 
 
 class Sample(Section):
+    """Adaptive Monte Carlo sampling (SV-UAMC's sampling half) and the verification round.
+
+    Every threshold that decides how many samples a face gets lives here, not in `verify`,
+    so that changing a `verify.*` threshold re-runs only verify and export.
+    """
     k0: int = Field(3, ge=1)
     dk: int = Field(2, ge=1)
-    kmax: int = Field(7, ge=1)
+    kmax: int = Field(7, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     seed: int = 1234
+    stop_rule: Literal["bayes", "naive"] = Field(
+        "bayes", description="bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
+                             "naive: the stop_* thresholds below on vote share, entropy, VA std, AU entropy")
     stop_min_samples: int = Field(3, ge=1)
+    stop_confidence: float = Field(0.93, ge=0, le=1, description="bayes: stop once P(top answer is the face's "
+                                   "majority answer | votes) >= this")
+    stop_futility: float = Field(0.0, ge=0, le=1, description="bayes: also stop (hopeless) once that probability "
+                                 "is below this after stop_futility_after samples; 0 = never")
+    stop_futility_after: int = Field(5, ge=1)
+    stop_min_consistency: float = Field(0.0, ge=0, le=1, description="knowledge: the top answer must also fit the "
+                                        "sampled AUs/VA this well to stop early; 0 = not used")
     stop_vote_share: float = Field(0.8, ge=0, le=1)
     stop_max_entropy: float = Field(1.0, ge=0)
     stop_max_va_std: float = Field(0.25, ge=0)
     stop_max_au_entropy: float = Field(0.6, ge=0, le=1)
+    verify_round: Literal["none", "uncertain", "all"] = Field(
+        "uncertain", description="the verification round: the annotator sees its aggregated answer and the "
+                                 "relevant knowledge and confirms or corrects it; none | uncertain | all faces")
+    verify_below: float = Field(0.99, ge=0, le=1, description="uncertain: ask faces whose vote posterior "
+                                "(see stop_confidence) is below this")
     max_error_rate: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -99,8 +119,8 @@ class Sample(Section):
 
 
 class Verify(Section):
-    min_vote_share: float = Field(0.6, ge=0, le=1)
-    max_entropy: float = Field(1.2, ge=0)
+    min_vote_share: float = Field(0.0, ge=0, le=1, description="hard floor on the top answer's vote share")
+    max_entropy: float = Field(3.0, ge=0, description="hard ceiling on the vote entropy (bits)")
     max_va_std: float = Field(0.35, ge=0)
     max_au_entropy: float = Field(0.8, ge=0, le=1)
     min_prior_agreement: float = Field(0.5, ge=0, le=1)
@@ -108,6 +128,11 @@ class Verify(Section):
     min_confidence: float = Field(0.5, ge=0, le=1)
     use_consistency: bool = True
     use_priors: bool = True
+    use_verification: bool = Field(True, description="use the verification round's answers (if sampled)")
+    require_confirmation: bool = Field(False, description="reject every generated expression the verification "
+                                       "round did not confirm (faces it did not ask are not affected)")
+    calibration: str = Field("", description="JSON file mapping evidence features to a calibrated confidence "
+                             "(written by benchmarks/quality_study.py); empty = the built-in uncalibrated prior")
     au_threshold: float = Field(0.5, gt=0, lt=1)
 
 
@@ -132,6 +157,13 @@ class Runtime(Section):
     retry_max_s: float = Field(60.0, gt=0, description="cap on one backoff delay (Retry-After included)")
     max_consecutive_failures: int = Field(20, ge=0, description="stop the run after this many failed calls in a row; 0 = never")
     progress_every_s: float = Field(10.0, gt=0, description="log progress at most this often")
+    task_runner: Literal["sequential", "dask"] = Field(
+        "sequential", description="where crop/sample(/verify) batches run: in this process, or on Dask (prefect-dask)")
+    dask_address: str = Field("", description="scheduler of an existing Dask cluster (tcp://host:8786); "
+                                              "empty = start a local multi-process `distributed` cluster")
+    dask_workers: int = Field(0, ge=0, description="workers of the local cluster; 0 = one per CPU core")
+    dask_in_flight: int = Field(0, ge=0, description="batches submitted ahead of the one being written; "
+                                                     "0 = 2 per worker (bounds memory)")
 
 
 class BenchSource(Section):
@@ -166,6 +198,24 @@ class Bench(Section):
     work: str = Field(".seke/bench", description="per-run predictions (Parquet) for re-use and inspection")
 
 
+class Incremental(Section):
+    """The watch/append flow (flows/incremental.py). Not a DVC param: it never shapes a row."""
+    input: str = Field("", description="folder or fsspec URL (s3://bucket/prefix) to watch; empty = paths.input")
+    workdir: str = Field(".seke/incremental", description="local scratch for one run's stage outputs")
+    record: bool = Field(True, description="after appending: dvc commit the export stage and push to the default remote")
+    git_commit: bool = Field(False, description="also git-commit dvc.lock after recording a new version")
+
+
+class Deploy(Section):
+    """Prefect deployments (flows/deploy.py, prefect.yaml). Not a DVC param."""
+    name: str = "feid-incremental"
+    cron: str = Field("", description="cron schedule, e.g. '0 * * * *'; empty = use interval_s")
+    interval_s: int = Field(3600, ge=0, description="interval schedule in seconds when cron is empty; 0 = no schedule")
+    input: str = Field("", description="deployment parameter: location to watch; empty = incremental.input")
+    annotator: str = Field("", description="deployment parameter: annotator backend; empty = annotator.backend")
+    budget_usd: float = Field(0.0, ge=0, description="deployment parameter: spend cap per run; 0 = annotator.budget_usd")
+
+
 class Params(Section):
     paths: Paths
     ingest: Ingest = Ingest()
@@ -178,10 +228,13 @@ class Params(Section):
     expectations: Expectations = Expectations()
     runtime: Runtime = Runtime()
     bench: Bench = Bench()
+    incremental: Incremental = Incremental()
+    deploy: Deploy = Deploy()
 
     def data_digest(self) -> str:
-        """Hash of everything that shapes the data (all sections but `paths` and `runtime`)."""
-        d = self.model_dump(mode="json", exclude={"paths", "runtime", "bench"})
+        """Hash of everything that shapes the data (all sections but `paths`, `runtime` and
+        the operational `bench`, `incremental`, `deploy`)."""
+        d = self.model_dump(mode="json", exclude={"paths", "runtime", "bench", "incremental", "deploy"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

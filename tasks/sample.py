@@ -4,10 +4,17 @@ Input: FaceRecord (crop bytes, priors) and that face's RequestRecords. Output: o
 SampleRecord per sample drawn: parsed answer, raw answer, seed, index, status, annotator.
 
 Round 1 draws `k0` samples of every request of every face in a batch; then, while a face is
-not `verify.settled` and has fewer than `kmax` samples, `dk` more. Seeds are a pure function
-of (sample.seed, request id, index), and every raw answer goes through the response cache
-first, so `dvc repro` is reproducible and a re-run, or a run resumed after a crash, pays
-for nothing that had already succeeded.
+not `verify.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
+round (`sample.verify_round`): faces whose generated expression is not certain enough
+(`verify.wants_verification`) get one more call that shows the annotator its aggregated
+answer with the knowledge about it (`prompt.verification_request`); its answer is recorded
+as a sample of variant `verify` (expression = the confirmed or corrected label). Seeds are a
+pure function of (sample.seed, request id, index), and every raw answer goes through the
+response cache first, so `dvc repro` is reproducible and a re-run, or a run resumed after a
+crash, pays for nothing that had already succeeded.
+
+Annotators answer verification requests if they say so (`supports_verification`); the
+OpenAI-compatible one does (any chat model can), others are skipped.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from tasks.cache import ResponseCache
 from tasks.knowledge import AUS, Knowledge
 from tasks.params import Params
 from tasks.records import SampleRecord
-from tasks.verify import settled
+from tasks.prompt import VERIFY_ASK, parse_verification, verification_request
+from tasks.verify import VERIFY_VARIANT, measure, settled, wants_verification
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,7 @@ class Tally:
     tokens_in: float = 0.0
     tokens_out: float = 0.0
     per_face_k: list[int] = field(default_factory=list)
+    verify_calls: int = 0
 
 
 def _record(ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int,
@@ -103,10 +112,80 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
                 still.append(f)
         open_faces = still
         size = sp.dk
+    _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
     for f in faces:
         got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
-        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got), default=0))
+        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got if x["variant"] != VERIFY_VARIANT), default=0))
         yield from got
+
+
+def supports_verification(ann: Annotator) -> bool:
+    return bool(getattr(ann, "supports_verification", ann.name == "openai"))
+
+
+def _verification_round(faces: list[dict], requests: dict[str, list[dict]], drawn: dict[str, list[dict]],
+                        ann: Annotator, cache: ResponseCache, params: Params, k: Knowledge, tally: Tally) -> None:
+    sp = params.sample
+    if sp.verify_round == "none" or not supports_verification(ann):
+        return
+    calls: list[Call] = []
+    meta: dict[str, tuple[str, dict]] = {}
+    for f in faces:
+        reqs = requests.get(f["face_id"]) or []
+        gen = [r for r in reqs if r["variant"] != "blind" and "expression" in r["ask"]]
+        if not gen:
+            continue
+        s = measure(f, drawn[f["face_id"]], k)
+        if not wants_verification(s, sp):
+            continue
+        proposed: dict = {"expression": s.expression}
+        if s.va_source == "annotator":
+            proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
+        if s.au_source == "annotator":
+            proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
+        vid, messages, schema = verification_request(k, f["crop_sha256"], proposed, gen[0]["prompt_version"],
+                                                     gen[0]["variant"] != "plain")
+        req = {"request_id": vid, "variant": VERIFY_VARIANT, "ask": list(VERIFY_ASK)}
+        seed = seed_for(sp.seed, vid, 0)
+        e = cache.get(vid, 0, seed)
+        if e is not None:
+            tally.cached += 1
+            drawn[f["face_id"]].append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
+            continue
+        meta[vid] = (f["face_id"], s.expression)
+        calls.append(Call(request_id=vid, face_id=f["face_id"], messages=messages, schema=schema, ask=VERIFY_ASK,
+                          image=f["crop"], indices=(0,), seeds=(seed,)))
+    for res in ann.run(calls):
+        tally.calls += 1
+        tally.verify_calls += 1
+        fid, proposed_label = meta[res.call.request_id]
+        entries = {e["index"]: e for e in cache.put(res)}
+        tally.fresh += len(entries)
+        tally.cost_usd += res.cost_usd
+        tally.tokens_in += res.tokens_in
+        tally.tokens_out += res.tokens_out
+        e = entries.get(0)
+        if e is None:
+            tally.failed += 1
+        req = {"request_id": res.call.request_id, "variant": VERIFY_VARIANT, "ask": list(VERIFY_ASK)}
+        drawn[fid].append(_verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False,
+                                         proposed_label, k))
+
+
+def _verify_record(ann: Annotator, face_id: str, req: dict, entry: dict | None, seed: int, error: str | None,
+                   cached: bool, proposed: str, k: Knowledge) -> dict:
+    base = dict(face_id=face_id, request_id=req["request_id"], variant=VERIFY_VARIANT, sample_index=0, seed=seed,
+                annotator=ann.name, annotator_version=ann.version, model=ann.model, cached=cached)
+    if entry is None:
+        return SampleRecord(**base, status="error", error=error).model_dump()
+    if entry.get("refusal"):
+        status, label, err = "refused", None, f"refusal: {entry['refusal'][:200]}"
+    else:
+        status, label, err = parse_verification(entry.get("text"), proposed, k)
+    return SampleRecord(**base, status=status, error=err, raw=entry.get("text"), expression=label,
+                        tokens_in=round(entry.get("tokens_in", 0)), tokens_out=round(entry.get("tokens_out", 0)),
+                        latency_ms=entry.get("latency_ms", 0.0),
+                        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
 
 
 def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,

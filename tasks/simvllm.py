@@ -27,7 +27,11 @@ attempt from the request fingerprint, so a run is reproducible too.
 
 A hook for other request kinds: `SimVLLM.handlers` is a list of `(detect, answer)` pairs
 tried before the default annotation handler; a default one answers self-verification
-requests (schema with a `confirm*`/`verdict`/`agree*` property).
+requests (schema with a `confirm*`/`verdict`/`agree*` property): it finds the claimed
+expression (the last `"expression": "x"` quoted in the prompt, else the last label named),
+confirms it with probability `verify_confirm_correct` if it is the truth,
+`verify_confirm_distractor` if it is the face's distractor (when >= 0), else
+`verify_confirm_wrong`, and otherwise corrects it with a fresh answer.
 """
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ class SimConfig:
     # self-verification hook (default handler)
     verify_confirm_correct: float = 0.9
     verify_confirm_wrong: float = 0.3
+    verify_confirm_distractor: float = -1.0   # confirm rate when the claim is the face's distractor; <0 = as wrong
     tokens_per_image: int = 255
 
     def update(self, d: dict) -> None:
@@ -311,9 +316,19 @@ class SimVLLM:
 
     def _answer_verification(self, sha: str, schema: dict, text: str, r: random.Random) -> dict:
         t = self.truth_of(sha)
-        named = [e for e in self.k.expressions if re.search(rf"\b{e}\b", text.lower())]
-        claimed = named[-1] if named else None
-        p = self.config.verify_confirm_correct if claimed == t.expression else self.config.verify_confirm_wrong
+        m = re.findall(r'"expression":\s*"(\w+)"', text)
+        if m and m[-1].lower() in self.k.expressions:
+            claimed: str | None = m[-1].lower()   # a proposed answer quoted as JSON
+        else:
+            named = [e for e in self.k.expressions if re.search(rf"\b{e}\b", text.lower())]
+            claimed = named[-1] if named else None
+        c = self.config
+        if claimed == t.expression:
+            p = c.verify_confirm_correct
+        elif claimed == self.distractor(sha, t) and c.verify_confirm_distractor >= 0:
+            p = c.verify_confirm_distractor  # models tend to confirm their own systematic mistakes
+        else:
+            p = c.verify_confirm_wrong
         ok = r.random() < p
         out: dict[str, Any] = {}
         for name, spec in (schema.get("properties") or {}).items():
@@ -321,7 +336,11 @@ class SimVLLM:
             if typ == "boolean":
                 out[name] = ok
             elif "expression" in name or "label" in name or "correct" in name:
-                out[name] = claimed if ok or claimed is None else self.draw(sha, ["expression"], None, r)["expression"]
+                if ok or claimed is None:
+                    out[name] = claimed
+                else:  # a correction: a fresh answer other than the rejected claim
+                    others = [self.draw(sha, ["expression"], None, r)["expression"] for _ in range(8)]
+                    out[name] = next((e for e in others if e != claimed), others[0])
             elif "enum" in spec:
                 out[name] = spec["enum"][0 if ok else -1]
             elif typ == "number":

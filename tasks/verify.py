@@ -8,7 +8,14 @@ measured by one piece of code.
 
 Samples of variant `primed`/`plain` provide the generated granularities; `blind` samples,
 asked everything with no priors shown, are compared against the face's known labels
-(self-verification against priors).
+(self-verification against priors); `verify` samples are the verification round (the
+annotator saw the aggregated answer and confirmed it, or corrected it: a sample whose
+`expression` equals the aggregated answer is a confirmation, anything else is not).
+
+The expression's confidence is P(right | evidence) from `tasks.uamc` (calibrated when
+`verify.calibration` names a calibration file). Faces whose expression is a prior keep the
+older certainty score of their generated granularities (VA spread, AU entropy), scaled by
+prior agreement and consistency.
 """
 from __future__ import annotations
 
@@ -17,13 +24,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from tasks import uamc
 from tasks.knowledge import AUS, Knowledge
 from tasks.params import Sample as SampleParams
 from tasks.params import Verify
 from tasks.records import Verdict
 
 REASONS = ("api_failure", "no_samples", "uncertain_expression", "va_spread", "au_entropy",
-           "prior_disagreement", "knowledge_conflict", "low_confidence", "incomplete")
+           "prior_disagreement", "knowledge_conflict", "failed_verification", "low_confidence", "incomplete")
+VERIFY_VARIANT = "verify"
 
 
 def entropy_bits(counts: Iterable[int]) -> float:
@@ -63,14 +72,36 @@ class Stats:
     au_source: str | None = None
     prior_agreement: float | None = None
     consistency: float | None = None
+    # SV-UAMC evidence on the generated expression
+    top_votes: int = 0
+    n_votes: int = 0
+    votes: dict = field(default_factory=dict)
+    consistency_margin: float | None = None
+    verified: bool | None = None          # None: no verification round answered
+    n_verify: int = 0
+
+    def evidence(self) -> uamc.Evidence:
+        return uamc.Evidence(top=self.top_votes, n=self.n_votes, consistency=self.consistency,
+                             consistency_margin=self.consistency_margin, verified=self.verified,
+                             prior_agreement=self.prior_agreement)
+
+
+def au_agreement(answered: set[str], prior: set[str]) -> float:
+    """Jaccard agreement of one blind AU answer with the known active AUs (both empty: 1)."""
+    u = answered | prior
+    return len(answered & prior) / len(u) if u else 1.0
 
 
 def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     s = Stats(n_samples=len(samples))
     ok = [x for x in samples if x["status"] == "ok"]
     s.n_ok, s.n_failed = len(ok), len(samples) - len(ok)
-    gen = [x for x in ok if x["variant"] != "blind"]
+    gen = [x for x in ok if x["variant"] not in ("blind", VERIFY_VARIANT)]
     blind = [x for x in ok if x["variant"] == "blind"]
+    ver = [x for x in ok if x["variant"] == VERIFY_VARIANT]
+    s.n_samples = sum(1 for x in samples if x["variant"] != VERIFY_VARIANT)
+    s.n_ok = len(ok) - len(ver)
+    s.n_failed = s.n_samples - s.n_ok
 
     # expression
     if face.get("prior_expression"):
@@ -84,6 +115,11 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
             label = min(tied, key=k.expressions.index)
             s.expression, s.expression_source = label, "annotator"
             s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
+            s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
+            if ver:
+                s.n_verify = len(ver)
+                # all verification answers must confirm the aggregated answer
+                s.verified = all(x.get("expression") == label for x in ver)
 
     # valence / arousal
     if face.get("prior_valence") is not None:
@@ -121,7 +157,7 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     if au_set:
         ba = [set(x["aus"]) & au_set for x in blind if x.get("aus") is not None]
         if ba:
-            checks.append(sum(len(b ^ (prior_aus & au_set)) == 0 for b in ba) / len(ba))
+            checks.append(sum(au_agreement(b, prior_aus & au_set) for b in ba) / len(ba))
     if checks:
         s.prior_agreement = sum(checks) / len(checks)
 
@@ -129,6 +165,10 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     if s.expression:
         rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
         s.consistency = k.consistency(s.expression, rates or None, s.valence, s.arousal)
+        others = [c for c in s.votes if c != s.expression]
+        if s.consistency is not None and others:
+            alt = [k.consistency(c, rates or None, s.valence, s.arousal) for c in others]
+            s.consistency_margin = s.consistency - max(a for a in alt if a is not None)
     return s
 
 
@@ -145,10 +185,20 @@ def uncertainty_reasons(s: Stats, min_vote_share: float, max_entropy: float, max
     return r
 
 
+def expression_confidence(s: Stats, v: Verify) -> float:
+    """P(the generated expression is right | evidence), from `tasks.uamc`."""
+    f = uamc.features(s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification,
+                      use_priors=v.use_priors)
+    return uamc.calibrator(v.calibration)(f)
+
+
 def confidence(s: Stats, v: Verify) -> float:
-    """Confidence in [0, 1]: the mean certainty of the generated granularities, scaled by the
+    """Confidence in [0, 1]. A generated expression: its calibrated probability of being
+    right. Otherwise: the mean certainty of the generated granularities, scaled by the
     annotator's demonstrated reliability on this face (blind agreement with priors) and by
     cross-granularity consistency, each where it exists and is enabled."""
+    if s.expression_source == "annotator" and s.n_votes:
+        return expression_confidence(s, v)
     parts = []
     if s.vote_share is not None:
         parts.append(s.vote_share)
@@ -175,7 +225,11 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> Verdict:
             reasons.append("prior_disagreement")
         if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
             reasons.append("knowledge_conflict")
+        if v.use_verification and v.require_confirmation and s.verified is False:
+            reasons.append("failed_verification")
     conf = confidence(s, v) if s.n_ok else 0.0
+    if not reasons and conf < v.min_confidence and v.use_verification and s.verified is False:
+        reasons.append("failed_verification")
     if not reasons and conf < v.min_confidence:
         reasons.append("low_confidence")
     if not reasons and (s.expression is None or s.valence is None):
@@ -194,12 +248,17 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> Verdict:
 def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
     """Adaptive stopping: may this face stop sampling?
 
-    Yes once every request has at least `stop_min_samples` answers and none of the
-    uncertainty reasons holds, judged with the `sample.stop_*` thresholds (kept apart from
-    `verify`'s so that changing a verify threshold never re-runs sampling).
+    Every request needs at least `stop_min_samples` answers. Then, with `stop_rule: bayes`,
+    the generated expression's votes decide by the sequential Beta-posterior rule of
+    `tasks.uamc.stop_now` (optionally also requiring knowledge consistency), and faces with
+    no generated expression (it is a prior) fall back to the VA/AU spread thresholds; with
+    `stop_rule: naive`, the `stop_*` thresholds on vote share, entropy, VA std and AU
+    entropy. Thresholds are `sample.*` (kept apart from `verify`'s so that changing a
+    verify threshold never re-runs sampling).
     Faces whose answers all fail also stop: more samples of a failing call cost money and
     the failure is recorded.
     """
+    samples = [x for x in samples if x["variant"] != VERIFY_VARIANT]
     per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
     reqs = {x["request_id"] for x in samples}
     if reqs and not per_req:
@@ -207,5 +266,19 @@ def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> 
     if not reqs or min(per_req.get(r, 0) for r in reqs) < sp.stop_min_samples:
         return False
     s = measure(face, samples, k)
+    if sp.stop_rule == "bayes":
+        spread = uncertainty_reasons(s, 0.0, float("inf"), sp.stop_max_va_std, sp.stop_max_au_entropy)
+        if s.expression_source != "annotator" or not s.n_votes:
+            return not spread
+        stop, why = uamc.stop_now(s.top_votes, s.n_votes, sp.stop_min_samples, sp.stop_confidence,
+                                  sp.stop_futility, sp.stop_futility_after, s.consistency, sp.stop_min_consistency)
+        return stop
     return not uncertainty_reasons(s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std,
                                    sp.stop_max_au_entropy)
+
+
+def wants_verification(s: Stats, sp: SampleParams) -> bool:
+    """Does this face get a verification round? Only a generated expression is verified."""
+    if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
+        return False
+    return sp.verify_round == "all" or uamc.majority_posterior(s.top_votes, s.n_votes) < sp.verify_below
