@@ -70,6 +70,12 @@ def _record(ann: Annotator, face_id: str, req: dict, entry: dict | None, index: 
                         cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
 
 
+def cap(req: dict, sp) -> int:
+    """Samples a request may get: `kmax`, or `blind_k` for a blind request (it checks the
+    annotator against known labels; its votes are not the face's answer)."""
+    return min(sp.kmax, sp.blind_k) if req["variant"] == "blind" else sp.kmax
+
+
 def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annotator, cache: ResponseCache,
                  params: Params, k: Knowledge, tally: Tally) -> Iterator[dict]:
     """Adaptive Monte Carlo sampling for one batch of faces; yields SampleRecord dicts,
@@ -83,7 +89,7 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
         for f in open_faces:
             for req in requests[f["face_id"]]:
                 have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
-                idx = tuple(range(have, min(have + size, sp.kmax)))
+                idx = tuple(range(have, min(have + size, cap(req, sp))))
                 if not idx:
                     continue
                 seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
@@ -100,15 +106,16 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
                     calls.append(Call(request_id=req["request_id"], face_id=f["face_id"],
                                       messages=json.loads(req["messages_json"]), schema=json.loads(req["answer_schema"]),
                                       ask=tuple(req["ask"]), image=f["crop"], indices=tuple(missing_i),
-                                      seeds=tuple(missing_s)))
+                                      seeds=tuple(missing_s), face_frac=f.get("crop_face_frac")))
         by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
         for res in ann.run(calls):
             _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
         still = []
         for f in open_faces:
             got = drawn[f["face_id"]]
-            n_per_req = min(sum(1 for x in got if x["request_id"] == r["request_id"]) for r in requests[f["face_id"]])
-            if n_per_req < sp.kmax and not settled(f, got, k, sp):
+            full = all(sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp)
+                       for r in requests[f["face_id"]])
+            if not full and not settled(f, got, k, sp):
                 still.append(f)
         open_faces = still
         size = sp.dk

@@ -33,6 +33,7 @@ class Call:
     image: bytes                  # the JPEG crop the image_ref points to
     indices: tuple[int, ...]      # sample indices wanted
     seeds: tuple[int, ...]        # one per index
+    face_frac: float | None = None  # detector box side / crop side (crop.margin); None = unknown
 
 
 @dataclass

@@ -30,7 +30,8 @@ passes of a call go through each classifier in one batched invoke. The same seed
 gives the same answer.
 
 The crop geometry is not part of a `Call`; the annotator assumes the crop stage's layout:
-a square crop whose centred detector box is `FACE_FRAC` (1 / (1 + 2 * 0.3), margin 0.3) of
+a square crop whose centred detector box is `call.face_frac` of the side (the crop stage records it as
+`crop_face_frac`; when a Call lacks it, `FACE_FRAC` = 1 / (1 + 2 * 0.3), the default margin 0.3) of
 the side. The classifiers see that box enlarged by `CONTEXT` (1.1, best compromise of
 0.9-1.35 measured on london and muxspace); MediaPipe sees the whole crop.
 
@@ -270,10 +271,11 @@ def _draw_pass(rng: np.random.Generator, tta: bool) -> _Pass:
                  brightness=float(rng.uniform(1 - TTA["brightness"], 1 + TTA["brightness"])))
 
 
-def _views(im: Image.Image, ps: _Pass, sizes: dict[str, int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _views(im: Image.Image, ps: _Pass, sizes: dict[str, int],
+           face_frac: float = FACE_FRAC) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The classifier inputs (grey, float in [0, 255]) and the RGB view for MediaPipe."""
     W, H = im.size
-    side = FACE_FRAC * min(W, H)
+    side = face_frac * min(W, H)
     cx = W / 2 + ps.shift[0] * side
     cy = H / 2 + ps.shift[1] * side
     # MediaPipe: the whole crop, moved and scaled like the face box
@@ -389,7 +391,7 @@ class LocalAnnotator(Annotator):
             key = next((j for j, q in enumerate(passes[:i]) if q == ps), i)
             if key == i:
                 distinct[i] = len(views)
-                views.append(_views(im, ps, sizes))
+                views.append(_views(im, ps, sizes, call.face_frac or FACE_FRAC))
             else:
                 distinct[i] = distinct[key]
         probs = self._expression([v[0] for v in views]) if "expression" in ask or "va" in ask else None

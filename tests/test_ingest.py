@@ -1,0 +1,136 @@
+"""ingest: the alias table, prior labels, quarantine reasons, content ids, fsspec inputs."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import fsspec
+import pytest
+from PIL import Image
+
+from tasks import knowledge
+from tasks.ingest import Entry, ingest, list_entries, parse_labels, resolve
+from tasks.knowledge import UnknownLabel
+from tasks.params import Ingest
+from tasks.records import ImageRecord, QuarantineRecord
+
+K = knowledge.load()
+
+
+def _jpeg(color=(200, 120, 90), size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,label", [
+    ("Happiness", "happy"), ("angry", "anger"), ("ANGER", "anger"), ("sadness", "sad"), ("Surprised", "surprise"),
+    ("fearful", "fear"), ("disgusted", "disgust"), ("contemptuous", "contempt"), ("neutral", "neutral")])
+def test_alias_table_maps_dataset_names(name, label):
+    assert K.expression(name) == label
+
+
+@pytest.mark.parametrize("scheme,code,label", [("rafdb", 1, "surprise"), ("rafdb", "7", "neutral"),
+                                                ("fer2013", 0, "anger"), ("affectnet", 7, "contempt"),
+                                                ("ckplus", 2, "contempt")])
+def test_numbered_schemes(scheme, code, label):
+    assert K.expression(code, scheme) == label
+
+
+def test_unknown_label_is_a_clear_error():
+    with pytest.raises(UnknownLabel, match="alias table"):
+        K.expression("bored")
+
+
+def test_alias_table_is_one_to_one_and_covers_the_label_set():
+    assert set(K.aliases.values()) == set(K.expressions)
+    assert K.expressions == ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
+
+
+@pytest.mark.parametrize("raw,code", [("AU12", "AU12"), ("au6", "AU06"), ("12", "AU12"), ("AU04_r", "AU04")])
+def test_au_codes(raw, code):
+    assert K.au_code(raw) == code
+
+
+def test_au_outside_the_17_is_rejected():
+    with pytest.raises(UnknownLabel):
+        K.au_code("AU16")
+
+
+def test_parse_labels_records_label_and_au_sets():
+    out = parse_labels(K, {"expression": "Happiness", "valence": "0.5", "arousal": "0.1", "AU12": "1", "AU06": "0"},
+                       Ingest())
+    assert out["prior_expression"] == "happy"
+    assert out["label_set"] == list(K.expressions)  # Ingest().label_set is empty: the full label set
+    assert out["au_set"] == ["AU06", "AU12"] and out["prior_aus"] == ["AU12"]
+    assert (out["prior_valence"], out["prior_arousal"]) == (0.5, 0.1)
+    seven = parse_labels(K, {"expression": "1", "label_scheme": "rafdb",
+                             "label_set": "surprise,fear,disgust,happy,sad,anger,neutral"}, Ingest())
+    assert "contempt" not in seven["label_set"] and seven["prior_expression"] == "surprise"
+    assert parse_labels(K, {}, Ingest())["label_set"] == []
+
+
+@pytest.mark.parametrize("labels,msg", [({"valence": "1.5", "arousal": "0"}, "outside"),
+                                        ({"valence": "0.2"}, "together"), ({"expression": "bored"}, "alias")])
+def test_bad_prior_labels(labels, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_labels(K, labels, Ingest())
+
+
+def test_resolve_refuses_paths_outside_the_root():
+    assert resolve("/data/x", "a/b.jpg") == "/data/x/a/b.jpg"
+    for bad in ("../y.jpg", "a/../../y.jpg", "/etc/passwd", "s3://other/x.jpg"):
+        assert resolve("/data/x", bad) is None
+
+
+def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
+    good = _jpeg()
+    (tmp_path / "ok.jpg").write_bytes(good)
+    (tmp_path / "dup.jpg").write_bytes(good)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    noise = io.BytesIO()
+    Image.frombytes("L", (128, 128), bytes(range(256)) * 64).save(noise, format="JPEG")
+    whole = noise.getvalue()
+    (tmp_path / "trunc.jpg").write_bytes(whole[: len(whole) // 2])  # header intact, data cut
+    (tmp_path / "big.jpg").write_bytes(whole)
+    entries = [Entry(p, {}) for p in ("ok.jpg", "dup.jpg", "empty.png", "text.jpg", "trunc.jpg", "missing.jpg",
+                                      "../outside.jpg")]
+    entries.append(Entry("big.jpg", {}))
+    (tmp_path / "label.jpg").write_bytes(_jpeg((50, 60, 70)))
+    entries.append(Entry("label.jpg", {"expression": "bored"}))
+    params = Ingest(max_bytes=len(whole) - 1)
+    out = list(ingest(entries, str(tmp_path), K, params))
+    assert len(out) == len(entries), "no entry may be dropped silently"
+    reasons = {r.path: r.reason for r in out if isinstance(r, QuarantineRecord)}
+    assert reasons == {"dup.jpg": "duplicate", "empty.png": "empty", "text.jpg": "not_an_image",
+                       "trunc.jpg": "unreadable", "missing.jpg": "unreadable", "../outside.jpg": "outside_root",
+                       "big.jpg": "too_large", "label.jpg": "bad_label"}
+    assert all(r.detail for r in out if isinstance(r, QuarantineRecord))
+    (img,) = [r for r in out if isinstance(r, ImageRecord)]
+    assert img.id == hashlib.sha256(good).hexdigest() and (img.width, img.height) == (64, 64)
+
+
+def test_folder_listing_and_fsspec_memory_url():
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/imgs/a.jpg", _jpeg((10, 20, 30)))
+    fs.pipe("/imgs/sub/b.png", _jpeg((40, 50, 60)))
+    fs.pipe("/imgs/readme.txt", b"hello")
+    entries = list(list_entries("memory://imgs", "", Ingest().extensions))
+    assert sorted(e.path for e in entries) == ["a.jpg", "sub/b.png"]
+    recs = list(ingest(entries, "memory://imgs", K, Ingest(source="mem")))
+    assert all(isinstance(r, ImageRecord) and r.source == "mem" for r in recs)
+    assert {r.uri for r in recs} == {"memory://imgs/a.jpg", "memory://imgs/sub/b.png"}
+
+
+def test_manifest_csv_with_priors(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(_jpeg())
+    (tmp_path / "m.csv").write_text("path,expression,source,subject\na.jpg,Happiness,lab,p1\n")
+    (rec,) = list(ingest(list_entries(str(tmp_path), str(tmp_path / "m.csv"), []), str(tmp_path), K, Ingest()))
+    assert (rec.prior_expression, rec.source, rec.subject) == ("happy", "lab", "p1")
+
+
+def test_manifest_without_path_column_is_a_clear_error(tmp_path):
+    (tmp_path / "m.csv").write_text("file,expression\na.jpg,happy\n")
+    with pytest.raises(ValueError, match="no `path` column"):
+        list(list_entries(str(tmp_path), str(tmp_path / "m.csv"), []))

@@ -1,0 +1,51 @@
+"""params.yaml is read once into typed, frozen sections."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from tasks.params import Params, load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_projects_params_load():
+    p = load(ROOT / "params.yaml")
+    assert p.sample.k0 <= p.sample.kmax and p.annotator.backend in ("local", "openai")
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    d = yaml.safe_load((ROOT / "params.yaml").read_text())
+    d["verify"]["min_vote_shar"] = 0.5
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(d))
+    with pytest.raises(ValidationError, match="min_vote_shar"):
+        load(f)
+
+
+def test_kmax_below_k0_is_an_error():
+    with pytest.raises(ValidationError, match="kmax"):
+        Params.model_validate({"paths": {"input": "x"}, "sample": {"k0": 5, "kmax": 3}})
+
+
+def test_runtime_never_changes_the_data_hash():
+    a = Params.model_validate({"paths": {"input": "x"}})
+    b = Params.model_validate({"paths": {"input": "y"}, "runtime": {"concurrency": 64, "timeout_s": 5}})
+    c = Params.model_validate({"paths": {"input": "x"}, "verify": {"min_vote_share": 0.9}})
+    assert a.data_digest() == b.data_digest() != c.data_digest()
+
+
+def test_dvc_stages_never_list_runtime_as_a_param():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, st in dvc["stages"].items():
+        for p in st.get("params", []):
+            assert not str(p).startswith("runtime"), f"stage {name} depends on throughput settings"
+
+
+def test_no_secret_shaped_keys_in_params():
+    text = (ROOT / "params.yaml").read_text().lower()
+    for word in ("api_key", "secret", "password", "aws_access"):
+        assert word not in text
