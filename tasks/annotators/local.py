@@ -29,11 +29,10 @@ probabilities sharpened by the temperature, p^(1/T) renormalised (T == 0: argmax
 passes of a call go through each classifier in one batched invoke. The same seed always
 gives the same answer.
 
-The crop geometry is not part of a `Call`; the annotator assumes the crop stage's layout:
-a square crop whose centred detector box is `call.face_frac` of the side (the crop stage records it as
-`crop_face_frac`; when a Call lacks it, `FACE_FRAC` = 1 / (1 + 2 * 0.3), the default margin 0.3) of
-the side. The classifiers see that box enlarged by `CONTEXT` (1.1, best compromise of
-0.9-1.35 measured on london and muxspace); MediaPipe sees the whole crop.
+Crop geometry: the crop stage makes square crops with the detector box centred, its side
+`call.face_frac` of the crop's (recorded as `crop_face_frac`; `FACE_FRAC`, for the default
+margin 0.3, when a Call lacks it). The classifiers see that box enlarged by `CONTEXT` (1.1,
+best compromise of 0.9-1.35 measured on london and muxspace); MediaPipe sees the whole crop.
 
 Weaknesses, measured (`benchmarks/local_annotator.py`, K=5, 200 images per set; london =
 posed neutral/happy, muxspace = noisy web faces with one annotator each):
