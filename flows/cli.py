@@ -71,18 +71,33 @@ def load_params(path: str, overrides: Optional[List[str]] = None):
 
 
 @contextmanager
-def progress(description: str, total: int | None = None) -> Iterator:
-    """A progress bar on stderr; yields update(done, total)."""
-    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*cols, console=console, transient=False, disable=not console.is_terminal
-                  and not os.environ.get("SEKE_PROGRESS")) as pr:
-        task = pr.add_task(description, total=total)
+def progress(description: str, total: int | None = None, every_s: float = 10.0) -> Iterator:
+    """Progress on stderr, yielding update(done, total, desc): a live bar on a terminal, else a
+    plain line at most every `every_s` seconds (logs, CI)."""
+    import time
 
-        def update(done: int, tot: int | None = None, desc: str | None = None):
-            pr.update(task, completed=done, total=tot if tot is not None else total,
-                      **({"description": desc} if desc else {}))
-        yield update
+    if console.is_terminal:
+        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*cols, console=console, transient=False) as pr:
+            task = pr.add_task(description, total=total)
+
+            def update(done: int, tot: int | None = None, desc: str | None = None):
+                pr.update(task, completed=done, total=tot if tot is not None else total,
+                          **({"description": desc} if desc else {}))
+            yield update
+        return
+    t0 = last = time.monotonic()
+
+    def update(done: int, tot: int | None = None, desc: str | None = None):
+        nonlocal last
+        now, tot = time.monotonic(), tot if tot is not None else total
+        if now - last >= every_s or (tot and done >= tot):
+            last = now
+            rate = done / (now - t0) if now > t0 else 0
+            eta = f", ETA {(tot - done) / rate:.0f} s" if tot and rate else ""
+            console.print(f"{desc or description}: {done}/{tot or '?'} ({rate:.1f}/s{eta})")
+    yield update
 
 
 def _tool_env() -> dict:
