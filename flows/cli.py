@@ -322,9 +322,8 @@ def quality(truth: Path = typer.Option(..., "--truth", "-t", help="ground truth:
         raise Fail(f"{truth} not found")
     try:
         v = C.load_version(".", rev)
-        sha = v.rev
         params_at = v.params.get("paths", {})
-        verdicts = C.read_parquet(".", sha, f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
+        verdicts = C.Store(".", v.rev).parquet(f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
     except C.VersionError as ex:
         raise Fail(str(ex))
     with progress("hashing ground-truth images"):
@@ -431,10 +430,11 @@ def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | 
         raise Fail(f"--format {fmt!r}: choose one of {', '.join(X.FORMATS)}")
     try:
         sha = C.resolve(repo, rev)
-        prm = __import__("yaml").safe_load(C.read_bytes(repo, sha, "params.yaml")) or {}
+        st = C.Store(repo, sha)
+        prm = __import__("yaml").safe_load(st.read("params.yaml")) or {}
         paths = prm.get("paths", {})
         with progress("reading FEID"):
-            table = C.read_parquet(repo, sha, f"{paths.get('feid', 'data/feid')}/feid.parquet")
+            table = st.feid(paths.get("feid", "data/feid"))
     except C.VersionError as ex:
         raise Fail(str(ex))
     if table.num_rows == 0:
@@ -443,14 +443,14 @@ def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | 
     inp = paths.get("input", "")
     if inp and "://" not in inp:
         try:
-            sources = C.read_bytes(repo, sha, f"{inp.rstrip('/')}/README.md").decode()
+            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
         except C.VersionError:
             pass
     metrics = {}
-    for st in ("verify", "export"):
+    for stage in ("verify", "export"):
         try:
-            metrics[st] = json.loads(C.read_bytes(repo, sha, f"{paths.get('metrics', 'metrics')}/{st}.json"))
-            metrics[st].pop("validation", None)
+            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
+            metrics[stage].pop("validation", None)
         except (C.VersionError, ValueError):
             pass
     card = X.CardInfo(name=name, version=rev, rev=sha, params=prm, sources_text=sources, metrics=metrics)

@@ -563,7 +563,7 @@ def write_outputs(result: dict, rows: list[dict], *, metrics: str | Path, plots:
     plots = Path(plots)
     plots.mkdir(parents=True, exist_ok=True)
     m = {k: v for k, v in result.items() if k != "confusion"}
-    m["meta"] = meta
+    m["meta"] = {k: v for k, v in meta.items() if not isinstance(v, dict)}   # the rest goes to the report
     Path(metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     # plots: one row per item for DVC's confusion template
@@ -688,6 +688,10 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
               for d in ("valence", "arousal")]
     else:
         L += ["No valence/arousal ground truth in this set: no VA metrics."]
+    sel = result.get("selective")
+    if sel and sel.get("coverage") is not None:
+        L += ["", f"Selective: verify would accept {sel['coverage']:.3f} of the faces; expression accuracy on "
+              f"those {sel['accuracy_accepted'] if sel['accuracy_accepted'] is not None else 'n/a'}."]
     if "per_source" in result:
         L += ["", "## Per source", "", "| source | n | accuracy | macro-F1 | UAR | AU mean F1 | valence CCC | arousal CCC |",
               "|---|---|---|---|---|---|---|---|"]

@@ -2,8 +2,8 @@
 
 Every file is read through DVC's API (`dvc.api.read` / `dvc.api.open`), so a version that
 exists only in a DVC remote (a fresh clone) is read from the remote; `workspace` reads the
-working tree. A version is its params.yaml, its verdicts (every face, accepted or not, with
-the reasons) and its FEID rows.
+working tree. A version is its params.yaml and its FEID directory: the accepted rows
+(`<feid>/*.parquet`) and the rejected faces with their reasons (`<feid>/.rejects/`).
 
 The comparison: sizes and acceptance rates; rejection reasons; label distributions and
 their shift (counts, Jensen-Shannon divergence, total variation); agreement on the faces
@@ -73,37 +73,93 @@ def resolve(repo: str, name: str) -> str | None:
                        "(list experiments with `dvc exp show`, tags with `git tag`)")
 
 
-def read_bytes(repo: str, rev: str | None, path: str) -> bytes:
-    """A file of the project at a version: git-tracked or DVC-tracked (local cache or remote)."""
-    if rev is None:
-        p = Path(repo) / path
-        if not p.exists():
-            raise VersionError(f"{path} is not in the workspace: run `seke run` first")
-        return p.read_bytes()
-    import dvc.api
+class Store:
+    """The files of one version: the working tree (rev None) or a commit read through
+    `dvc.api.DVCFileSystem` (git-tracked files from git, DVC outputs from the local cache or,
+    in a fresh clone, the DVC remote)."""
 
-    try:
-        return dvc.api.read(path, repo=repo, rev=rev, mode="rb")
-    except Exception as ex:
-        raise VersionError(f"cannot read {path} at {rev[:7]}: {type(ex).__name__}: {ex}. If the data lives in a "
-                           "DVC remote, check `dvc remote list` and your credentials.") from ex
+    def __init__(self, repo: str, rev: str | None):
+        self.repo, self.rev, self._fs = repo, rev, None
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            from dvc.api import DVCFileSystem
+            self._fs = DVCFileSystem(self.repo, rev=self.rev)
+        return self._fs
+
+    def read(self, path: str) -> bytes:
+        if self.rev is None:
+            p = Path(self.repo) / path
+            if not p.exists():
+                raise VersionError(f"{path} is not in the workspace: run `seke run` first")
+            return p.read_bytes()
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return fh.read()
+        except Exception as ex:
+            raise VersionError(f"cannot read {path} at {self.rev[:7]}: {type(ex).__name__}: {ex}. If the data "
+                               "lives in a DVC remote, check `dvc remote list` and your credentials.") from ex
+
+    def ls(self, folder: str) -> list[str]:
+        """Paths (relative to the repo) of the files directly in `folder`; [] if there is none."""
+        folder = folder.strip("/")
+        if self.rev is None:
+            d = Path(self.repo) / folder
+            return sorted(f"{folder}/{f.name}" for f in d.iterdir() if f.is_file()) if d.is_dir() else []
+        try:
+            entries = self.fs.ls(folder, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(f"{folder}/{Path(e['name']).name}" for e in entries if e.get("type") == "file")
+
+    def parquet(self, path: str, columns: list[str] | None = None):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(self.read(path)), columns=columns)
+
+    def feid(self, folder: str, columns: list[str] | None = None):
+        """FEID as a directory dataset: every top-level `*.parquet` (the export stage's
+        `feid.parquet` and the incremental flow's `part-*.parquet`) concatenated."""
+        import pyarrow as pa
+
+        files = [f for f in self.ls(folder) if f.endswith(".parquet") and Path(f).name != "rejects.parquet"]
+        if not files:
+            raise VersionError(f"no FEID rows under {folder} at {self.rev[:7] if self.rev else 'workspace'}")
+        return pa.concat_tables([self.parquet(f, columns) for f in files])
+
+    def rejects(self, folder: str, columns: list[str] | None = None) -> list[dict]:
+        """Rejected faces (Verdict rows): `<feid>/.rejects/*.parquet`, or the older `<feid>/rejects.parquet`."""
+        files = [f for f in self.ls(f"{folder}/.rejects") if f.endswith(".parquet")]
+        files += [f for f in self.ls(folder) if Path(f).name == "rejects.parquet"]
+        rows: list[dict] = []
+        for f in files:
+            t = self.parquet(f)
+            rows += t.select([c for c in (columns or t.column_names) if c in t.column_names]).to_pylist()
+        return rows
+
+
+def read_bytes(repo: str, rev: str | None, path: str) -> bytes:
+    return Store(repo, rev).read(path)
 
 
 def read_parquet(repo: str, rev: str | None, path: str, columns: list[str] | None = None):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(read_bytes(repo, rev, path)), columns=columns)
+    return Store(repo, rev).parquet(path, columns)
 
 
 def load_version(repo: str, name: str, params_file: str = "params.yaml") -> Version:
+    """params.yaml, the FEID rows and the verdicts (accepted FEID rows + rejected faces) of a version."""
     rev = resolve(repo, name)
-    params = yaml.safe_load(read_bytes(repo, rev, params_file)) or {}
-    paths = params.get("paths", {})
+    st = Store(repo, rev)
+    params = yaml.safe_load(st.read(params_file)) or {}
+    folder = params.get("paths", {}).get("feid", "data/feid")
     v = Version(name=name, rev=rev, repo=repo, params=params)
-    ver = f"{paths.get('verify', 'data/verify')}/verdicts.parquet"
-    fe = f"{paths.get('feid', 'data/feid')}/feid.parquet"
-    v.verdicts = read_parquet(repo, rev, ver, VERDICT_COLUMNS).to_pylist()
-    v.feid = read_parquet(repo, rev, fe, FEID_COLUMNS).to_pylist()
+    table = st.feid(folder)
+    v.feid = table.select([c for c in FEID_COLUMNS if c in table.column_names]).to_pylist()
+    rej = st.rejects(folder, VERDICT_COLUMNS)
+    v.verdicts = [{"face_id": r["id"], "accepted": True, "reasons": [], "confidence": r["confidence"],
+                   "expression": r["expression"], "valence": r["valence"], "arousal": r["arousal"], "aus": r["aus"]}
+                  for r in v.feid] + rej
     return v
 
 
