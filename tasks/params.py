@@ -89,6 +89,7 @@ class Sample(Section):
     dk: int = Field(2, ge=1)
     kmax: int = Field(7, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     seed: int = 1234
+    blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
     stop_rule: Literal["bayes", "naive"] = Field(
         "bayes", description="bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
                              "naive: the stop_* thresholds below on vote share, entropy, VA std, AU entropy")

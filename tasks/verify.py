@@ -228,9 +228,9 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> Verdict:
         if v.use_verification and v.require_confirmation and s.verified is False:
             reasons.append("failed_verification")
     conf = confidence(s, v) if s.n_ok else 0.0
-    if not reasons and conf < v.min_confidence and v.use_verification and s.verified is False:
-        reasons.append("failed_verification")
-    if not reasons and conf < v.min_confidence:
+    if s.n_ok and conf < v.min_confidence:
+        if v.use_verification and s.verified is False and "failed_verification" not in reasons:
+            reasons.append("failed_verification")
         reasons.append("low_confidence")
     if not reasons and (s.expression is None or s.valence is None):
         reasons.append("incomplete")
@@ -260,10 +260,11 @@ def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> 
     """
     samples = [x for x in samples if x["variant"] != VERIFY_VARIANT]
     per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
-    reqs = {x["request_id"] for x in samples}
+    reqs = {x["request_id"]: x["variant"] for x in samples}
     if reqs and not per_req:
         return True
-    if not reqs or min(per_req.get(r, 0) for r in reqs) < sp.stop_min_samples:
+    need = {r: min(sp.stop_min_samples, sp.blind_k) if v == "blind" else sp.stop_min_samples for r, v in reqs.items()}
+    if not reqs or any(per_req.get(r, 0) < n for r, n in need.items()):
         return False
     s = measure(face, samples, k)
     if sp.stop_rule == "bayes":

@@ -1,0 +1,486 @@
+"""Quality study: one sample vs. fixed-K majority (K = 5, 10) vs. SV-UAMC, against ground truth.
+
+Real face images from ../shared/data (london, muxspace, namba; yuface crop, largest face)
+go through the project's own code: tasks.prompt -> tasks.sample.sample_batch (adaptive
+sampling + verification round, response cache) -> tasks.verify.measure/decide. Only the
+annotator differs:
+
+  --annotator sim    the simulated VLLM (tasks.simvllm) over HTTP on 127.0.0.1 through the
+                     OpenAI-compatible annotator. Ground truth = the datasets' labels; VA =
+                     the label's centroid + noise; AUs = the label's prototype with dropouts and
+                     extras (seeded). Single-sample accuracy ~0.7, per-face difficulty, a fixed
+                     distractor per face that most wrong answers name, AU/VA following partly
+                     the stated label. A share of faces (--au-prior-share) carries DISFA-style
+                     AU priors (12 AUs), so priors are used where they exist.
+  --annotator local  the local annotator (fer + facex + MediaPipe AUs). Ground truth =
+                     the datasets' labels; it has no VA/AU truth, so those columns are empty.
+
+SV-UAMC's confidence is calibrated by 2-fold person-disjoint cross-fitting: a logistic
+(Platt) model over the evidence features of tasks.uamc is fit on one half of the people and
+applied to the other, so every reported confidence comes from a model that never saw that
+face's person. --write-calibration also fits it on all faces and writes the JSON that
+`verify.calibration` reads.
+
+"calls" = model answers (completions; each is billed output), "image sends" = HTTP requests
+(each carries the image and is billed input; a call with n answers is one send up to
+annotator.max_n). Prints one table and writes --json.
+
+    .venv/bin/python benchmarks/quality_study.py --annotator sim
+    .venv/bin/python benchmarks/quality_study.py --annotator local
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tasks import uamc  # noqa: E402
+from tasks.annotators.base import Annotator, Call, CallResult  # noqa: E402
+from tasks.cache import ResponseCache  # noqa: E402
+from tasks.crop import crop_image  # noqa: E402
+from tasks.knowledge import AUS, load as load_knowledge  # noqa: E402
+from tasks.params import Params  # noqa: E402
+from tasks.prompt import requests_for  # noqa: E402
+from tasks.records import FaceRecord, ImageRecord  # noqa: E402
+from tasks.sample import Tally, sample_batch  # noqa: E402
+from tasks.verify import VERIFY_VARIANT, decide, measure  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+SETS = ("london", "muxspace", "namba")
+DISFA_AUS = ["AU01", "AU02", "AU04", "AU05", "AU06", "AU09", "AU12", "AU15", "AU17", "AU20", "AU25", "AU26"]
+COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+# ------------------------------------------------------------------ faces
+def person_of(name: str, row: dict) -> str:
+    if name == "london":
+        return f"london_{row['face_id']}"
+    if name == "namba":
+        return f"namba_{row['subject']}"
+    stem = Path(row["path"]).stem
+    parts = stem.rsplit("_", 1)
+    return f"mux_{parts[0] if len(parts) == 2 and parts[1].isdigit() else stem}"
+
+
+def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
+    """FaceRecord dicts (largest face per image, yuface, default crop params) + truth label."""
+    from tasks.params import Crop
+    k = load_knowledge()
+    out = []
+    for name in sets:
+        f = cache_dir / f"faces_{name}.pkl"
+        if f.exists():
+            out += pickle.loads(f.read_bytes())
+            continue
+        faces = []
+        for row in csv.DictReader(open(DATA / name / "labels.csv", newline="")):
+            data = (DATA / name / row["path"]).read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            img = ImageRecord(id=sha, path=f"{name}/{row['path']}", uri=str(DATA / name / row["path"]), source=name,
+                              subject=person_of(name, row), width=0, height=0, format="", n_bytes=len(data),
+                              label_set=[], au_set=[])
+            st, fr = crop_image(img, data, Crop(faces="largest"))
+            if not fr:
+                continue
+            d = fr[0].model_dump()
+            d["truth"] = k.expression(row["label"])
+            faces.append(d)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(pickle.dumps(faces))
+        out += faces
+    return out
+
+
+def sim_truth(faces: list[dict], au_prior_share: float, seed: int):
+    """Ground truth for the simulator (VA, AUs) and the AU priors of a share of the faces."""
+    from tasks.simvllm import Truth
+    k = load_knowledge()
+    truth = {}
+    for f in faces:
+        r = random.Random(f"truth|{seed}|{f['crop_sha256']}")
+        e = f["truth"]
+        cv, ca, s = k.va_centroid(e)
+        core, often = k.prototype(e)
+        aus = {a for a in core if r.random() < 0.8} | {a for a in often if r.random() < 0.5} \
+            | {a for a in k.aus if r.random() < 0.03}
+        t = Truth(e, max(-1, min(1, cv + r.gauss(0, s / 2))), max(-1, min(1, ca + r.gauss(0, s / 2))), sorted(aus))
+        truth[f["crop_sha256"]] = t
+        f["truth_va"] = (t.valence, t.arousal)
+        f["truth_aus"] = t.aus
+        pr = random.Random(f"prior|{seed}|{f['subject']}")
+        if pr.random() < au_prior_share:
+            f["au_set"] = list(DISFA_AUS)
+            f["prior_aus"] = [a for a in t.aus if a in DISFA_AUS]
+            f["source"] = "disfa-like"
+    return truth
+
+
+# ------------------------------------------------------------------ counting annotator
+class Counting(Annotator):
+    """Wraps an annotator: counts what a strategy would send (answers, calls, image sends)
+    and memoises answers across strategies, so shared draws (same request, index, seed) are
+    computed once but counted for each strategy that uses them."""
+
+    def __init__(self, inner: Annotator, memo: dict, max_n: int):
+        self.inner, self.memo, self.max_n = inner, memo, max_n
+        self.name, self.version, self.model = inner.name, inner.version, inner.model
+        self.supports_verification = getattr(inner, "supports_verification", inner.name == "openai")
+        self.answers = self.calls = self.image_sends = self.verify_calls = 0
+
+    def signature(self) -> dict:
+        return self.inner.signature()
+
+    def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
+        todo = []
+        for c in calls:
+            self.calls += 1
+            self.answers += len(c.indices)
+            self.image_sends += math.ceil(len(c.indices) / self.max_n)
+            self.verify_calls += c.ask == ("verify",)
+            keys = [(c.request_id, i, s) for i, s in zip(c.indices, c.seeds)]
+            if all(key in self.memo for key in keys):
+                yield CallResult(call=c, answers=[self.memo[key] for key in keys])
+            else:
+                todo.append(c)
+        for res in self.inner.run(todo):
+            for a in res.answers:
+                self.memo[(res.call.request_id, a.index, a.seed)] = a
+            yield res
+
+
+# ------------------------------------------------------------------ metrics
+def macro_f1(truth: list[str], pred: list[str]) -> float:
+    f1s = []
+    for c in sorted(set(truth)):
+        tp = sum(t == c and p == c for t, p in zip(truth, pred))
+        fp = sum(t != c and p == c for t, p in zip(truth, pred))
+        fn = sum(t == c and p != c for t, p in zip(truth, pred))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def ccc(x: list[float], y: list[float]) -> float:
+    if len(x) < 2:
+        return float("nan")
+    x, y = np.asarray(x), np.asarray(y)
+    mx, my = x.mean(), y.mean()
+    cov = ((x - mx) * (y - my)).mean()
+    return float(2 * cov / (x.var() + y.var() + (mx - my) ** 2))
+
+
+def au_f1(rows: list[dict]) -> float:
+    tp = fp = fn = 0
+    for r in rows:
+        if r.get("au_source") != "annotator" or r.get("truth_aus") is None:
+            continue
+        pred, true = set(r["aus"] or []), set(r["truth_aus"])
+        known = set(AUS) - set(r.get("au_set") or [])
+        tp += len(pred & true & known)
+        fp += len((pred - true) & known)
+        fn += len((true - pred) & known)
+    return 2 * tp / (2 * tp + fp + fn) if tp else float("nan")
+
+
+def risk_coverage(conf: list[float], correct: list[bool]) -> list[tuple[float, float]]:
+    """Accuracy of the top-c by confidence for every c = i/n, ties broken in expectation."""
+    n = len(conf)
+    order = sorted(range(n), key=lambda i: -conf[i])
+    groups: list[tuple[int, int]] = []  # (size, n correct) per tie group, best first
+    i = 0
+    while i < n:
+        j = i
+        while j < n and conf[order[j]] == conf[order[i]]:
+            j += 1
+        groups.append((j - i, sum(correct[order[m]] for m in range(i, j))))
+        i = j
+    pts, taken, right = [], 0, 0.0
+    for size, good in groups:
+        for m in range(1, size + 1):
+            pts.append(((taken + m) / n, (right + good * m / size) / (taken + m)))
+        taken += size
+        right += good
+    return pts
+
+
+def acc_at(pts: list[tuple[float, float]], cov: float) -> float:
+    i = max(0, min(len(pts) - 1, math.ceil(cov * len(pts)) - 1))
+    return pts[i][1]
+
+
+def ece(conf: list[float], correct: list[bool], bins: int = 15) -> float:
+    conf_a, corr_a = np.asarray(conf), np.asarray(correct, dtype=float)
+    idx = np.minimum((conf_a * bins).astype(int), bins - 1)
+    return float(sum(abs(conf_a[idx == b].mean() - corr_a[idx == b].mean()) * (idx == b).sum()
+                     for b in range(bins) if (idx == b).any()) / len(conf_a))
+
+
+# ------------------------------------------------------------------ calibration
+def fit_platt(X: np.ndarray, y: np.ndarray) -> uamc.Calibrator:
+    """Logistic fit over the evidence features; weights of monotone features kept >= 0 (a
+    feature whose fitted weight is negative is dropped and the model refit)."""
+    from sklearn.linear_model import LogisticRegression
+    names = list(uamc.FEATURES)
+    keep = [i for i in range(len(names)) if X[:, i].std() > 0]
+    while True:
+        if len(set(y)) < 2 or not keep:
+            p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+            return uamc.Calibrator(math.log(p / (1 - p)), {}, source="platt")
+        m = LogisticRegression(C=10.0, max_iter=2000).fit(X[:, keep], y)
+        coef = dict(zip([names[i] for i in keep], m.coef_[0]))
+        bad = [n for n in uamc.MONOTONE if coef.get(n, 0) < 0]
+        if not bad:
+            return uamc.Calibrator(float(m.intercept_[0]), {k: float(v) for k, v in coef.items()}, source="platt")
+        keep = [i for i in keep if names[i] not in bad]
+
+
+def features_of(rows: list[dict]) -> np.ndarray:
+    return np.array([[r["features"][n] for n in uamc.FEATURES] for r in rows])
+
+
+def crossfit(rows: list[dict], seed: int) -> None:
+    """Out-of-fold calibrated confidence for every row (2 folds by person)."""
+    people = sorted({r["subject"] for r in rows})
+    random.Random(seed).shuffle(people)
+    fold = {p: i % 2 for i, p in enumerate(people)}
+    for f in (0, 1):
+        train = [r for r in rows if fold[r["subject"]] != f]
+        test = [r for r in rows if fold[r["subject"]] == f]
+        cal = fit_platt(features_of(train), np.array([r["correct"] for r in train], dtype=float))
+        for r in test:
+            r["confidence"] = cal(r["features"])
+
+
+# ------------------------------------------------------------------ one strategy
+def run_strategy(name: str, over: dict, faces: list[dict], ann: Annotator, memo: dict, base: Params,
+                 max_n: int, workdir: Path) -> tuple[list[dict], dict]:
+    k = load_knowledge()
+    p = base.model_copy(update={
+        "sample": base.sample.model_copy(update=over.get("sample", {})),
+        "prompt": base.prompt.model_copy(update=over.get("prompt", {})),
+        "verify": base.verify.model_copy(update=over.get("verify", {}))})
+    counting = Counting(ann, memo, max_n)
+    cache = ResponseCache(str(workdir / f"cache-{name}"), counting.signature_hash())
+    tally = Tally()
+    t0 = time.perf_counter()
+    reqs = {}
+    for f in faces:
+        fr = FaceRecord(**{c: f[c] for c in FaceRecord.columns()})
+        reqs[f["face_id"]] = [r.model_dump() for r in requests_for(k, fr, p.prompt.version, p.prompt.knowledge,
+                                                                   p.prompt.blind)]
+    samples: dict[str, list[dict]] = {f["face_id"]: [] for f in faces}
+    for i in range(0, len(faces), 64):
+        batch = faces[i:i + 64]
+        for s in sample_batch(batch, {f["face_id"]: reqs[f["face_id"]] for f in batch}, counting, cache, p, k, tally):
+            samples[s["face_id"]].append(s)
+    cache.close()
+    rows = []
+    for f in faces:
+        sm = samples[f["face_id"]]
+        v = decide(f, sm, k, p.verify)
+        st = measure(f, sm, k)
+        feats = uamc.features(st.evidence(), p.verify.use_consistency, p.verify.use_verification, p.verify.use_priors)
+        rows.append({**{c: f[c] for c in ("face_id", "subject", "source", "truth", "au_set")},
+                     "truth_va": f.get("truth_va"), "truth_aus": f.get("truth_aus"),
+                     "expression": v.expression, "correct": v.expression == f["truth"], "vote_share": v.vote_share,
+                     "valence": v.valence, "arousal": v.arousal, "aus": v.aus, "au_source": v.au_source,
+                     "hard_reasons": [r for r in v.reasons if r not in ("low_confidence", "failed_verification")],
+                     "verified": st.verified, "n_gen": st.n_votes, "features": feats, "raw_confidence": v.confidence,
+                     "n_samples": sum(1 for x in sm if x["variant"] != VERIFY_VARIANT)})
+    cost = {"answers_per_face": counting.answers / len(faces), "calls_per_face": counting.calls / len(faces),
+            "image_sends_per_face": counting.image_sends / len(faces),
+            "verify_calls_per_face": counting.verify_calls / len(faces), "seconds": time.perf_counter() - t0}
+    return rows, cost
+
+
+def summarise(name: str, rows: list[dict], cost: dict, kind: str, min_conf: float) -> dict:
+    if kind == "single":
+        conf = [1.0] * len(rows)
+    elif kind == "vote":
+        conf = [r["vote_share"] or 0.0 for r in rows]
+    else:
+        conf = [r["confidence"] for r in rows]
+    correct = [r["correct"] for r in rows]
+    pts = risk_coverage(conf, correct)
+    if kind == "svuamc":
+        acc_rows = [r for r, c in zip(rows, conf) if c >= min_conf and not r["hard_reasons"]]
+    else:
+        acc_rows = rows
+    va = [r for r in acc_rows if r["truth_va"] is not None and r["valence"] is not None]
+    out = {
+        "strategy": name, "n": len(rows),
+        "coverage": len(acc_rows) / len(rows),
+        "accuracy": float(np.mean([r["correct"] for r in acc_rows])) if acc_rows else float("nan"),
+        "macro_f1": macro_f1([r["truth"] for r in acc_rows], [r["expression"] or "" for r in acc_rows]),
+        "au_f1": au_f1(acc_rows),
+        "va_ccc": float(np.mean([ccc([r["valence"] for r in va], [r["truth_va"][0] for r in va]),
+                                 ccc([r["arousal"] for r in va], [r["truth_va"][1] for r in va])])) if va else float("nan"),
+        "accuracy_all": float(np.mean(correct)),
+        "acc_at": {f"{c:.1f}": acc_at(pts, c) for c in COVERAGES},
+        "aurc": float(np.mean([1 - a for _, a in pts])),
+        "ece": ece(conf, correct) if kind != "single" else float("nan"),
+        "ece_accepted": ece([c for r, c in zip(rows, conf) if r in acc_rows], [r["correct"] for r in acc_rows])
+        if kind == "svuamc" and acc_rows else float("nan"),
+        "mean_k": float(np.mean([r["n_samples"] for r in rows])),
+        "verified_share": float(np.mean([r["verified"] is not None for r in rows])),
+        **cost,
+        "risk_coverage": [(round(c, 4), round(a, 4)) for c, a in pts[:: max(1, len(pts) // 50)]],
+    }
+    return out
+
+
+STRATEGIES = {
+    "one sample": ({"sample": {"k0": 1, "kmax": 1, "verify_round": "none"}, "prompt": {"blind": False}}, "single"),
+    "fixed K=5": ({"sample": {"k0": 5, "kmax": 5, "verify_round": "none"}, "prompt": {"blind": False}}, "vote"),
+    "fixed K=10": ({"sample": {"k0": 10, "kmax": 10, "verify_round": "none"}, "prompt": {"blind": False}}, "vote"),
+    "SV-UAMC": ({}, "svuamc"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--annotator", choices=("sim", "local"), default="sim")
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="SV-UAMC's sample/verify params")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a sample/verify/prompt param of SV-UAMC, e.g. -S sample.kmax=9")
+    ap.add_argument("--sim", action="append", default=[], metavar="KEY=VALUE", help="SimConfig override")
+    ap.add_argument("--au-prior-share", type=float, default=0.25)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--only", help="comma-separated strategies to run")
+    ap.add_argument("--write-calibration", help="fit the SV-UAMC calibration on all faces and write it here")
+    ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "seke_quality"))
+    args = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+
+    from tasks.params import load
+    base = load(args.params)
+    over_sv: dict = {}
+    for kv in args.set:
+        key, _, val = kv.partition("=")
+        sec, _, fld = key.partition(".")
+        try:
+            value = json.loads(val)
+        except json.JSONDecodeError:
+            value = val
+        over_sv.setdefault(sec, {})[fld] = value
+    strategies = dict(STRATEGIES)
+    strategies["SV-UAMC"] = (over_sv, "svuamc")
+    if args.only:
+        strategies = {k: v for k, v in strategies.items() if k in args.only.split(",")}
+
+    faces = load_faces(args.sets.split(","), Path(args.cache_dir))
+    print(f"{len(faces)} faces from {args.sets}: {dict(Counter(f['truth'] for f in faces))}")
+    workdir = Path(tempfile.mkdtemp(prefix="seke_quality_"))
+    memo: dict = {}
+    server = None
+    sim_cfg = {}
+    if args.annotator == "sim":
+        from tasks.annotators.openai_compat import OpenAIAnnotator
+        from tasks.params import Annotator as AnnParams, Runtime
+        from tasks.simvllm import ServerThread, SimConfig, SimVLLM
+        cfg = SimConfig(accuracy=0.7)
+        for kv in args.sim:
+            key, _, val = kv.partition("=")
+            cfg.update({key: json.loads(val)})
+        sim_cfg = cfg.__dict__.copy()
+        truth = sim_truth(faces, args.au_prior_share, args.seed)
+        server = ServerThread(SimVLLM(cfg, truth)).start()
+        os.environ.update(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sim", NO_PROXY="127.0.0.1,localhost")
+        os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
+        ap_ = AnnParams(backend="openai", model="sim-vllm", temperature=1.0)
+        ann: Annotator = OpenAIAnnotator(ap_, Runtime(concurrency=16, timeout_s=10, max_retries=2, retry_base_s=0.01,
+                                                      progress_every_s=60))
+        max_n = ap_.max_n
+    else:
+        from tasks.annotators.local import LocalAnnotator
+        from tasks.params import Annotator as AnnParams
+        ap_ = base.annotator.model_copy(update={"backend": "local"})
+        ann = LocalAnnotator(ap_)
+        max_n = 1 << 30
+        for f in faces:
+            f["truth_va"] = f["truth_aus"] = None
+    results, all_rows = [], {}
+    try:
+        for name, (over, kind) in strategies.items():
+            rows, cost = run_strategy(name, over, faces, ann, memo, base, max_n, workdir)
+            if kind == "svuamc":
+                sv = [r for r in rows if r["n_gen"]]
+                crossfit(sv, args.seed)
+                for r in rows:
+                    r.setdefault("confidence", 0.0)
+                if args.write_calibration:
+                    cal = fit_platt(features_of(sv), np.array([r["correct"] for r in sv], dtype=float))
+                    d = cal.to_json()
+                    d["source"] = (f"benchmarks/quality_study.py --annotator {args.annotator} on {args.sets}, "
+                                   f"{len(sv)} faces, seed {args.seed}")
+                    Path(args.write_calibration).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.write_calibration).write_text(json.dumps(d, indent=2) + "\n")
+            min_conf = base.model_copy(update={"verify": base.verify.model_copy(update=over.get("verify", {}))}
+                                       ).verify.min_confidence
+            s = summarise(name, rows, cost, kind, min_conf)
+            results.append(s)
+            all_rows[name] = rows
+            print(f"  {name}: done in {cost['seconds']:.0f} s")
+    finally:
+        if server:
+            server.stop()
+
+    # SV-UAMC vs fixed K=10 at SV-UAMC's own coverage
+    by = {r["strategy"]: r for r in results}
+    print()
+    hdr = (f"{'strategy':12} {'cover':>6} {'acc':>6} {'mF1':>6} {'AU F1':>6} {'VA CCC':>6} {'acc@70':>6} "
+           f"{'acc@80':>6} {'AURC':>6} {'ECE':>6} {'calls':>6} {'sends':>6} {'verif':>6}")
+    print(hdr)
+    for r in results:
+        print(f"{r['strategy']:12} {r['coverage']:6.3f} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} {r['au_f1']:6.3f} "
+              f"{r['va_ccc']:6.3f} {r['acc_at']['0.7']:6.3f} {r['acc_at']['0.8']:6.3f} {r['aurc']:6.3f} "
+              f"{r['ece']:6.3f} {r['answers_per_face']:6.2f} {r['image_sends_per_face']:6.2f} "
+              f"{r['verify_calls_per_face']:6.2f}")
+    goals = {}
+    if "SV-UAMC" in by and "fixed K=10" in by and "one sample" in by:
+        sv, k10, one = by["SV-UAMC"], by["fixed K=10"], by["one sample"]
+        cov = sv["coverage"]
+        pts10 = risk_coverage([r["vote_share"] or 0 for r in all_rows["fixed K=10"]],
+                              [r["correct"] for r in all_rows["fixed K=10"]])
+        k10_at = acc_at(pts10, cov)
+        goals = {
+            "sv_coverage": cov, "sv_accuracy": sv["accuracy"], "k10_accuracy_at_sv_coverage": k10_at,
+            "coverage_ge_70": cov >= 0.7,
+            "acc_ge_k10_at_same_coverage": sv["accuracy"] >= k10_at,
+            "calls_le_half_k10": sv["answers_per_face"] <= 0.5 * k10["answers_per_face"],
+            "gain_over_one_sample_pts": 100 * (sv["accuracy"] - one["accuracy"]),
+            "gain_ge_20_pts": sv["accuracy"] - one["accuracy"] >= 0.20,
+            "ece": sv["ece"], "ece_le_0_05": sv["ece"] <= 0.05,
+            "sv_acc_at_70": sv["acc_at"]["0.7"], "k10_acc_at_70": k10["acc_at"]["0.7"],
+        }
+        print("\ngoals (SV-UAMC at its decision threshold verify.min_confidence="
+              f"{base.verify.min_confidence}):")
+        for kk, vv in goals.items():
+            print(f"  {kk}: {round(vv, 4) if isinstance(vv, float) else vv}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"annotator": args.annotator, "sets": args.sets, "sim": sim_cfg,
+                                               "overrides": over_sv, "au_prior_share": args.au_prior_share,
+                                               "results": results, "goals": goals}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

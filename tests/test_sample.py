@@ -1,0 +1,98 @@
+"""Adaptive sampling and the verification round, with a scripted in-process annotator."""
+from __future__ import annotations
+
+import json
+
+from tasks.annotators.base import Annotator, CallResult, RawAnswer
+from tasks.cache import ResponseCache
+from tasks.knowledge import load
+from tasks.params import Params, Paths, Sample
+from tasks.prompt import requests_for
+from tasks.records import FaceRecord
+from tasks.sample import Tally, sample_batch
+
+K = load()
+
+
+class Scripted(Annotator):
+    """Answers face 'easy' always happy, face 'hard' alternating happy/sad; verification
+    answers confirm happy and reject anything else."""
+    name, version, model = "scripted", "1", "scripted"
+    supports_verification = True
+
+    def __init__(self):
+        self.calls = []
+
+    def signature(self):
+        return {"name": "scripted"}
+
+    def run(self, calls):
+        for c in calls:
+            self.calls.append(c)
+            out = []
+            for i, s in zip(c.indices, c.seeds):
+                if c.ask == ("verify",):
+                    t = c.messages[1]["content"][0]["text"]
+                    obj = {"confirmed": '"expression": "happy"' in t, "expression": "happy", "rationale": "r"}
+                else:
+                    e = "happy" if c.face_id == "easy" or i % 2 == 0 else "sad"
+                    obj = {"expression": e, "valence": 0.5, "arousal": 0.3, "aus": ["AU12"], "rationale": "r"}
+                out.append(RawAnswer(index=i, seed=s, text=json.dumps(obj), finish_reason="stop"))
+            yield CallResult(call=c, answers=out)
+
+
+def face(fid: str) -> dict:
+    return FaceRecord(face_id=fid, image_id=fid, face_index=0, n_faces=1, path=fid, source="t", box_x=0, box_y=0,
+                      box_w=1, box_h=1, score=1, detector="none", crop=fid.encode(), crop_sha256=fid * 4,
+                      crop_face_frac=1, label_set=[], au_set=[]).model_dump()
+
+
+def run(tmp_path, ann, **sample):
+    p = Params(paths=Paths(input="x"), sample=Sample(**sample))
+    faces = [face("easy"), face("hard")]
+    reqs = {f["face_id"]: [r.model_dump() for r in requests_for(K, FaceRecord(**f), "v1", True, True)] for f in faces}
+    cache = ResponseCache(str(tmp_path / "cache"), ann.signature_hash())
+    tally = Tally()
+    out = list(sample_batch(faces, reqs, ann, cache, p, K, tally))
+    cache.close()
+    return out, tally
+
+
+def test_adaptive_stops_early_and_verifies(tmp_path):
+    ann = Scripted()
+    out, tally = run(tmp_path, ann, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
+                     verify_round="all")
+    gen = lambda fid: [s for s in out if s["face_id"] == fid and s["variant"] == "primed"]
+    assert len(gen("easy")) == 2          # 2 of 2 agree: stop
+    assert len(gen("hard")) == 6          # split votes: up to kmax
+    ver = {s["face_id"]: s for s in out if s["variant"] == "verify"}
+    assert ver["easy"]["expression"] == "happy"        # confirmed
+    assert tally.per_face_k == [2, 6] and tally.verify_calls == 2
+    # a re-run is answered by the cache: no calls at all
+    ann2 = Scripted()
+    out2, tally2 = run(tmp_path, ann2, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
+                       verify_round="all")
+    key = lambda rows: [(s["face_id"], s["variant"], s["sample_index"], s["expression"]) for s in rows]
+    assert key(out2) == key(out) and all(s["cached"] for s in out2)
+    assert ann2.calls == []
+
+
+def test_fixed_k_and_no_verification(tmp_path):
+    ann = Scripted()
+    out, tally = run(tmp_path, ann, k0=4, dk=1, kmax=4, verify_round="none")
+    assert tally.per_face_k == [4, 4] and not any(s["variant"] == "verify" for s in out)
+    assert all(c.ask != ("verify",) for c in ann.calls)
+
+
+def test_uncertain_round_skips_certain_faces(tmp_path):
+    ann = Scripted()
+    out, _ = run(tmp_path, ann, k0=3, dk=2, kmax=5, stop_min_samples=3, stop_confidence=0.9,
+                 verify_round="uncertain", verify_below=0.9)
+    assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}   # easy: 3/3 = 0.9375
+
+
+def test_annotators_without_verification_are_not_asked(tmp_path):
+    ann = Scripted()
+    ann.supports_verification = False
+    out, _ = run(tmp_path, ann, verify_round="all")
+    assert not any(s["variant"] == "verify" for s in out)
