@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Ablations of SV-UAMC, each one a params.yaml change.
+#
+#   benchmarks/ablations.sh            # DVC experiments: queue all, run all, show, diff
+#   benchmarks/ablations.sh --study    # the same switches in the quality study (ground truth, sim)
+#
+# DVC experiments run the real pipeline (params.yaml's annotator on paths.input) and report
+# what the pipeline can measure without ground truth: samples and calls per face, acceptance
+# rate, mean confidence, reject reasons. Queued experiments run from the last commit, so
+# commit everything the pipeline needs first. The quality study runs the same switches
+# against known ground truth (accuracy, coverage, ECE, calls).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+
+ABLATIONS=(
+  "full|"
+  "no-knowledge|-S prompt.knowledge=false"
+  "fixed-K|-S sample.k0=6 -S sample.kmax=6"
+  "no-verification|-S sample.verify_round=none -S verify.use_verification=false"
+  "no-consistency|-S verify.use_consistency=false -S sample.stop_min_consistency=0"
+  "no-priors|-S verify.use_priors=false -S prompt.blind=false"
+  "naive-stop|-S sample.stop_rule=naive -S sample.stop_min_samples=3"
+)
+
+if [[ "${1:-}" == "--study" ]]; then
+  for a in "${ABLATIONS[@]}"; do
+    name=${a%%|*}; args=${a#*|}
+    echo "== $name $args"
+    python benchmarks/quality_study.py --annotator "${ANNOTATOR:-sim}" --only SV-UAMC $args \
+      --json "benchmarks/results/ablation_${ANNOTATOR:-sim}_${name}.json" 2>&1 | grep -A1 "^strategy"
+  done
+  exit 0
+fi
+
+for a in "${ABLATIONS[@]}"; do
+  name=${a%%|*}; args=${a#*|}
+  # shellcheck disable=SC2086
+  dvc exp run --queue -n "abl-$name" $args
+done
+dvc exp run --run-all --jobs 1
+dvc exp show --only-changed --md
+dvc metrics diff abl-full abl-fixed-K --md || true
+for n in no-knowledge no-verification no-consistency no-priors naive-stop; do
+  dvc metrics diff abl-full "abl-$n" --md || true
+done
