@@ -49,7 +49,7 @@ def test_counts_add_up_and_every_quarantined_file_has_a_reason(built):
     proj, _ = built
     faces = pq.read_table(proj / "data/crop/faces.parquet").num_rows
     feid = pq.read_table(proj / "data/feid/feid.parquet").num_rows
-    rejects = pq.read_table(proj / "data/feid/rejects.parquet").to_pylist()
+    rejects = pq.read_table(proj / "data/feid/.rejects/rejects.parquet").to_pylist()
     assert feid + len(rejects) == faces == 3 * 2 + 4  # six London faces + the four-face collage
     assert all(r["reasons"] for r in rejects)
     q = {r["path"]: r for r in pq.read_table(proj / "data/ingest/quarantine.parquet").to_pylist()}
