@@ -189,7 +189,7 @@ def split(params: str = PARAMS, set_: Optional[List[str]] = SET,
     p = load_params(params, set_)
     if not p.bench.sources:
         raise Fail("bench.sources is empty in params.yaml: list the labelled sources first")
-    ids, subjects = bench.training_set(f"{p.paths.ingest}/images.parquet", f"{p.paths.feid}/feid.parquet")
+    ids, subjects = bench.training_set(f"{p.paths.ingest}/images.parquet", p.paths.feid)
     if not ids:
         console.print("[yellow]warning:[/] no FEID training set found (data/ingest, data/feid): "
                       "nothing is excluded. Run `seke run` first to keep the benchmark disjoint from FEID.")

@@ -280,7 +280,8 @@ def _unit(seed: int, subject: str) -> float:
 
 def training_set(ingest_images: str | None = None, feid: str | None = None) -> tuple[set[str], set[str]]:
     """Image ids and subjects FEID was built from: every ingested image (a superset of the
-    accepted ones) and, if given, the image ids of FEID's rows."""
+    accepted ones) and the image ids of FEID's rows (`feid` = the FEID folder, whose
+    top-level `*.parquet` are the export stage's rows and the incremental parts)."""
     import pyarrow.parquet as pq
 
     ids, subjects = set(), set()
@@ -289,7 +290,10 @@ def training_set(ingest_images: str | None = None, feid: str | None = None) -> t
         ids |= set(t["id"].to_pylist())
         subjects |= {s for s in t["subject"].to_pylist() if s}
     if feid and Path(feid).exists():
-        ids |= {fid.rsplit("_", 1)[0] for fid in pq.read_table(feid, columns=["id"])["id"].to_pylist()}
+        files = [Path(feid)] if Path(feid).is_file() else sorted(Path(feid).glob("*.parquet"))
+        for f in files:
+            if f.name != "rejects.parquet":
+                ids |= {fid.rsplit("_", 1)[0] for fid in pq.read_table(f, columns=["id"])["id"].to_pylist()}
     return ids, subjects
 
 
