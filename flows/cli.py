@@ -464,6 +464,78 @@ def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | 
               + " + README.md")
 
 
+# ---------------------------------------------------------------- estimate
+@app.command(epilog="Examples:\n\n"
+             "  dvc repro prompt && seke estimate           # price the sample stage before spending\n\n"
+             "  seke estimate -S annotator.backend=openai -S annotator.model=gpt-4o")
+def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
+    """Dry run: calls, image sends, tokens and cost of the sample stage; sends nothing.
+
+    Needs the prompt stage's output (ingest, crop and prompt make no annotator calls). The
+    [bold]floor[/] is every face stopping after sample.k0, the [bold]ceiling[/] every face going on
+    to sample.kmax. Samples already in the response cache are free.
+    """
+    from tasks.estimate import dry_run
+
+    p = load_params(params, set_)
+    try:
+        est = dry_run(p)
+    except FileNotFoundError as ex:
+        raise Fail(f"{ex}: run `dvc repro prompt` first (ingest, crop and prompt make no annotator calls)")
+    rows = [(name, e["k_per_request"], e["calls"], e.get("image_sends", e["calls"]), e["samples"],
+             f"{e.get('tokens_in', 0):,}", f"{e.get('tokens_out', 0):,}", f"${e['cost_usd']:.2f}")
+            for name, e in ((n, est[n]) for n in ("floor", "ceiling"))]
+    out.print(_table(f"{p.annotator.backend} / {p.annotator.model}: {est['cached_samples']} samples already cached",
+                     rows, ("bound", "k", "calls", "image sends", "samples", "tokens in", "tokens out", "cost")))
+
+
+# ---------------------------------------------------------------- pipeline
+@app.command(epilog="Examples:\n\n"
+             "  seke pipeline            # the whole pipeline as one Prefect flow run\n\n"
+             "  seke pipeline --force")
+def pipeline(force: bool = typer.Option(False, "--force", "-f", help="re-run every stage")):
+    """Run the whole pipeline as one Prefect flow: one task per DVC stage, in DVC's order,
+    with DVC deciding which stages are stale (flows/pipeline.py)."""
+    from flows.pipeline import pipeline as flow
+
+    if not Path("dvc.yaml").exists():
+        raise Fail("no dvc.yaml here: run seke from the project root")
+    try:
+        res = flow(force=force)
+    except RuntimeError as ex:
+        raise Fail(str(ex))
+    out.print(_table("stages", [(k, v) for k, v in res.items()], ("stage", "result")))
+
+
+# ---------------------------------------------------------------- knowledge
+knowledge_app = typer.Typer(no_args_is_help=True, help="Emotion knowledge files (tasks/knowledge/).",
+                            epilog="Examples:\n\n  seke knowledge refit labels.csv")
+app.add_typer(knowledge_app, name="knowledge")
+
+
+@knowledge_app.command("refit", epilog="Examples:\n\n"
+                       "  seke knowledge refit affectnet_labels.csv            # writes tasks/knowledge/va.yaml\n\n"
+                       "  seke knowledge refit s3://lab/labels.parquet --out /tmp/va.yaml --min-n 50")
+def knowledge_refit(manifest: str = typer.Argument(..., help="CSV/Parquet (any fsspec URL) with expression, valence, "
+                                                             "arousal columns"),
+                    out_path: str = typer.Option("tasks/knowledge/va.yaml", "--out", "-o", help="where to write"),
+                    min_n: int = typer.Option(20, "--min-n", help="keep the literature value for classes with fewer rows")):
+    """Refit the expression -> VA centroids and spreads from data labelled with both.
+
+    Classes with fewer than --min-n rows keep their literature values; the file records
+    the source manifest's hash. The knowledge files are DVC dependencies, so the next
+    `dvc repro` re-runs what they shape.
+    """
+    from tasks.knowledge_refit import refit
+
+    try:
+        fitted = refit(manifest, out_path, min_n=min_n)
+    except (FileNotFoundError, KeyError, ValueError) as ex:
+        raise Fail(str(ex))
+    rows = [(e, *(f"{x:.3f}" if isinstance(x, float) else x for x in v)) for e, v in fitted.items()]
+    out.print(_table(f"refit -> {out_path}", rows, ("expression", "n", "valence", "arousal", "spread")))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -41,7 +41,7 @@ def test_top_level_help():
 def test_help_of_every_command_has_examples(cmd):
     r = runner.invoke(app, [*cmd, "--help"], terminal_width=120)
     assert r.exit_code == 0, r.output
-    assert "Usage" in r.output and "Examples" in r.output and f"seke {cmd[-1]}" in r.output
+    assert "Usage" in r.output and "Examples" in r.output and f"seke {' '.join(cmd)}" in r.output
 
 
 def test_console_script_runs():
