@@ -337,6 +337,13 @@ def summarise(name: str, rows: list[dict], cost: dict, kind: str, min_conf: floa
         "ece_accepted": ece([c for r, c in zip(rows, conf) if r in acc_rows], [r["correct"] for r in acc_rows])
         if kind == "svuamc" and acc_rows else float("nan"),
         "mean_k": float(np.mean([r["n_samples"] for r in rows])),
+        # the pipeline's own confidence (params' verify.calibration, "" = uamc.DEFAULT), not cross-fit
+        **({"params_confidence": {
+            "ece": ece([r["raw_confidence"] for r in rows], correct),
+            "coverage": float(np.mean([r["raw_confidence"] >= min_conf and not r["hard_reasons"] for r in rows])),
+            "accuracy": float(np.mean([r["correct"] for r in rows
+                                       if r["raw_confidence"] >= min_conf and not r["hard_reasons"]] or [float("nan")])),
+        }} if kind == "svuamc" else {}),
         "verified_share": float(np.mean([r["verified"] is not None for r in rows])),
         **cost,
         "risk_coverage": [(round(c, 4), round(a, 4)) for c, a in pts[:: max(1, len(pts) // 50)]],
@@ -453,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['va_ccc']:6.3f} {r['acc_at']['0.7']:6.3f} {r['acc_at']['0.8']:6.3f} {r['aurc']:6.3f} "
               f"{r['ece']:6.3f} {r['answers_per_face']:6.2f} {r['image_sends_per_face']:6.2f} "
               f"{r['verify_calls_per_face']:6.2f}")
+    if "SV-UAMC" in by and "params_confidence" in by["SV-UAMC"]:
+        pc = by["SV-UAMC"]["params_confidence"]
+        print(f"\nSV-UAMC with the pipeline's own confidence (verify.calibration={base.verify.calibration!r}, "
+              f"not cross-fit): ECE {pc['ece']:.3f}, coverage {pc['coverage']:.3f}, accuracy {pc['accuracy']:.3f}")
     goals = {}
     if "SV-UAMC" in by and "fixed K=10" in by and "one sample" in by:
         sv, k10, one = by["SV-UAMC"], by["fixed K=10"], by["one sample"]

@@ -19,6 +19,7 @@ from tasks.answer import json_schema, parse
 from tasks.detect import decode, detect_faces, encode_crop, square_crop
 from tasks.knowledge import AUS, EXPRESSIONS, load
 from tasks.params import Annotator as AnnotatorParams, LocalAnnotator as LocalParams
+from tasks.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
 
 local = pytest.importorskip("tasks.annotators.local")
 
@@ -99,10 +100,17 @@ def test_bad_image_is_an_error_not_an_exception(ann):
 
 
 def test_unknown_granularity_is_an_error(ann, crops):
+    call = Call(request_id="v", face_id="f", messages=[], schema={}, ask=("gaze",),
+                image=crops[NEUTRAL], indices=(0,), seeds=(1,))
+    res = run_one(ann, call)
+    assert res.error and "gaze" in res.error
+
+
+def test_verification_without_a_proposal_is_an_error(ann, crops):
     call = Call(request_id="v", face_id="f", messages=[], schema={}, ask=("verify",),
                 image=crops[NEUTRAL], indices=(0,), seeds=(1,))
     res = run_one(ann, call)
-    assert res.error and "verify" in res.error
+    assert res.error and "Proposed answer" in res.error and not res.answers
 
 
 def test_no_face_in_crop_still_answers(ann):
@@ -259,3 +267,97 @@ def test_signature_changes_with_what_changes_answers():
     sig = base.signature()
     assert set(sig["files_sha256"]) == {"fer", "facex", "face_landmarker"}
     json.dumps(sig)  # serialisable
+
+
+# -- verification round (tasks.prompt.verification_request -> tasks.prompt.parse_verification) ---
+def verify_call(image: bytes, proposed: dict, seeds=(1,), knowledge=True) -> Call:
+    k = load()
+    vid, messages, schema = verification_request(k, "sha", proposed, "seke-v1", knowledge)
+    return Call(request_id=vid, face_id="face", messages=messages, schema=schema, ask=VERIFY_ASK,
+                image=image, indices=tuple(range(len(seeds))), seeds=tuple(seeds))
+
+
+def verdict(ann, image: bytes, proposed: dict, seeds=(1,)) -> tuple[list[str], list[tuple]]:
+    res = run_one(ann, verify_call(image, proposed, seeds))
+    assert res.error is None, res.error
+    assert [a.index for a in res.answers] == list(range(len(seeds)))
+    texts = [a.text for a in res.answers]
+    return texts, [parse_verification(t, proposed["expression"], load()) for t in texts]
+
+
+def test_supports_verification():
+    from tasks.sample import supports_verification
+    assert supports_verification(local.LocalAnnotator(AnnotatorParams()))
+
+
+def test_verification_answer_follows_the_schema_and_parses(ann, crops):
+    texts, parsed = verdict(ann, crops[NEUTRAL], {"expression": "happy", "valence": 0.5, "arousal": 0.3})
+    schema = verification_schema(load())
+    obj = json.loads(texts[0])
+    assert set(obj) == set(schema["required"]) and isinstance(obj["confirmed"], bool)
+    assert obj["expression"] in schema["properties"]["expression"]["enum"] and obj["rationale"]
+    status, label, err = parsed[0]
+    assert status == "ok" and err is None
+
+
+@pytest.mark.parametrize("name", HAPPY)
+def test_clear_london_smile_proposed_as_happy_is_confirmed(ann, crops, name):
+    texts, parsed = verdict(ann, crops[name], {"expression": "happy", "aus": ["AU06", "AU12"]})
+    assert json.loads(texts[0])["confirmed"] is True
+    assert parsed[0] == ("ok", "happy", None)
+    assert "support" in json.loads(texts[0])["rationale"]
+
+
+def test_smile_proposed_as_sad_is_corrected(ann, crops):
+    texts, parsed = verdict(ann, crops[HAPPY[0]], {"expression": "sad"})
+    obj = json.loads(texts[0])
+    assert obj["confirmed"] is False and obj["expression"] == "happy"
+    assert parsed[0] == ("ok", "happy", None)       # a correction: the corrected label
+
+
+def test_neutral_face_proposed_as_happy_is_refuted(ann, crops):
+    _, parsed = verdict(ann, crops[NEUTRAL], {"expression": "happy"})
+    assert parsed[0][0] == "ok" and parsed[0][1] != "happy"
+
+
+def test_verification_is_deterministic_per_seed(ann, crops):
+    proposed = {"expression": "surprise"}
+    a, _ = verdict(ann, crops[HAPPY[1]], proposed, seeds=(5, 6, 7))
+    b, _ = verdict(ann, crops[HAPPY[1]], proposed, seeds=(6,))
+    c, _ = verdict(ann, crops[HAPPY[1]], proposed, seeds=(5, 6, 7))
+    assert a == c and b[0] == a[1]
+    assert len(set(a)) == 1                           # no randomness in the verifier at all
+
+
+def test_verification_ignores_the_knowledge_text(ann, crops):
+    proposed = {"expression": "happy"}
+    with_k = run_one(ann, verify_call(crops[HAPPY[2]], proposed, knowledge=True)).answers[0].text
+    without = run_one(ann, verify_call(crops[HAPPY[2]], proposed, knowledge=False)).answers[0].text
+    assert with_k == without
+
+
+def test_verify_scores_on_constructed_signals():
+    def onehot(**kw):
+        p = np.zeros(len(EXPRESSIONS))
+        for e, v in kw.items():
+            p[EXPRESSIONS.index(e)] = v
+        return p
+    smile = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6), lip_gap=0.0)
+    still = local.au_intensities(blend(), lip_gap=0.0)
+    # the dissenting classifier is the one backing the proposal least
+    per = {"fer": onehot(happy=0.4, neutral=0.6), "facex": onehot(happy=0.9, neutral=0.1)}
+    dissent, sc = local.verify_scores("happy", per, smile)
+    assert dissent == "fer" and max(sc, key=sc.get) == "happy"     # AU12 outweighs fer's doubt
+    dissent, sc = local.verify_scores("happy", per, still)
+    assert max(sc, key=sc.get) == "neutral"                         # no AU12 and fer says neutral
+    assert "contempt" not in sc
+    # AU09 is dead: disgust's support rests on AU15 alone; None without AUs
+    assert local.au_support("disgust", still) == 0.0 and local.au_support("happy", None) is None
+    assert local.au_support("neutral", still) == 1.0 and local.au_support("neutral", smile) == 0.0
+    assert local.au_evidence(0.25) == 0.0 and local.au_evidence(0.5) == 1.0
+
+
+def test_proposed_of_reads_the_last_proposal():
+    k = load()
+    _, messages, _ = verification_request(k, "sha", {"expression": "fear", "valence": -0.5}, "v", True)
+    assert local.proposed_of(messages)["expression"] == "fear"
