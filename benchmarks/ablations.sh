@@ -9,6 +9,11 @@
 # rate, mean confidence, reject reasons. Queued experiments run from the last commit, so
 # commit everything the pipeline needs first. The quality study runs the same switches
 # against known ground truth (accuracy, coverage, ECE, calls).
+#
+# Each experiment starts with an empty response cache (.seke/ is not in git), so `calls` in
+# metrics/sample.json is what that configuration costs from scratch. With the local
+# annotator `prompt.knowledge` cannot matter (it does not read prompt text); changing the
+# text only changes the request ids, and with them the seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -33,14 +38,27 @@ if [[ "${1:-}" == "--study" ]]; then
   exit 0
 fi
 
+# Experiments of an earlier run of this script would make the names ambiguous: drop them
+# (only abl-*; other experiments, queued or not, are left alone).
+old=$(dvc exp list -A --name-only 2>/dev/null | grep -E '^abl-' || true)
+if [[ -n "$old" ]]; then
+  # shellcheck disable=SC2086
+  dvc exp remove $old
+fi
+
+if [[ -n "$(git status --porcelain --untracked-files=no -- dvc.yaml dvc.lock params.yaml tasks flows)" ]]; then
+  echo "warning: uncommitted changes to the pipeline; queued experiments run from HEAD ($(git rev-parse --short HEAD)) without them" >&2
+fi
+
 for a in "${ABLATIONS[@]}"; do
   name=${a%%|*}; args=${a#*|}
   # shellcheck disable=SC2086
   dvc exp run --queue -n "abl-$name" $args
 done
 dvc exp run --run-all --jobs 1
-dvc exp show --only-changed --md
-dvc metrics diff abl-full abl-fixed-K --md || true
-for n in no-knowledge no-verification no-consistency no-priors naive-stop; do
+dvc queue status
+dvc exp show --only-changed --md --drop 'Created|.*validation.*|.*\.(parquet|py)$|data/.*|tasks/.*|expectations/.*'
+for n in no-knowledge fixed-K no-verification no-consistency no-priors naive-stop; do
+  echo; echo "## dvc metrics diff abl-full abl-$n"
   dvc metrics diff abl-full "abl-$n" --md || true
 done
