@@ -32,7 +32,7 @@ $(VENV)/.ready: requirements.lock requirements-models.txt pyproject.toml
 
 feid: setup
 	$(VENV)/bin/dvc repro
-	$(VENV)/bin/dvc metrics show
+	$(PY) -m flows.summary
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -10,7 +10,7 @@ prompt   data/prompt/requests.parquet          RequestRecord
 sample   data/sample_runs/samples.parquet      SampleRecord
 verify   data/verify/verdicts.parquet          Verdict
 export   data/feid/feid.parquet                FeidRecord
-         data/feid/rejects.parquet             Verdict (accepted = false)
+         data/feid/.rejects/rejects.parquet             Verdict (accepted = false)
 """
 from __future__ import annotations
 
