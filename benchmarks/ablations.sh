@@ -50,6 +50,9 @@ if [[ -n "$(git status --porcelain --untracked-files=no -- dvc.yaml dvc.lock par
   echo "warning: uncommitted changes to the pipeline; queued experiments run from HEAD ($(git rev-parse --short HEAD)) without them" >&2
 fi
 
+# A queued experiment runs from HEAD at queue time; if someone commits meanwhile, the
+# experiments hang off several commits. Show every commit from here on.
+base=$(git rev-parse HEAD)
 for a in "${ABLATIONS[@]}"; do
   name=${a%%|*}; args=${a#*|}
   # shellcheck disable=SC2086
@@ -57,7 +60,10 @@ for a in "${ABLATIONS[@]}"; do
 done
 dvc exp run --run-all --jobs 1
 dvc queue status
-dvc exp show --only-changed --md --drop 'Created|.*validation.*|.*\.(parquet|py)$|data/.*|tasks/.*|expectations/.*'
+if [[ -n "$(git diff --name-only "$base" HEAD -- dvc.yaml dvc.lock params.yaml tasks flows)" ]]; then
+  echo "warning: the pipeline changed between $base and HEAD while queueing; baselines differ" >&2
+fi
+dvc exp show --rev HEAD -n "$(( $(git rev-list --count "$base"..HEAD) + 1 ))" --only-changed --md --drop 'Created|.*validation.*|.*\.(parquet|py)$|data/.*|tasks/.*|expectations/.*'
 for n in no-knowledge fixed-K no-verification no-consistency no-priors naive-stop; do
   echo; echo "## dvc metrics diff abl-full abl-$n"
   dvc metrics diff abl-full "abl-$n" --md || true
