@@ -130,7 +130,9 @@ def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
             im = Image.open(io.BytesIO(data))
             fmt, (w, h) = im.format or "unknown", im.size
         except (UnidentifiedImageError, OSError) as ex:
-            yield QuarantineRecord(path=e.path, reason="not_an_image", detail=f"{type(ex).__name__}: {ex}")
+            # PIL's message embeds the address of a BytesIO: keep the detail deterministic
+            yield QuarantineRecord(path=e.path, reason="not_an_image",
+                                   detail=f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}")
             continue
         try:
             im.load()  # full decode: catches truncated and corrupt files
