@@ -123,7 +123,8 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # GX announces its temp Data Docs dir at INFO
     suites = SUITES[stage](gxe, params, counts or {})
     ctx = gx.get_context(mode="ephemeral")
     from great_expectations.data_context.types.base import ProgressBarsConfig
