@@ -12,7 +12,7 @@ from tasks.annotators.base import Call
 from tasks.params import Annotator, Runtime
 from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
 
-TEST_KEY = "sk-test-SECRET-0123456789abcdef"
+TEST_KEY = "test-key-NOT-A-SECRET-0123456789abcdef"  # fake; tests check it never leaks
 
 
 def face_image(i: int, size: int = 64) -> bytes:
