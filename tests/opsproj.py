@@ -28,7 +28,8 @@ def put_images(dest: Path, rows: list[dict], manifest: bool = True) -> None:
     """Copy the rows' images under `dest` (same relative paths) and (re)write its manifest."""
     (dest / "images").mkdir(parents=True, exist_ok=True)
     for r in rows:
-        shutil.copy(SAMPLE / r["path"], dest / r["path"])
+        if not r["path"].startswith(".."):  # a row pointing outside the root stays in the manifest only
+            shutil.copy(SAMPLE / r["path"], dest / r["path"])
     if manifest:
         old = list(csv.DictReader(open(dest / "manifest.csv"))) if (dest / "manifest.csv").exists() else []
         have = {r["path"] for r in old}
