@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.annotators.base import Call  # noqa: E402
+from tasks.bench import macro_f1  # noqa: E402
 from tasks.answer import parse  # noqa: E402
 from tasks.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402
 from tasks.knowledge import load  # noqa: E402
@@ -50,16 +51,6 @@ def majority(labels: list[str]) -> tuple[str, float]:
     top = max(c.values())
     label = next(x for x in labels if c[x] == top)
     return label, top / len(labels)
-
-
-def macro_f1(truth: list[str], pred: list[str]) -> float:
-    f1s = []
-    for c in sorted(set(truth)):
-        tp = sum(t == c and p == c for t, p in zip(truth, pred))
-        fp = sum(t != c and p == c for t, p in zip(truth, pred))
-        fn = sum(t == c and p != c for t, p in zip(truth, pred))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(f1s)) if f1s else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

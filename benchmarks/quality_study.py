@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks import uamc  # noqa: E402
+from tasks.bench import ccc as bench_ccc, macro_f1  # noqa: E402
 from tasks.annotators.base import Annotator, Call, CallResult  # noqa: E402
 from tasks.cache import ResponseCache  # noqa: E402
 from tasks.crop import crop_image  # noqa: E402
@@ -165,23 +166,8 @@ class Counting(Annotator):
 
 
 # ------------------------------------------------------------------ metrics
-def macro_f1(truth: list[str], pred: list[str]) -> float:
-    f1s = []
-    for c in sorted(set(truth)):
-        tp = sum(t == c and p == c for t, p in zip(truth, pred))
-        fp = sum(t != c and p == c for t, p in zip(truth, pred))
-        fn = sum(t == c and p != c for t, p in zip(truth, pred))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return float(np.mean(f1s)) if f1s else float("nan")
-
-
 def ccc(x: list[float], y: list[float]) -> float:
-    if len(x) < 2:
-        return float("nan")
-    x, y = np.asarray(x), np.asarray(y)
-    mx, my = x.mean(), y.mean()
-    cov = ((x - mx) * (y - my)).mean()
-    return float(2 * cov / (x.var() + y.var() + (mx - my) ** 2))
+    return bench_ccc(np.asarray(x, float), np.asarray(y, float))
 
 
 def au_f1(rows: list[dict]) -> float:

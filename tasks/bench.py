@@ -119,6 +119,11 @@ def expression_scores(cm: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(tp.sum() / n), "macro_f1": float(f1[present].mean()), "uar": float(rec[present].mean())}
 
 
+def macro_f1(truth: list[str | None], pred: list[str | None]) -> float:
+    """Macro-F1 over the classes present in the ground truth (for scripts with label lists)."""
+    return expression_scores(confusion(truth, pred)[0])["macro_f1"]
+
+
 def au_f1(t: np.ndarray, p: np.ndarray, annotated: np.ndarray) -> np.ndarray:
     """F1 per AU over annotated items only; NaN where an AU has no annotated item or no positive at all."""
     tp = (t & p & annotated).sum(0).astype(float)
