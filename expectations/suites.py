@@ -27,6 +27,15 @@ def _va(gxe, cols=("valence", "arousal")):
     return [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=-1.0, max_value=1.0) for c in cols]
 
 
+def _kept_va(gxe):
+    """VA is present exactly where it is kept (prior or accepted), and absent where withheld."""
+    kept = 'va_status in ["prior", "accepted"]'
+    return [gxe.ExpectColumnValuesToNotBeNull(column=c, row_condition=kept, condition_parser="pandas")
+            for c in ("valence", "arousal")] + [
+        gxe.ExpectColumnValuesToBeNull(column=c, row_condition=f"not ({kept})", condition_parser="pandas")
+        for c in ("valence", "arousal")]
+
+
 def _unit(gxe, col):
     return gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0.0, max_value=1.0)
 
@@ -81,6 +90,9 @@ def _verify(gxe, p: Params, n: dict):
     return {"verdicts": [_columns(gxe, Verdict), gxe.ExpectColumnValuesToBeUnique(column="face_id"),
                          gxe.ExpectTableRowCountToEqual(value=n["faces"]), _unit(gxe, "confidence"),
                          gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+                         _unit(gxe, "expression_confidence"),
+                         gxe.ExpectColumnValuesToBeInSet(column="expression_status",
+                                                         value_set=["prior", "accepted", "withheld", "missing"]),
                          *_va(gxe)],
             "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))]}
 
@@ -91,7 +103,8 @@ def _export(gxe, p: Params, n: dict):
         "feid": [_columns(gxe, FeidRecord), gxe.ExpectColumnValuesToBeUnique(column="id"),
                  gxe.ExpectColumnValuesToNotBeNull(column="expression"),
                  gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
-                 *_va(gxe), gxe.ExpectColumnValuesToNotBeNull(column="valence"),
+                 *_va(gxe), *_kept_va(gxe),
+                 gxe.ExpectColumnValuesToBeInSet(column="expression_status", value_set=["prior", "accepted"]),
                  _unit(gxe, "confidence"), _unit(gxe, "expression_confidence"),
                  gxe.ExpectTableRowCountToEqual(value=n["accepted"]),
                  gxe.ExpectTableRowCountToBeBetween(min_value=p.export.min_rows)],

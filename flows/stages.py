@@ -413,11 +413,11 @@ VERIFY_SAMPLE_COLUMNS = ["face_id", "request_id", "variant", "status", "expressi
 
 
 @stage_task
-def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp) -> list[dict]:
+def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp, trust=None) -> list[dict]:
     """`tasks.verify.decide` for one batch of faces (on a Dask worker when configured)."""
     from tasks.verify import decide
     k = knowledge.load()
-    return [decide(f, samples.get(f["face_id"], []), k, vp).model_dump() for f in faces]
+    return [decide(f, samples.get(f["face_id"], []), k, vp, trust).model_dump() for f in faces]
 
 
 def _verify_batches(p: Params, faces_url: str, smp_url: str, size: int) -> Iterator[tuple[list[dict], dict]]:
@@ -436,29 +436,52 @@ def _verify_batches(p: Params, faces_url: str, smp_url: str, size: int) -> Itera
         yield batch, by_face
 
 
+def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str):
+    """Pass 1 of verify: the calibration rows of the labelled faces (a few floats each) and
+    the run's `tasks.trust.Trust` fitted on them."""
+    from tasks import trust
+    from tasks.verify import calibration_row
+
+    k = knowledge.load()
+    rows = []
+    for batch, by in _verify_batches(p, faces_url, smp_url, max(p.runtime.batch_size, 1024)):
+        for f in batch:
+            if f.get("prior_expression") and f["face_id"] in by:
+                r = calibration_row(f, by[f["face_id"]], k, p.verify)
+                if r is not None:
+                    rows.append(r)
+    return trust.build(rows, p.verify, annotator)
+
+
 @flow(name="verify", log_prints=True)
 def verify_flow(params_path: str = "params.yaml") -> dict:
-    """Streams faces and their samples (both in face order) in batches; each batch's
-    verdicts are written before the next is read. Memory: one batch plus the light columns
-    of the verdicts (see `Light`)."""
+    """Two streaming passes over faces and their samples (both in face order): the first
+    fits the run's confidence model and threshold on its labelled faces (`calibrate`), the
+    second decides every face in batches, each batch's verdicts written before the next is
+    read. Memory: one batch, the calibration rows, and the light columns of the verdicts."""
     import contextlib
 
     from tasks.records import Verdict
-    from tasks.verify import decide
 
     p = load(params_path)
-    k = knowledge.load()
     faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
     out = io.join(p.paths.verify, "verdicts.parquet")
+    annotator, model = annotator_of(p, smp_url)
+    tr = calibrate(p, faces_url, smp_url, annotator)
+    tr.report.update(annotator=annotator, model=model, prompt_version=p.prompt.version)
+    _log().info("calibration: %s (%s); %s", tr.report.get("source", "params"), tr.report.get("why", ""),
+                tr.report.get("selection", ""))
+    if tr.report.get("warning"):
+        _log().warning(tr.report["warning"])
     light = Light(Verdict, au_col="aus")
-    reasons, per_class, n_acc, conf_sum = Counter(), Counter(), 0, 0.0
+    reasons, withheld, per_class, n_acc, conf_sum = Counter(), Counter(), Counter(), 0, 0.0
+    status = {g: Counter() for g in ("expression", "va", "au")}
+    gen_conf: list[float] = []
     runner = _task_runner(p)
     size = max(p.runtime.batch_size, 1024)
     batches = _verify_batches(p, faces_url, smp_url, size)
-    if runner is None:
-        results = ([decide(f, by.get(f["face_id"], []), k, p.verify).model_dump() for f in b] for b, by in batches)
-    else:
-        results = _mapped(runner, verify_part, ((b, by, p.verify) for b, by in batches), _in_flight(p, runner))
+    results = _mapped(runner, verify_part, ((b, by, p.verify, tr) for b, by in batches), _in_flight(p, runner)) \
+        if runner is not None else (verify_part.fn(b, by, p.verify, tr) for b, by in batches)
     with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
         for verdicts in results:
             for v in verdicts:
@@ -466,16 +489,27 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
                 light.add(v)
                 reasons.update(v["reasons"])
                 if v["accepted"]:
+                    withheld.update(v["withheld"])
                     n_acc += 1
                     conf_sum += v["confidence"]
                     per_class[v["expression"]] += 1
+                    for g in status:
+                        status[g][v[f"{g}_status"]] += 1
+                    if v["expression_status"] == "accepted":
+                        gen_conf.append(v["expression_confidence"])
         n_faces = light.n
         val = _validate("verify", {"verdicts": light.frame(), "au_codes": light.aus()}, p, {"faces": n_faces})
         w.commit()
+    n_gen = sum(1 for s in light.column("expression_source") if s == "annotator")
     m = {"faces": n_faces, "accepted": n_acc, "rejected": n_faces - n_acc,
          "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,
          "mean_confidence": round(conf_sum / n_acc, 4) if n_acc else 0,
-         "reasons": dict(reasons), "per_class": dict(sorted(per_class.items())), "validation": val}
+         "generated_expressions": n_gen, "accepted_generated_expressions": len(gen_conf),
+         "generated_coverage": round(len(gen_conf) / n_gen, 4) if n_gen else 0,
+         "mean_generated_confidence": round(sum(gen_conf) / len(gen_conf), 4) if gen_conf else 0,
+         "status_of_accepted": {g: dict(sorted(c.items())) for g, c in status.items()},
+         "reasons": dict(reasons), "withheld": dict(sorted(withheld.items())),
+         "per_class": dict(sorted(per_class.items())), "calibration": tr.report, "validation": val}
     _metrics(p, "verify", m)
     return m
 

@@ -24,20 +24,30 @@ def _va_words(v: float, a: float) -> str:
     return f"{pv} valence and {pa} arousal"
 
 
-def conversations(k: Knowledge, expression: str, valence: float, arousal: float, aus: list[str]) -> list[Turn]:
+def conversations(k: Knowledge, expression: str, valence: float | None, arousal: float | None,
+                  aus: list[str] | None) -> list[Turn]:
+    """Instruction turns for the granularities FEID keeps; a withheld one (None) has none."""
     q_expr = (f"{IMAGE}\nWhat is the facial expression of this person? "
               f"Answer with one of: {', '.join(k.expressions)}.")
     q_va = "Estimate the valence and arousal of this face, each in [-1, 1]."
     q_au = "Which facial action units (FACS) are active in this face?"
     q_all = "Describe the emotion this face shows, with the facial evidence for it."
     core, _ = k.prototype(expression)
-    shared = [a for a in aus if a in core]
-    evidence = (f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'} that reading."
-                if shared else "")
-    desc = (f"The face shows {expression}. {_au_text(k, aus)}{evidence} Its valence is {valence:+.2f} and its "
-            f"arousal {arousal:+.2f}, that is {_va_words(valence, arousal)}.")
-    pairs = [(q_expr, expression), (q_va, f"Valence: {valence:+.2f}, arousal: {arousal:+.2f}."),
-             (q_au, _au_text(k, aus)), (q_all, desc)]
+    pairs = [(q_expr, expression)]
+    desc = f"The face shows {expression}."
+    if valence is not None and arousal is not None:
+        pairs.append((q_va, f"Valence: {valence:+.2f}, arousal: {arousal:+.2f}."))
+    if aus is not None:
+        shared = [a for a in aus if a in core]
+        pairs.append((q_au, _au_text(k, aus)))
+        desc += " " + _au_text(k, aus)
+        if shared:
+            desc += (f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'}"
+                     " that reading.")
+    if valence is not None and arousal is not None:
+        desc += (f" Its valence is {valence:+.2f} and its arousal {arousal:+.2f}, that is "
+                 f"{_va_words(valence, arousal)}.")
+    pairs.append((q_all, desc))
     out: list[Turn] = []
     for q, a in pairs:
         out += [Turn(**{"from": "human", "value": q}), Turn(**{"from": "gpt", "value": a})]
@@ -46,16 +56,25 @@ def conversations(k: Knowledge, expression: str, valence: float, arousal: float,
 
 def feid_row(verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: str, prompt_version: str,
              params_hash: str) -> FeidRecord:
-    probs = verdict["au_probs"] or [None] * len(AUS)
-    aus = list(verdict["aus"] or [])
-    expr_conf = verdict["vote_share"] if verdict["expression_source"] == "annotator" else 1.0
+    """An accepted verdict as a FEID row: withheld VA is null, withheld AUs are listed in
+    `aus_withheld` with a null probability, and neither gets a conversation turn."""
+    probs = list(verdict["au_probs"] or [None] * len(AUS))
+    withheld = set(verdict.get("au_withheld") or [])
+    probs = [None if a in withheld else p for a, p in zip(AUS, probs)]
+    aus = [a for a in (verdict["aus"] or []) if a not in withheld]
+    va_kept = verdict.get("va_status") in ("prior", "accepted")
+    valence, arousal = (verdict["valence"], verdict["arousal"]) if va_kept else (None, None)
+    au_kept = verdict.get("au_status") in ("prior", "accepted", "partial")
+    expr_conf = verdict.get("expression_confidence") if verdict["expression_source"] == "annotator" else 1.0
     return FeidRecord(
         id=verdict["face_id"],
         image=Image(bytes=face["crop"], path=f"{verdict['face_id']}.jpg"),
         source=face["source"], label_set=face["label_set"] or list(k.expressions), au_set=face["au_set"] or list(AUS),
         expression=verdict["expression"], expression_confidence=float(expr_conf),
-        valence=verdict["valence"], arousal=verdict["arousal"], aus=aus,
+        expression_status=verdict["expression_status"], valence=valence, arousal=arousal,
+        va_status=verdict.get("va_status") or "missing", aus=aus, aus_withheld=sorted(withheld),
+        au_status=verdict.get("au_status") or "missing",
         au_probabilities=dict(zip(AUS, probs)), confidence=verdict["confidence"],
-        conversations=conversations(k, verdict["expression"], verdict["valence"], verdict["arousal"], aus),
+        conversations=conversations(k, verdict["expression"], valence, arousal, aus if au_kept else None),
         annotator=annotator, model=model, prompt_version=prompt_version, params_hash=params_hash,
         knowledge_version=k.digest)

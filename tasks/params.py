@@ -120,10 +120,22 @@ class Sample(Section):
 
 
 class Verify(Section):
+    """Acceptance, per granularity. A generated expression is accepted when its calibrated
+    confidence reaches the threshold that `target_error` selects (or `min_confidence` when
+    target_error is 0) and no hard gate withholds it; see `tasks.trust` and `tasks.verify`."""
+    target_error: float = Field(0.05, ge=0, lt=1, description="error rate allowed among accepted generated "
+                                "expressions, guaranteed with probability 1 - delta; 0 = use min_confidence")
+    delta: float = Field(0.1, gt=0, lt=1)
+    self_calibrate: bool = Field(True, description="fit the confidence model on this run's labelled faces")
+    min_calibration_faces: int = Field(100, ge=2, description="fewer labelled faces: fall back to `calibration`")
+    calibration_folds: int = Field(5, ge=2)
+    calibration_seed: int = 0
+    per_granularity: bool = Field(True, description="false: any withheld granularity rejects the whole face")
     min_vote_share: float = Field(0.0, ge=0, le=1, description="hard floor on the top answer's vote share")
     max_entropy: float = Field(3.0, ge=0, description="hard ceiling on the vote entropy (bits)")
     max_va_std: float = Field(0.35, ge=0)
-    max_au_entropy: float = Field(0.8, ge=0, le=1)
+    max_au_entropy: float = Field(0.92, ge=0, le=1, description="an AU whose occurrence rate has a higher "
+                                  "binary entropy (bits) is withheld")
     min_prior_agreement: float = Field(0.5, ge=0, le=1)
     min_consistency: float = Field(0.25, ge=0, le=1)
     min_confidence: float = Field(0.5, ge=0, le=1)

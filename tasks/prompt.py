@@ -82,7 +82,9 @@ def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], vari
     lines.append("Report " + "; ".join(tasks) + ", and a one- or two-sentence rationale.")
     if knowledge and "aus" in ask:
         lines.append("Action units you may report:\n" + _catalogue(k, k.aus))
-    if knowledge and "expression" in ask and variant != "primed":
+    # the same for every request that asks the expression, so that a labelled face's blind
+    # request reads exactly like an unlabelled face's (its calibration mirror)
+    if knowledge and "expression" in ask:
         lines.append("Knowledge: " + " ".join(_prototype_line(k, e) for e in k.expressions))
     if knowledge and "va" in ask and not (variant == "primed" and face and face.prior_expression):
         lines.append("Knowledge: AU06 and AU12 raise valence; AU04, AU09, AU15 and AU20 lower it. "

@@ -171,13 +171,19 @@ class SampleRecord(Record):
     cost_usd: float = 0.0
 
 
+Status = Literal["prior", "accepted", "withheld", "missing"]
+
+
 class Verdict(Record):
     face_id: str
     accepted: bool
-    reasons: list[str]
+    reasons: list[str] = Field(description="why the face is rejected (empty when accepted)")
+    withheld: list[str] = Field(default_factory=list, description="'<granularity>:<reason>' for each withheld part")
     confidence: float
     expression: Optional[str] = None
     expression_source: Optional[Literal["prior", "annotator"]] = None
+    expression_status: Status = "missing"
+    expression_confidence: Optional[float] = Field(None, description="calibrated P(right) of a generated expression")
     vote_share: Optional[float] = None
     entropy: Optional[float] = None
     n_samples: int
@@ -187,8 +193,11 @@ class Verdict(Record):
     valence_std: Optional[float] = None
     arousal_std: Optional[float] = None
     va_source: Optional[Literal["prior", "annotator"]] = None
+    va_status: Status = "missing"
     aus: Optional[list[str]] = None
     au_probs: Optional[list[Optional[float]]] = None
+    au_withheld: list[str] = Field(default_factory=list, description="generated AUs whose occurrence is withheld")
+    au_status: Literal["prior", "accepted", "partial", "withheld", "missing"] = "missing"
     au_entropy: Optional[float] = None
     au_source: Optional[Literal["prior", "annotator"]] = None
     prior_agreement: Optional[float] = None
@@ -219,9 +228,13 @@ class FeidRecord(Record):
     au_set: list[str]
     expression: str
     expression_confidence: float
-    valence: float
-    arousal: float
-    aus: list[str]
+    expression_status: Literal["prior", "accepted"]
+    valence: Optional[float] = Field(description="null when withheld (va_status)")
+    arousal: Optional[float]
+    va_status: Status
+    aus: list[str] = Field(description="active AUs among those kept (prior or accepted)")
+    aus_withheld: list[str] = Field(description="AUs whose occurrence is not known (withheld)")
+    au_status: Literal["prior", "accepted", "partial", "withheld", "missing"]
     au_probabilities: AUProbs  # type: ignore[valid-type]
     confidence: float
     conversations: list[Turn]

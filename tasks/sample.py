@@ -31,7 +31,7 @@ from tasks.knowledge import AUS, Knowledge
 from tasks.params import Params
 from tasks.records import SampleRecord
 from tasks.prompt import VERIFY_ASK, parse_verification, verification_request
-from tasks.verify import VERIFY_VARIANT, measure, settled, wants_verification
+from tasks.verify import MIRROR_VERIFY_VARIANT, VERIFY_VARIANT, VERIFY_VARIANTS, measure, mirror, settled, wants_verification
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,13 @@ def _record(ann: Annotator, face_id: str, req: dict, entry: dict | None, index: 
                         cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
 
 
-def cap(req: dict, sp) -> int:
-    """Samples a request may get: `kmax`, or `blind_k` for a blind request (it checks the
-    annotator against known labels; its votes are not the face's answer)."""
-    return min(sp.kmax, sp.blind_k) if req["variant"] == "blind" else sp.kmax
+def cap(req: dict, sp, face: dict) -> int:
+    """Samples a request may get: `kmax`. A blind request of a face whose expression is known
+    is its calibration mirror (`tasks.verify.mirror`) and is sampled exactly like an
+    unlabelled face's request; other blind requests (AU priors only) get `blind_k`."""
+    if req["variant"] == "blind" and not face.get("prior_expression"):
+        return min(sp.kmax, sp.blind_k)
+    return sp.kmax
 
 
 def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annotator, cache: ResponseCache,
@@ -89,7 +92,7 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
         for f in open_faces:
             for req in requests[f["face_id"]]:
                 have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
-                idx = tuple(range(have, min(have + size, cap(req, sp))))
+                idx = tuple(range(have, min(have + size, cap(req, sp, f))))
                 if not idx:
                     continue
                 seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
@@ -113,7 +116,7 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
         still = []
         for f in open_faces:
             got = drawn[f["face_id"]]
-            full = all(sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp)
+            full = all(sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f)
                        for r in requests[f["face_id"]])
             if not full and not settled(f, got, k, sp):
                 still.append(f)
@@ -122,7 +125,8 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
     _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
     for f in faces:
         got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
-        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got if x["variant"] != VERIFY_VARIANT), default=0))
+        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got if x["variant"] not in VERIFY_VARIANTS),
+                                    default=0))
         yield from got
 
 
@@ -136,36 +140,45 @@ def _verification_round(faces: list[dict], requests: dict[str, list[dict]], draw
     if sp.verify_round == "none" or not supports_verification(ann):
         return
     calls: list[Call] = []
-    meta: dict[str, tuple[str, dict]] = {}
+    meta: dict[str, tuple[str, str, str]] = {}
     for f in faces:
         reqs = requests.get(f["face_id"]) or []
         gen = [r for r in reqs if r["variant"] != "blind" and "expression" in r["ask"]]
-        if not gen:
-            continue
-        s = measure(f, drawn[f["face_id"]], k)
-        if not wants_verification(s, sp):
-            continue
-        proposed: dict = {"expression": s.expression}
-        if s.va_source == "annotator":
-            proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
-        if s.au_source == "annotator":
-            proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
-        vid, messages, schema = verification_request(k, f["crop_sha256"], proposed, gen[0]["prompt_version"],
-                                                     gen[0]["variant"] != "plain")
-        req = {"request_id": vid, "variant": VERIFY_VARIANT, "ask": list(VERIFY_ASK)}
-        seed = seed_for(sp.seed, vid, 0)
-        e = cache.get(vid, 0, seed)
-        if e is not None:
-            tally.cached += 1
-            drawn[f["face_id"]].append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
-            continue
-        meta[vid] = (f["face_id"], s.expression)
-        calls.append(Call(request_id=vid, face_id=f["face_id"], messages=messages, schema=schema, ask=VERIFY_ASK,
-                          image=f["crop"], indices=(0,), seeds=(seed,)))
+        got = drawn[f["face_id"]]
+        # (variant, the face as measured, its samples): the face's own generated expression,
+        # and for a labelled face its calibration mirror (verified exactly like an unlabelled face)
+        views = [(VERIFY_VARIANT, f, got)] if gen else []
+        m = mirror(f, got)
+        if m is not None:
+            views.append((MIRROR_VERIFY_VARIANT, *m))
+        for variant, face, samples in views:
+            s = measure(face, samples, k)
+            if not wants_verification(s, sp):
+                continue
+            proposed: dict = {"expression": s.expression}
+            if s.va_source == "annotator":
+                proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
+            if s.au_source == "annotator":
+                proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
+            version = (gen or reqs)[0]["prompt_version"]
+            vid, messages, schema = verification_request(k, f["crop_sha256"], proposed, version,
+                                                         params.prompt.knowledge)
+            req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
+            seed = seed_for(sp.seed, vid, 0)
+            e = cache.get(vid, 0, seed)
+            if e is not None:
+                tally.cached += 1
+                got.append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
+                continue
+            if vid in meta:
+                continue
+            meta[vid] = (f["face_id"], s.expression, variant)
+            calls.append(Call(request_id=vid, face_id=f["face_id"], messages=messages, schema=schema, ask=VERIFY_ASK,
+                              image=f["crop"], indices=(0,), seeds=(seed,)))
     for res in ann.run(calls):
         tally.calls += 1
         tally.verify_calls += 1
-        fid, proposed_label = meta[res.call.request_id]
+        fid, proposed_label, variant = meta[res.call.request_id]
         entries = {e["index"]: e for e in cache.put(res)}
         tally.fresh += len(entries)
         tally.cost_usd += res.cost_usd
@@ -174,14 +187,14 @@ def _verification_round(faces: list[dict], requests: dict[str, list[dict]], draw
         e = entries.get(0)
         if e is None:
             tally.failed += 1
-        req = {"request_id": res.call.request_id, "variant": VERIFY_VARIANT, "ask": list(VERIFY_ASK)}
+        req = {"request_id": res.call.request_id, "variant": variant, "ask": list(VERIFY_ASK)}
         drawn[fid].append(_verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False,
                                          proposed_label, k))
 
 
 def _verify_record(ann: Annotator, face_id: str, req: dict, entry: dict | None, seed: int, error: str | None,
                    cached: bool, proposed: str, k: Knowledge) -> dict:
-    base = dict(face_id=face_id, request_id=req["request_id"], variant=VERIFY_VARIANT, sample_index=0, seed=seed,
+    base = dict(face_id=face_id, request_id=req["request_id"], variant=req["variant"], sample_index=0, seed=seed,
                 annotator=ann.name, annotator_version=ann.version, model=ann.model, cached=cached)
     if entry is None:
         return SampleRecord(**base, status="error", error=error).model_dump()

@@ -105,6 +105,7 @@ class Calibrator:
     iso_x: tuple[float, ...] = ()
     iso_y: tuple[float, ...] = ()
     source: str = "default"
+    annotator: str = ""
 
     def __call__(self, f: dict[str, float]) -> float:
         z = self.intercept + sum(self.coef.get(k, 0.0) * v for k, v in f.items())
@@ -115,7 +116,8 @@ class Calibrator:
 
     def to_json(self) -> dict:
         return {"intercept": self.intercept, "coef": self.coef, "isotonic": {"x": list(self.iso_x),
-                "y": list(self.iso_y)}, "source": self.source, "features": list(FEATURES)}
+                "y": list(self.iso_y)}, "source": self.source, "annotator": self.annotator,
+                "features": list(FEATURES)}
 
 
 def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
@@ -150,4 +152,5 @@ def calibrator(path: str = "") -> Calibrator:
         raise ValueError(f"{path}: weights of {neg} must be >= 0 (more agreement may never lower confidence)")
     iso = d.get("isotonic") or {}
     return Calibrator(float(d["intercept"]), {k: float(v) for k, v in d["coef"].items()},
-                      tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path)
+                      tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path,
+                      annotator=d.get("annotator", ""))

@@ -25,14 +25,19 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from tasks import uamc
+from tasks.trust import CalRow, Trust
 from tasks.knowledge import AUS, Knowledge
 from tasks.params import Sample as SampleParams
 from tasks.params import Verify
 from tasks.records import Verdict
 
 REASONS = ("api_failure", "no_samples", "uncertain_expression", "va_spread", "au_entropy",
-           "prior_disagreement", "knowledge_conflict", "failed_verification", "low_confidence", "incomplete")
+           "prior_disagreement", "knowledge_conflict", "failed_verification", "low_confidence", "no_guarantee",
+           "expression_withheld", "incomplete")
 VERIFY_VARIANT = "verify"
+# the verification round on a labelled face's blind answers (its calibration mirror, see `mirror`)
+MIRROR_VERIFY_VARIANT = "verify_blind"
+VERIFY_VARIANTS = (VERIFY_VARIANT, MIRROR_VERIFY_VARIANT)
 
 
 def entropy_bits(counts: Iterable[int]) -> float:
@@ -96,10 +101,10 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     s = Stats(n_samples=len(samples))
     ok = [x for x in samples if x["status"] == "ok"]
     s.n_ok, s.n_failed = len(ok), len(samples) - len(ok)
-    gen = [x for x in ok if x["variant"] not in ("blind", VERIFY_VARIANT)]
+    gen = [x for x in ok if x["variant"] not in ("blind", *VERIFY_VARIANTS)]
     blind = [x for x in ok if x["variant"] == "blind"]
     ver = [x for x in ok if x["variant"] == VERIFY_VARIANT]
-    s.n_samples = sum(1 for x in samples if x["variant"] != VERIFY_VARIANT)
+    s.n_samples = sum(1 for x in samples if x["variant"] not in VERIFY_VARIANTS)
     s.n_ok = len(ok) - len(ver)
     s.n_failed = s.n_samples - s.n_ok
 
@@ -185,20 +190,70 @@ def uncertainty_reasons(s: Stats, min_vote_share: float, max_entropy: float, max
     return r
 
 
-def expression_confidence(s: Stats, v: Verify) -> float:
-    """P(the generated expression is right | evidence), from `tasks.uamc`."""
+def mirror(face: dict, samples: list[dict]) -> tuple[dict, list[dict]] | None:
+    """A labelled face seen as if it were unlabelled: its blind answers (sampled with the
+    same rule as an unlabelled face's request) and their verification round, with every
+    prior removed. None if the face has no known expression or no blind answers."""
+    if not face.get("prior_expression"):
+        return None
+    ms = [{**x, "variant": "primed"} if x["variant"] == "blind" else {**x, "variant": VERIFY_VARIANT}
+          for x in samples if x["variant"] in ("blind", MIRROR_VERIFY_VARIANT)]
+    if not any(x["variant"] == "primed" for x in ms):
+        return None
+    mf = {**face, "prior_expression": None, "prior_valence": None, "prior_arousal": None, "prior_aus": None,
+          "au_set": []}
+    return mf, ms
+
+
+def expression_gates(s: Stats, v: Verify) -> list[str]:
+    """Hard reasons to withhold a generated expression, whatever its confidence."""
+    r = []
+    if s.vote_share is not None and (s.vote_share < v.min_vote_share or (s.entropy or 0) > v.max_entropy):
+        r.append("uncertain_expression")
+    if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
+        r.append("knowledge_conflict")
+    if v.use_verification and v.require_confirmation and s.verified is False:
+        r.append("failed_verification")
+    if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement:
+        r.append("prior_disagreement")
+    return r
+
+
+def expression_confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
+    """P(the generated expression is right | evidence), from `tasks.uamc` (or `cal`)."""
     f = uamc.features(s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification,
                       use_priors=v.use_priors)
-    return uamc.calibrator(v.calibration)(f)
+    return (cal or uamc.calibrator(v.calibration))(f)
 
 
-def confidence(s: Stats, v: Verify) -> float:
+def calibration_row(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> CalRow | None:
+    """One calibration face: the evidence of its blind (mirror) answers and whether their
+    majority named its known expression."""
+    m = mirror(face, samples)
+    if m is None:
+        return None
+    s = measure(m[0], m[1], k)
+    if s.expression_source != "annotator" or not s.n_votes:
+        return None
+    f = uamc.features(s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification,
+                      use_priors=v.use_priors)
+    return CalRow(subject=face.get("subject") or face["face_id"], features=f,
+                  correct=s.expression == face["prior_expression"], gated=bool(expression_gates(s, v)))
+
+
+def fallback_trust(v: Verify) -> Trust:
+    """The trust verify applies without calibration faces: `verify.calibration` (or the
+    built-in weights) and `verify.min_confidence`."""
+    return Trust(uamc.calibrator(v.calibration), v.min_confidence, {"mode": "min_confidence"})
+
+
+def confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
     """Confidence in [0, 1]. A generated expression: its calibrated probability of being
     right. Otherwise: the mean certainty of the generated granularities, scaled by the
     annotator's demonstrated reliability on this face (blind agreement with priors) and by
     cross-granularity consistency, each where it exists and is enabled."""
     if s.expression_source == "annotator" and s.n_votes:
-        return expression_confidence(s, v)
+        return expression_confidence(s, v, cal)
     parts = []
     if s.vote_share is not None:
         parts.append(s.vote_share)
@@ -214,38 +269,94 @@ def confidence(s: Stats, v: Verify) -> float:
     return min(1.0, max(0.0, c))
 
 
-def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> Verdict:
+def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trust | None = None) -> Verdict:
+    """Per-granularity acceptance. The expression is the anchor: a generated one is kept when
+    its calibrated confidence passes `trust`'s threshold and no hard gate withholds it. A
+    generated VA or AU is kept only when the expression is kept (prior or accepted), because
+    a VLLM's AUs and VA follow the label it states; VA is then withheld if its samples are
+    spread, and each AU if its occurrence rate is uncertain. The face is rejected only when
+    its expression cannot be kept (or nothing was answered). With `verify.per_granularity`
+    off, any withheld granularity rejects the whole face (the older rule, for ablation)."""
+    trust = trust or fallback_trust(v)
     s = measure(face, samples, k)
+    withheld: list[str] = []
     reasons: list[str] = []
+    conf = confidence(s, v, trust.calibrator) if s.n_ok else 0.0
+    expr_conf = conf if s.expression_source == "annotator" and s.n_votes else None
     if s.n_ok == 0:
         reasons.append("api_failure" if s.n_failed else "no_samples")
+    # expression
+    if s.expression_source == "annotator" and s.n_votes:
+        why = expression_gates(s, v)
+        if not why and not trust.accepts(conf):
+            why = ["low_confidence" if trust.threshold is not None else "no_guarantee"]
+            if v.use_verification and s.verified is False:
+                why.insert(0, "failed_verification")
+        e_status = "withheld" if why else "accepted"
+        withheld += [f"expression:{r}" for r in why]
+    elif s.expression_source == "prior":
+        e_status = "prior"
     else:
-        reasons += uncertainty_reasons(s, v.min_vote_share, v.max_entropy, v.max_va_std, v.max_au_entropy)
-        if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement:
-            reasons.append("prior_disagreement")
-        if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
-            reasons.append("knowledge_conflict")
-        if v.use_verification and v.require_confirmation and s.verified is False:
-            reasons.append("failed_verification")
-    conf = confidence(s, v) if s.n_ok else 0.0
-    if s.n_ok and conf < v.min_confidence:
-        if v.use_verification and s.verified is False and "failed_verification" not in reasons:
-            reasons.append("failed_verification")
-        reasons.append("low_confidence")
-    if not reasons and (s.expression is None or s.valence is None):
+        e_status = "missing"
+    e_kept = e_status in ("prior", "accepted")
+    taint = ([] if e_kept else ["expression_withheld"]) + (
+        ["prior_disagreement"] if v.use_priors and s.prior_agreement is not None
+        and s.prior_agreement < v.min_prior_agreement else [])
+    # valence-arousal
+    if s.va_source == "annotator":
+        why = list(taint)
+        if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > v.max_va_std:
+            why.append("va_spread")
+        va_status = "withheld" if why else "accepted"
+        withheld += [f"va:{r}" for r in why]
+    else:
+        va_status = s.va_source or "missing"
+    # action units, one decision each
+    au_withheld = []
+    au_set = set(face.get("au_set") or [])
+    for a, p in zip(AUS, s.au_probs):
+        if p is None or a in au_set:
+            continue
+        if taint or binary_entropy(p) > v.max_au_entropy:
+            au_withheld.append(a)
+    n_gen_aus = sum(1 for a, p in zip(AUS, s.au_probs) if p is not None and a not in au_set)
+    if s.au_source == "annotator":
+        au_status = ("withheld" if len(au_withheld) == n_gen_aus else "partial" if au_withheld else "accepted")
+        if au_withheld:
+            withheld += [f"aus:{r}" for r in (taint or ["au_entropy"])]
+    else:
+        au_status = s.au_source or "missing"
+    if s.n_ok and not e_kept:
+        reasons += [w.split(":", 1)[1] for w in withheld if w.startswith("expression:")] or ["incomplete"]
+    if s.n_ok and e_kept and not v.per_granularity and withheld:
+        reasons += sorted({w.split(":", 1)[1] for w in withheld})
+    if not reasons and s.expression is None:
         reasons.append("incomplete")
     active = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
     return Verdict(
-        face_id=face["face_id"], accepted=not reasons, reasons=reasons, confidence=conf,
-        expression=s.expression, expression_source=s.expression_source, vote_share=s.vote_share,
+        face_id=face["face_id"], accepted=not reasons, reasons=reasons, withheld=withheld, confidence=conf,
+        expression=s.expression, expression_source=s.expression_source, expression_status=e_status,
+        expression_confidence=expr_conf, vote_share=s.vote_share,
         entropy=s.entropy, n_samples=s.n_samples, n_failed=s.n_failed, valence=s.valence,
         arousal=s.arousal, valence_std=s.valence_std, arousal_std=s.arousal_std, va_source=s.va_source,
-        aus=active if any(p is not None for p in s.au_probs) else None, au_probs=s.au_probs,
+        va_status=va_status, aus=active if any(p is not None for p in s.au_probs) else None,
+        au_probs=s.au_probs, au_withheld=au_withheld, au_status=au_status,
         au_entropy=s.au_entropy, au_source=s.au_source, prior_agreement=s.prior_agreement,
         consistency=s.consistency)
 
 
 def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
+    """Adaptive stopping for a face: its own requests, and (for a labelled face) its blind
+    request measured as its calibration mirror, by the same rule as an unlabelled face."""
+    samples = [x for x in samples if x["variant"] not in VERIFY_VARIANTS]
+    m = mirror(face, samples)
+    if m is None:
+        return _settled(face, samples, k, sp)
+    own = [x for x in samples if x["variant"] != "blind"]
+    return (not own or _settled(face, own, k, sp)) and _settled(m[0], m[1], k, sp)
+
+
+def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
     """Adaptive stopping: may this face stop sampling?
 
     Every request needs at least `stop_min_samples` answers. Then, with `stop_rule: bayes`,
@@ -258,7 +369,6 @@ def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> 
     Faces whose answers all fail also stop: more samples of a failing call cost money and
     the failure is recorded.
     """
-    samples = [x for x in samples if x["variant"] != VERIFY_VARIANT]
     per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
     reqs = {x["request_id"]: x["variant"] for x in samples}
     if reqs and not per_req:

@@ -17,7 +17,8 @@ def _verdicts(**over):
                expression_source="annotator", vote_share=1.0, entropy=0.0, n_samples=3, n_failed=0,
                valence=0.5, arousal=0.2, valence_std=0.0, arousal_std=0.0, va_source="annotator",
                aus=["AU12"], au_probs=None, au_entropy=0.0, au_source="annotator", prior_agreement=None,
-               consistency=0.8)
+               consistency=0.8, withheld=[], expression_status="accepted", expression_confidence=0.9,
+               va_status="accepted", au_withheld=[], au_status="accepted")
     row.update(over)
     return pd.DataFrame([row, {**row, "face_id": "b_0"}])
 

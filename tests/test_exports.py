@@ -34,7 +34,9 @@ def feid() -> pa.Table:
         expr = ("neutral", "happy", "sad")[i % 3]
         v = {"face_id": f"{i:064x}_0", "expression": expr, "expression_source": "annotator", "vote_share": 0.8,
              "valence": 0.1 * (i % 5) - 0.2, "arousal": 0.05 * i - 0.3, "aus": ["AU06", "AU12"] if expr == "happy" else [],
-             "au_probs": [0.9 if a in ("AU06", "AU12") and expr == "happy" else 0.1 for a in AUS], "confidence": 0.7}
+             "au_probs": [0.9 if a in ("AU06", "AU12") and expr == "happy" else 0.1 for a in AUS], "confidence": 0.7,
+             "expression_status": "accepted", "expression_confidence": 0.7, "va_status": "accepted",
+             "au_status": "accepted", "au_withheld": []}
         face = {"crop": _jpeg(i), "source": "london" if i % 2 else "demo", "label_set": [], "au_set": []}
         rows.append(feid_row(v, face, k, annotator="local", model="local-ensemble-v1", prompt_version="seke-v1",
                              params_hash="abc").model_dump(by_alias=True))

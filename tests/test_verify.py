@@ -173,8 +173,8 @@ def test_decide_rejects_with_reasons():
     split = [smp("happy"), smp("sad", va=(-0.6, -0.3), aus=("AU01", "AU04", "AU15")), smp("anger"), smp("fear")]
     v = decide(face(), split, K, Verify(min_confidence=0.6))
     assert not v.accepted and "low_confidence" in v.reasons
-    v = decide(face(), [smp(va=(0.9, 0.9)), smp(va=(-0.9, -0.9))], K, Verify())
-    assert "va_spread" in v.reasons
+    v = decide(face(), [smp(va=(0.9, 0.9)), smp(va=(-0.9, -0.9))], K, Verify(per_granularity=False))
+    assert not v.accepted and "va_spread" in v.reasons
     # a knowledge conflict: happy said with sad's AUs and VA
     v = decide(face(), [smp("happy", va=(-0.63, -0.27), aus=("AU01", "AU04", "AU15"))] * 3, K, Verify())
     assert "knowledge_conflict" in v.reasons
@@ -184,9 +184,44 @@ def test_decide_rejects_with_reasons():
     f = face(prior_expression="happy")
     v = decide(f, [smp(expr=None, va=(0.7, 0.5), aus=("AU06", "AU12"))] * 2 + [smp("sad", variant="blind")] * 3,
                K, Verify())
-    assert "prior_disagreement" in v.reasons
-    assert "prior_disagreement" not in decide(f, [smp(expr=None)] * 2 + [smp("sad", variant="blind")] * 3, K,
-                                              Verify(use_priors=False)).reasons
+    # the source's label is kept; what the annotator generated for a face it misreads is not
+    assert v.accepted and v.expression_status == "prior" and "va:prior_disagreement" in v.withheld
+    assert v.va_status == "withheld" and v.au_status == "withheld"
+    assert not decide(f, [smp(expr=None)] * 2 + [smp("sad", variant="blind")] * 3, K,
+                      Verify(use_priors=False)).withheld
+
+
+# ------------------------------------------------------------------ per-granularity acceptance
+def test_va_spread_withholds_only_va():
+    v = decide(face(), [smp(va=(0.9, 0.9)), smp(va=(-0.9, -0.9))] * 2, K, Verify())
+    assert v.accepted and v.expression_status == "accepted" and v.va_status == "withheld"
+    assert v.withheld == ["va:va_spread"] and v.au_status == "accepted"
+
+
+def test_each_au_is_decided_on_its_own():
+    sm = [smp(aus=("AU06", "AU12", "AU25")), smp(aus=("AU06", "AU12"))]
+    v = decide(face(), sm, K, Verify())
+    assert v.accepted and v.au_withheld == ["AU25"] and v.au_status == "partial"
+    assert "aus:au_entropy" in v.withheld and v.va_status == "accepted"
+
+
+def test_a_withheld_expression_withholds_what_follows_it():
+    # VA and AUs follow the label a VLLM states, so an untrusted label taints them
+    split = [smp("happy"), smp("sad", va=(0.7, 0.5), aus=("AU06", "AU12")), smp("anger", va=(0.7, 0.5))]
+    v = decide(face(), split, K, Verify(min_confidence=0.99))
+    assert not v.accepted and v.expression_status == "withheld"
+    assert v.va_status == "withheld" and "va:expression_withheld" in v.withheld and v.au_status == "withheld"
+    assert "low_confidence" in v.reasons
+
+
+def test_no_threshold_means_no_generated_expression():
+    from tasks.trust import Trust
+    from tasks import uamc
+    none = Trust(uamc.calibrator(""), None, {})
+    v = decide(face(), [smp()] * 5, K, Verify(), none)
+    assert not v.accepted and v.reasons == ["no_guarantee"]
+    # a source's label needs no guarantee
+    assert decide(face(prior_expression="happy"), [smp(expr=None)] * 2, K, Verify(), none).accepted
 
 
 def test_decide_failed_verification():

@@ -1,0 +1,243 @@
+"""Trust: a confidence fitted on the run's own labelled faces, and a threshold with a guaranteed error rate.
+
+Calibration faces
+    A face with a known expression (a source label, or a label a person gave in review) has
+    its blind request sampled exactly like an unlabelled face's request: the same k0/dk/kmax,
+    stopping rule and verification round (`tasks.sample`). `tasks.verify.mirror` measures
+    those blind samples as if the face were unlabelled, so its evidence has the distribution
+    of an unlabelled face's evidence, and its known label says whether the generated answer
+    was right. Each such face is one `CalRow`.
+
+Confidence model (`fit`)
+    A Platt (logistic) fit over the evidence features of `tasks.uamc` (scikit-learn), with
+    the weights of the monotone features kept >= 0. Cross-fitted by subject: every
+    calibration face's out-of-fold score comes from a model that saw none of its person's
+    faces. The model fitted on all calibration faces scores the unlabelled ones.
+
+Threshold with a guarantee (`select_threshold`)
+    Learn-then-Test (Angelopoulos et al., 2021) with fixed-sequence testing over a fixed grid
+    of thresholds, strict to lenient. At each threshold the error among accepted calibration
+    faces gets a Clopper-Pearson upper bound at level 1 - delta; the walk goes on while the
+    bound is <= target_error and stops at the first failure. A few such walks start at
+    different depths, each at level delta / (number of walks); each start depends on the
+    scores only, never on whether a label was right. The most lenient threshold that passed
+    is used; if none passes, no generated expression is accepted. Under exchangeability of calibration and unlabelled faces,
+    P(error among accepted unlabelled faces <= target_error) >= 1 - delta.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks import uamc
+
+# features of the self-fitted model: the ones an unlabelled face and a calibration face have alike
+# (prior_agreement needs a known label, so it would differ between the two)
+SELF_FEATURES = ("vote_logodds", "vote_share", "consistency", "verified", "refuted")
+GRID = tuple(round(1 - i / 400, 4) for i in range(401))  # 1.0, 0.9975, ..., 0.0
+
+
+@dataclass(frozen=True)
+class CalRow:
+    subject: str
+    features: dict[str, float]
+    correct: bool
+    gated: bool = False  # a hard gate (knowledge conflict, ...) would reject it whatever its score
+
+
+@dataclass(frozen=True)
+class Selection:
+    threshold: float | None     # None: no threshold meets the target; accept no generated expression
+    bound: float | None         # Clopper-Pearson upper bound on the error at the chosen threshold
+    n_accepted: int             # calibration faces accepted at the threshold
+    errors: int                 # wrong ones among them
+    coverage: float             # share of calibration faces accepted (the expected coverage)
+    n: int
+    reason: str
+
+
+def cp_upper(k: int, n: int, delta: float) -> float:
+    """One-sided Clopper-Pearson upper limit at level 1 - delta for k errors in n trials."""
+    if n <= 0:
+        return 1.0
+    if k >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1 - delta, k + 1, n - k))
+
+
+def _counts(s: np.ndarray, ok: np.ndarray, live: np.ndarray, grid: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(accepted, wrong among them) at each threshold of `grid`."""
+    order = np.argsort(-s[live], kind="stable")
+    sd, wrong = s[live][order], np.cumsum(~ok[live][order])
+    m = np.searchsorted(-sd, -np.asarray(grid), side="right")  # faces with s >= t
+    k = np.where(m > 0, wrong[np.maximum(m - 1, 0)] if len(wrong) else 0, 0)
+    return m, k
+
+
+def _upper(k: np.ndarray, m: np.ndarray, delta: float) -> np.ndarray:
+    from scipy.stats import beta
+
+    with np.errstate(all="ignore"):
+        u = beta.ppf(1 - delta, k + 1, np.maximum(m - k, 1))
+    return np.where((m <= 0) | (k >= m), 1.0, u)
+
+
+def _chain(m: np.ndarray, k: np.ndarray, u: np.ndarray, target_error: float, start: int) -> int | None:
+    """Fixed-sequence testing down the grid from the first threshold accepting >= `start`
+    faces; the index of the last threshold that passed."""
+    best = None
+    for j in np.flatnonzero(m >= start):
+        if u[j] > target_error:
+            break
+        best = int(j)
+    return best
+
+
+def select_threshold(scores: list[float], correct: list[bool], target_error: float, delta: float,
+                     gated: list[bool] | None = None, grid: tuple[float, ...] = GRID) -> Selection:
+    """Learn-then-Test over `grid` (strict to lenient) with fixed-sequence testing.
+
+    One chain that starts at the strictest thresholds stops at its first unlucky step, so a
+    few chains run, each at level delta / (number of chains) (a union bound keeps the
+    guarantee): they start where the threshold first accepts `need`, n/8, n/4 and n/2
+    calibration faces, where `need` is the fewest that could pass with no error at all.
+    Each start depends on the scores only, never on whether a label was right. The most
+    lenient threshold that any chain passes is chosen."""
+    n = len(scores)
+    gated = gated or [False] * n
+    s = np.asarray(scores, float)
+    ok = np.asarray(correct, bool)
+    live = ~np.asarray(gated, bool)
+    n_live = int(live.sum())
+    chains = 4
+    d = delta / chains
+    need = math.ceil(math.log(d) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
+    starts = sorted({need, *(max(need, n_live * f // 8) for f in (1, 2, 4))})
+    m, k = _counts(s, ok, live, grid)
+    u = _upper(k, m, d)
+    found = [j for j in (_chain(m, k, u, target_error, m0) for m0 in starts) if j is not None]
+    if not found:
+        why = (f"no threshold keeps the error of accepted generated labels <= {target_error} with probability "
+               f">= {1 - delta}: {n} calibration faces" + (f" (at least {need} must be accepted and nearly all right)"
+                                                          if n < 3 * need else ""))
+        return Selection(None, None, 0, 0, 0.0, n, why)
+    j = max(found)
+    t, u, m, k = grid[j], float(u[j]), int(m[j]), int(k[j])
+    return Selection(t, u, m, k, m / n if n else 0.0, n,
+                     f"threshold {t:.4f}: {k} wrong of {m} accepted calibration faces, error <= {u:.4f} "
+                     f"with probability >= {1 - delta} ({len(starts)} fixed-sequence chains at {d:.4g} each)")
+
+
+def _matrix(rows: list[CalRow], names: tuple[str, ...]) -> np.ndarray:
+    return np.array([[r.features.get(f, 0.0) for f in names] for r in rows], float).reshape(len(rows), len(names))
+
+
+def fit_platt(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATURES, source: str = "platt"
+              ) -> uamc.Calibrator:
+    """Logistic fit over the evidence features; a monotone feature whose weight comes out
+    negative is dropped and the model refit, so more agreement never lowers confidence."""
+    from sklearn.linear_model import LogisticRegression
+
+    keep = [i for i in range(len(names)) if len(X) and X[:, i].std() > 0]
+    while True:
+        if len(set(y.tolist())) < 2 or not keep:
+            p = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
+            return uamc.Calibrator(math.log(p / (1 - p)), {}, source=source)
+        m = LogisticRegression(C=10.0, max_iter=2000).fit(X[:, keep], y)
+        coef = dict(zip([names[i] for i in keep], m.coef_[0]))
+        bad = [f for f in uamc.MONOTONE if coef.get(f, 0) < 0]
+        if not bad:
+            return uamc.Calibrator(float(m.intercept_[0]), {k: float(v) for k, v in coef.items()}, source=source)
+        keep = [i for i in keep if names[i] not in bad]
+
+
+def folds_by_subject(subjects: list[str], k: int, seed: int) -> list[int]:
+    people = sorted(set(subjects))
+    random.Random(seed).shuffle(people)
+    fold = {p: i % k for i, p in enumerate(people)}
+    return [fold[s] for s in subjects]
+
+
+def crossfit(rows: list[CalRow], k: int, seed: int, names: tuple[str, ...] = SELF_FEATURES
+             ) -> tuple[uamc.Calibrator, list[float]]:
+    """(model fitted on all rows, out-of-fold score of every row), folds split by subject."""
+    X = _matrix(rows, names)
+    y = np.array([r.correct for r in rows], float)
+    fold = folds_by_subject([r.subject for r in rows], max(2, min(k, len({r.subject for r in rows}))), seed)
+    oof = [0.0] * len(rows)
+    for f in sorted(set(fold)):
+        tr = [i for i, g in enumerate(fold) if g != f]
+        model = fit_platt(X[tr], y[tr], names)
+        for i, g in enumerate(fold):
+            if g == f:
+                oof[i] = model(rows[i].features)
+    return fit_platt(X, y, names, source="self"), oof
+
+
+def ece(conf: list[float], correct: list[bool], bins: int = 10) -> float:
+    """Expected calibration error over `bins` equal-mass bins (tied confidences share a bin)."""
+    if not conf:
+        return float("nan")
+    c = np.asarray(conf, float)
+    y = np.asarray(correct, float)
+    edges = np.unique(np.quantile(c, np.linspace(0, 1, bins + 1)[1:-1]))
+    idx = np.searchsorted(edges, c, side="right")
+    return float(sum(abs(c[idx == b].mean() - y[idx == b].mean()) * (idx == b).sum()
+                     for b in np.unique(idx)) / len(c))
+
+
+@dataclass
+class Trust:
+    """What verify applies to every generated expression, and the report it writes."""
+    calibrator: uamc.Calibrator
+    threshold: float | None       # None: no generated expression is accepted
+    report: dict = field(default_factory=dict)
+
+    def accepts(self, confidence: float) -> bool:
+        return self.threshold is not None and confidence >= self.threshold
+
+
+def build(rows: list[CalRow], v, annotator: str = "") -> Trust:
+    """The run's confidence model and threshold from its calibration faces (`verify` params `v`)."""
+    n = len(rows)
+    rep: dict = {"calibration_faces": n, "subjects": len({r.subject for r in rows}),
+                 "calibration_accuracy": round(float(np.mean([r.correct for r in rows])), 4) if rows else None}
+    both = len({r.correct for r in rows}) == 2
+    if v.self_calibrate and n >= v.min_calibration_faces and both:
+        cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
+        rep.update(source="self", why=f"fitted on this run's {n} labelled faces (cross-fitted by subject, "
+                                       f"{v.calibration_folds} folds)",
+                   oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
+    else:
+        cal = uamc.calibrator(v.calibration) if v.calibration else uamc.calibrator("")
+        if v.calibration and cal.annotator and annotator and cal.annotator != annotator:
+            cal = uamc.calibrator("")
+            file_note = f"{v.calibration} was fitted for annotator {uamc.calibrator(v.calibration).annotator!r}; "
+        else:
+            file_note = ""
+        why = ("self-calibration is off (verify.self_calibrate)" if not v.self_calibrate else
+               f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
+               if n < v.min_calibration_faces else "all labelled faces were answered alike (right or wrong)")
+        rep.update(source="file" if cal.source not in ("default",) else "default",
+                   why=file_note + why + ("; using " + (cal.source if cal.source != "default"
+                                                        else "the built-in, uncalibrated weights")))
+        scores = [cal(r.features) for r in rows]
+        if rows:
+            rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
+    rep["model"] = cal.to_json()
+    if v.target_error > 0:
+        sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
+        rep.update(mode="target_error", target_error=v.target_error, delta=v.delta, threshold=sel.threshold,
+                   bound=None if sel.bound is None else round(sel.bound, 4), accepted_calibration=sel.n_accepted,
+                   errors_calibration=sel.errors, expected_coverage=round(sel.coverage, 4), selection=sel.reason)
+        if sel.threshold is None:
+            rep["warning"] = "no generated expression is accepted: " + sel.reason
+        return Trust(cal, sel.threshold, rep)
+    rep.update(mode="min_confidence", threshold=v.min_confidence,
+               selection="verify.min_confidence (a plain threshold: no error guarantee)")
+    return Trust(cal, v.min_confidence, rep)

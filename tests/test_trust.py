@@ -1,0 +1,115 @@
+"""Trust: self-calibration on labelled faces and a threshold with a guaranteed error rate."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from tasks import trust
+from tasks.params import Verify
+from tasks.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
+
+
+def _draw(n: int, r: random.Random) -> tuple[list[float], list[bool]]:
+    """Scores ~ U(0, 1) with P(wrong | s) = 0.3 (1 - s)^2: the error among s >= t is 0.1 (1 - t)^2."""
+    s = [r.random() for _ in range(n)]
+    return s, [r.random() >= 0.3 * (1 - x) ** 2 for x in s]
+
+
+def _true_error(t: float) -> float:
+    return 0.1 * (1 - t) ** 2
+
+
+def test_the_bound_holds_in_at_least_1_minus_delta_of_draws():
+    alpha, delta, n, reps = 0.05, 0.1, 600, 200
+    r = random.Random(0)
+    chosen, violations = [], 0
+    for _ in range(reps):
+        s, ok = _draw(n, r)
+        sel = select_threshold(s, ok, alpha, delta)
+        if sel.threshold is None:
+            continue
+        chosen.append(sel.threshold)
+        true_error = _true_error(sel.threshold)
+        violations += true_error > alpha
+        assert sel.bound <= alpha and sel.errors <= sel.n_accepted
+    assert violations / reps <= delta
+    # and it is not vacuous: a threshold is found nearly always, well below the ideal's 1.0 end
+    # (the ideal threshold, where the true error reaches 0.05, is 1 - sqrt(0.5) = 0.29)
+    assert len(chosen) >= 0.9 * reps and np.mean(chosen) < 0.7
+
+
+def test_a_target_that_cannot_be_met_accepts_nothing_and_says_why():
+    r = random.Random(1)
+    s, ok = _draw(40, r)
+    sel = select_threshold(s, ok, 0.01, 0.1)
+    assert sel.threshold is None and "no threshold" in sel.reason
+    # all wrong: nothing passes at any size
+    sel = select_threshold([0.9] * 500, [False] * 500, 0.05, 0.1)
+    assert sel.threshold is None
+
+
+def test_gated_faces_are_never_counted_as_accepted():
+    s = [0.99] * 100 + [0.95] * 100
+    ok = [True] * 100 + [False] * 100
+    free = select_threshold(s, ok, 0.05, 0.1)
+    gated = select_threshold(s, ok, 0.05, 0.1, gated=[False] * 100 + [True] * 100)
+    assert free.threshold > 0.95 and gated.threshold <= 0.95 and gated.n_accepted == 100
+
+
+def test_clopper_pearson_upper_limit():
+    assert cp_upper(0, 0, 0.1) == 1.0
+    assert cp_upper(0, 45, 0.1) == pytest.approx(1 - 0.1 ** (1 / 45), rel=1e-6)
+    assert cp_upper(5, 100, 0.1) > 0.05
+
+
+def test_folds_keep_a_person_together():
+    subj = [f"p{i % 37}" for i in range(300)]
+    f = folds_by_subject(subj, 5, 0)
+    by = {}
+    for s, g in zip(subj, f):
+        by.setdefault(s, set()).add(g)
+    assert all(len(g) == 1 for g in by.values()) and len(set(f)) == 5
+
+
+def _rows(n: int, seed: int = 0) -> list[CalRow]:
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        top = r.randint(2, 6)
+        nv = 6
+        right = r.random() < 0.2 + 0.13 * top
+        rows.append(CalRow(subject=f"s{i // 2}", features={"vote_logodds": top - 3.0, "vote_share": top / nv,
+                                                           "consistency": r.random() - 0.5}, correct=right))
+    return rows
+
+
+def test_self_calibration_with_enough_labelled_faces():
+    t = build(_rows(400), Verify(target_error=0.1, delta=0.1))
+    rep = t.report
+    assert rep["source"] == "self" and rep["calibration_faces"] == 400 and rep["mode"] == "target_error"
+    assert rep["oof_ece"] < 0.1 and t.threshold is not None and rep["bound"] <= 0.1
+    assert rep["model"]["coef"]["vote_logodds"] > 0
+
+
+def test_too_few_labelled_faces_fall_back_and_say_so(tmp_path):
+    t = build(_rows(30), Verify(target_error=0.0, min_calibration_faces=100))
+    assert t.report["source"] == "default" and "only 30 labelled faces" in t.report["why"]
+    assert t.threshold == Verify().min_confidence and "no error guarantee" in t.report["selection"]
+    # a target error with too few faces: no generated label is accepted, with a warning
+    t = build(_rows(30), Verify(target_error=0.05, min_calibration_faces=100))
+    assert t.threshold is None and "no generated expression is accepted" in t.report["warning"]
+    # a calibration file fitted for another annotator is not used
+    f = tmp_path / "c.json"
+    f.write_text('{"intercept": 0, "coef": {"vote_share": 1}, "annotator": "local"}')
+    t = build(_rows(30), Verify(target_error=0.0, calibration=str(f)), annotator="openai")
+    assert t.report["source"] == "default" and "fitted for annotator 'local'" in t.report["why"]
+    t = build(_rows(30), Verify(target_error=0.0, calibration=str(f)), annotator="local")
+    assert t.report["source"] == "file"
+
+
+def test_equal_mass_ece():
+    assert ece([0.8] * 100, [True] * 80 + [False] * 20) == pytest.approx(0.0, abs=1e-9)
+    assert ece([0.9] * 100, [True] * 50 + [False] * 50) == pytest.approx(0.4)
+    assert trust.ece([], []) != trust.ece([], [])  # nan
