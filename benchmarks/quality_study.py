@@ -60,7 +60,8 @@ from tasks.params import Params  # noqa: E402
 from tasks.prompt import requests_for  # noqa: E402
 from tasks.records import FaceRecord, ImageRecord  # noqa: E402
 from tasks.sample import Tally, sample_batch  # noqa: E402
-from tasks.verify import VERIFY_VARIANT, decide, measure  # noqa: E402
+from tasks import trust  # noqa: E402
+from tasks.verify import VERIFY_VARIANTS, calibration_row, decide, measure  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("london", "muxspace", "namba")
@@ -287,10 +288,11 @@ def run_strategy(name: str, over: dict, faces: list[dict], ann: Annotator, memo:
                      "valence": v.valence, "arousal": v.arousal, "aus": v.aus, "au_source": v.au_source,
                      "hard_reasons": [r for r in v.reasons if r not in ("low_confidence", "failed_verification")],
                      "verified": st.verified, "n_gen": st.n_votes, "features": feats, "raw_confidence": v.confidence,
-                     "n_samples": sum(1 for x in sm if x["variant"] != VERIFY_VARIANT)})
+                     "n_samples": sum(1 for x in sm if x["variant"] not in VERIFY_VARIANTS)})
     cost = {"answers_per_face": counting.answers / len(faces), "calls_per_face": counting.calls / len(faces),
             "image_sends_per_face": counting.image_sends / len(faces),
-            "verify_calls_per_face": counting.verify_calls / len(faces), "seconds": time.perf_counter() - t0}
+            "verify_calls_per_face": counting.verify_calls / len(faces), "seconds": time.perf_counter() - t0,
+            "samples": samples, "params": p}
     return rows, cost
 
 
@@ -337,6 +339,121 @@ def summarise(name: str, rows: list[dict], cost: dict, kind: str, min_conf: floa
     return out
 
 
+# ------------------------------------------------------------------ self-calibrated mode
+def label_share(faces: list[dict], share: float, seed: int) -> list[dict]:
+    """Copies of the faces where a random `share` of the people carry their true expression
+    as a prior (the run's labelled faces); the rest are unlabelled."""
+    people = sorted({f["subject"] for f in faces})
+    random.Random(f"labelled|{seed}").shuffle(people)
+    n_of = Counter(f["subject"] for f in faces)
+    chosen: set[str] = set()
+    for person in people:  # whole people, until `share` of the faces are labelled
+        if sum(n_of[c] for c in chosen) >= share * len(faces):
+            break
+        chosen.add(person)
+    return [{**f, "prior_expression": f["truth"] if f["subject"] in chosen else None} for f in faces]
+
+
+def au_f1_kept(verdicts: list, faces: dict) -> float:
+    """AU F1 over the generated AUs FEID keeps (withheld ones left out)."""
+    tp = fp = fn = 0
+    for v in verdicts:
+        f = faces[v.face_id]
+        if v.au_source != "annotator" or f.get("truth_aus") is None:
+            continue
+        known = set(AUS) - set(f.get("au_set") or []) - set(v.au_withheld)
+        pred, true = set(v.aus or []) & known, set(f["truth_aus"]) & known
+        tp, fp, fn = tp + len(pred & true), fp + len(pred - true), fn + len(true - pred)
+    return 2 * tp / (2 * tp + fp + fn) if tp else float("nan")
+
+
+def va_ccc_kept(verdicts: list, faces: dict) -> float:
+    va = [(v.valence, v.arousal, faces[v.face_id]["truth_va"]) for v in verdicts
+          if v.va_source == "annotator" and faces[v.face_id].get("truth_va") is not None]
+    if len(va) < 3:
+        return float("nan")
+    return float(np.mean([ccc([a for a, _, _ in va], [t[0] for _, _, t in va]),
+                          ccc([b for _, b, _ in va], [t[1] for _, _, t in va])]))
+
+
+def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict, base: Params, over: dict,
+                    max_n: int, workdir: Path, seed: int, k10_rows: list[dict] | None) -> dict:
+    """The pipeline as a user runs it: `share` of the people labelled, no calibration file,
+    verify.target_error; measured on the unlabelled faces only."""
+    k = load_knowledge()
+    over = {**over, "verify": {**over.get("verify", {}), "calibration": ""}}
+    fs = label_share(faces, share, seed)
+    rows, cost = run_strategy(f"self-{share}", over, fs, ann, memo, base, max_n, workdir)
+    samples, p = cost.pop("samples"), cost.pop("params")
+    by = {f["face_id"]: f for f in fs}
+    cal = [r for r in (calibration_row(f, samples[f["face_id"]], k, p.verify) for f in fs if f["prior_expression"])
+           if r is not None]
+    tr = trust.build(cal, p.verify, "openai")
+    whole_v = p.verify.model_copy(update={"per_granularity": False})
+    per = [decide(f, samples[f["face_id"]], k, p.verify, tr) for f in fs]
+    whole = [decide(f, samples[f["face_id"]], k, whole_v, tr) for f in fs]
+    unl = [v for v in per if not by[v.face_id]["prior_expression"]]
+    acc = [v for v in unl if v.expression_status == "accepted"]
+    right = [v.expression == by[v.face_id]["truth"] for v in acc]
+    gen = [v for v in unl if v.expression_confidence is not None]
+    answers = {f["face_id"]: len(samples[f["face_id"]]) for f in fs}
+    unl_ids = [v.face_id for v in unl]
+    out = {"labelled_share": share, "faces": len(fs), "labelled_faces": len(fs) - len(unl),
+           "unlabelled_faces": len(unl), "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "model"},
+           "coverage": len(acc) / len(unl), "error": 1 - float(np.mean(right)) if acc else float("nan"),
+           "accuracy": float(np.mean(right)) if acc else float("nan"),
+           "ece_feid": trust.ece([v.expression_confidence for v in acc], right),
+           "ece_generated": trust.ece([v.expression_confidence for v in gen],
+                                      [v.expression == by[v.face_id]["truth"] for v in gen]),
+           "mean_confidence_feid": float(np.mean([v.expression_confidence for v in acc])) if acc else float("nan"),
+           "answers_per_face": float(np.mean(list(answers.values()))),
+           "answers_per_unlabelled_face": float(np.mean([answers[i] for i in unl_ids])),
+           "image_sends_per_face": cost["image_sends_per_face"], "seconds": cost["seconds"]}
+    if k10_rows is not None:
+        un = [r for r in k10_rows if not by[r["face_id"]]["prior_expression"]]
+        pts = risk_coverage([r["vote_share"] or 0 for r in un], [r["correct"] for r in un])
+        out["k10_accuracy_at_same_coverage"] = acc_at(pts, out["coverage"])
+    # per-granularity vs. whole-face acceptance, on the unlabelled faces
+    wu = [v for v in whole if not by[v.face_id]["prior_expression"]]
+    pk = [v for v in unl if v.expression_status in ("prior", "accepted")]
+    wk = [v for v in wu if v.accepted]
+    out["granularity"] = {
+        "per_granularity": {
+            "expression_kept": len(pk) / len(unl),
+            "expression_accuracy": float(np.mean([v.expression == by[v.face_id]["truth"] for v in pk])) if pk else None,
+            "va_kept": float(np.mean([v.va_status == "accepted" for v in unl])),
+            "va_ccc": va_ccc_kept([v for v in unl if v.va_status == "accepted"], by),
+            "au_f1": au_f1_kept([v for v in unl if v.au_status in ("accepted", "partial")], by),
+            "au_kept_share": float(np.mean([1 - len(v.au_withheld) / len(AUS) for v in pk])) if pk else None},
+        "whole_face": {
+            "expression_kept": len(wk) / len(wu),
+            "expression_accuracy": float(np.mean([v.expression == by[v.face_id]["truth"] for v in wk])) if wk else None,
+            "va_kept": len(wk) / len(wu),
+            "va_ccc": va_ccc_kept(wk, by),
+            "au_f1": au_f1_kept([v.model_copy(update={"au_withheld": []}) for v in wk], by)}}
+    return out
+
+
+def print_self(results: list[dict]) -> None:
+    print(f"\n{'labelled':>8} {'cal n':>6} {'source':>7} {'thresh':>7} {'bound':>6} {'cover':>6} {'error':>6} "
+          f"{'ECE':>6} {'ECEgen':>6} {'K10acc':>6} {'ans/f':>6} {'ans/unl':>7}")
+    for r in results:
+        c = r["calibration"]
+        th = c.get("threshold")
+        print(f"{r['labelled_share']:8.2f} {c['calibration_faces']:6d} {c['source']:>7} "
+              f"{'none' if th is None else f'{th:.4f}':>7} {c.get('bound') or float('nan'):6.3f} "
+              f"{r['coverage']:6.3f} {r['error']:6.3f} {r['ece_feid']:6.3f} {r['ece_generated']:6.3f} "
+              f"{r.get('k10_accuracy_at_same_coverage', float('nan')):6.3f} {r['answers_per_face']:6.2f} "
+              f"{r['answers_per_unlabelled_face']:7.2f}")
+    print("\nper-granularity vs whole-face acceptance (unlabelled faces):")
+    print(f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'VA kept':>7} {'VA CCC':>6} {'AU F1':>6}")
+    for r in results:
+        for mode, g in r["granularity"].items():
+            print(f"{r['labelled_share']:8.2f} {mode:>15} {g['expression_kept']:9.3f} "
+                  f"{g['expression_accuracy'] or float('nan'):8.3f} {g['va_kept']:7.3f} {g['va_ccc']:6.3f} "
+                  f"{g['au_f1']:6.3f}")
+
+
 STRATEGIES = {
     "one sample": ({"sample": {"k0": 1, "kmax": 1, "verify_round": "none"}, "prompt": {"blind": False}}, "single"),
     "fixed K=5": ({"sample": {"k0": 5, "kmax": 5, "verify_round": "none"}, "prompt": {"blind": False}}, "vote"),
@@ -357,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--only", help="comma-separated strategies to run")
     ap.add_argument("--write-calibration", help="fit the SV-UAMC calibration on all faces and write it here")
+    ap.add_argument("--self-calibrated", metavar="SHARES",
+                    help="comma-separated shares of labelled people (e.g. 0.1,0.3,0.5): run the pipeline with "
+                         "self-calibration and verify.target_error, no calibration file; measured on the unlabelled "
+                         "faces, next to fixed K=10")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "seke_quality"))
     args = ap.parse_args(argv)
@@ -410,9 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         for f in faces:
             f["truth_va"] = f["truth_aus"] = None
     results, all_rows = [], {}
+    if args.self_calibrated:
+        strategies = {k_: v_ for k_, v_ in strategies.items() if k_ == "fixed K=10"}
     try:
         for name, (over, kind) in strategies.items():
             rows, cost = run_strategy(name, over, faces, ann, memo, base, max_n, workdir)
+            cost.pop("samples"), cost.pop("params")
             if kind == "svuamc":
                 sv = [r for r in rows if r["n_gen"]]
                 crossfit(sv, args.seed)
@@ -431,9 +555,22 @@ def main(argv: list[str] | None = None) -> int:
             results.append(s)
             all_rows[name] = rows
             print(f"  {name}: done in {cost['seconds']:.0f} s")
+        self_results = []
+        for share in ([float(x) for x in args.self_calibrated.split(",")] if args.self_calibrated else []):
+            self_results.append(self_calibrated(share, faces, ann, memo, base, over_sv, max_n, workdir, args.seed,
+                                                all_rows.get("fixed K=10")))
+            print(f"  self-calibrated, {share:.0%} labelled: done in {self_results[-1]['seconds']:.0f} s")
     finally:
         if server:
             server.stop()
+    if self_results:
+        print_self(self_results)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"annotator": args.annotator, "sets": args.sets, "sim": sim_cfg,
+                                                   "overrides": over_sv, "self_calibrated": self_results},
+                                                  indent=1, default=str))
+        return 0
 
     # SV-UAMC vs fixed K=10 at SV-UAMC's own coverage
     by = {r["strategy"]: r for r in results}

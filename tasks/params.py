@@ -87,13 +87,15 @@ class Sample(Section):
     """
     k0: int = Field(3, ge=1)
     dk: int = Field(2, ge=1)
-    kmax: int = Field(7, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
+    kmax: int = Field(5, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     seed: int = 1234
     blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
-    stop_rule: Literal["bayes", "naive"] = Field(
-        "bayes", description="bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
+    stop_rule: Literal["lead", "bayes", "naive"] = Field(
+        "lead", description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
                              "naive: the stop_* thresholds below on vote share, entropy, VA std, AU entropy")
     stop_min_samples: int = Field(3, ge=1)
+    stop_lead: int = Field(3, ge=1, description="lead: stop once the top answer leads the runner-up by this many "
+                           "votes, or can no longer reach that lead within kmax")
     stop_confidence: float = Field(0.93, ge=0, le=1, description="bayes: stop once P(top answer is the face's "
                                    "majority answer | votes) >= this")
     stop_futility: float = Field(0.0, ge=0, le=1, description="bayes: also stop (hopeless) once that probability "
@@ -105,9 +107,10 @@ class Sample(Section):
     stop_max_entropy: float = Field(1.0, ge=0)
     stop_max_va_std: float = Field(0.25, ge=0)
     stop_max_au_entropy: float = Field(0.6, ge=0, le=1)
-    verify_round: Literal["none", "uncertain", "all"] = Field(
-        "uncertain", description="the verification round: the annotator sees its aggregated answer and the "
-                                 "relevant knowledge and confirms or corrects it; none | uncertain | all faces")
+    verify_round: Literal["none", "uncertain", "leaders", "all"] = Field(
+        "leaders", description="the verification round: the annotator sees its aggregated answer and the "
+                               "relevant knowledge and confirms or corrects it; none | uncertain | leaders (faces "
+                               "whose top answer reached stop_lead) | all faces")
     verify_below: float = Field(0.99, ge=0, le=1, description="uncertain: ask faces whose vote posterior "
                                 "(see stop_confidence) is below this")
     max_error_rate: float = Field(0.2, ge=0, le=1)

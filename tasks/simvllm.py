@@ -70,7 +70,7 @@ class SimConfig:
     systematic: float = 0.7           # share of wrong answers naming the face's fixed distractor
     va_noise: float = 0.15            # std of Gaussian noise on valence and arousal
     au_flip: float = 0.05             # chance that each AU's occurrence is flipped
-    follow_stated: float = 0.5        # weight of the stated expression (vs. the truth) in AUs/VA
+    follow_stated: float = 0.85       # share of AUs/VA that follow the stated expression, not the truth (real VLLMs rationalise)
     # protocol behaviour
     n_mode: str = "honour"            # honour | ignore (always 1 choice) | cap (at most n_cap)
     n_cap: int = 4

@@ -18,9 +18,9 @@ Threshold with a guarantee (`select_threshold`)
     Learn-then-Test (Angelopoulos et al., 2021) with fixed-sequence testing over a fixed grid
     of thresholds, strict to lenient. At each threshold the error among accepted calibration
     faces gets a Clopper-Pearson upper bound at level 1 - delta; the walk goes on while the
-    bound is <= target_error and stops at the first failure. A few such walks start at
-    different depths, each at level delta / (number of walks); each start depends on the
-    scores only, never on whether a label was right. The most lenient threshold that passed
+    bound is <= target_error and stops at the first failure. Two such walks start at
+    different depths, with delta split between them; each start depends on the scores
+    only, never on whether a label was right. The most lenient threshold that passed
     is used; if none passes, no generated expression is accepted. Under exchangeability of calibration and unlabelled faces,
     P(error among accepted unlabelled faces <= target_error) >= 1 - delta.
 """
@@ -102,10 +102,11 @@ def select_threshold(scores: list[float], correct: list[bool], target_error: flo
                      gated: list[bool] | None = None, grid: tuple[float, ...] = GRID) -> Selection:
     """Learn-then-Test over `grid` (strict to lenient) with fixed-sequence testing.
 
-    One chain that starts at the strictest thresholds stops at its first unlucky step, so a
-    few chains run, each at level delta / (number of chains) (a union bound keeps the
-    guarantee): they start where the threshold first accepts `need`, n/8, n/4 and n/2
-    calibration faces, where `need` is the fewest that could pass with no error at all.
+    One walk that starts at the strictest thresholds stops at its first unlucky step (a few
+    faces, one error), so two walks run, and a union bound over them keeps the guarantee:
+    one at level delta / 5 starts where the threshold first accepts `need` calibration faces
+    (the fewest that could pass with no error at all), the other at level 4 delta / 5 where
+    it first accepts a quarter of them.
     Each start depends on the scores only, never on whether a label was right. The most
     lenient threshold that any chain passes is chosen."""
     n = len(scores)
@@ -114,23 +115,27 @@ def select_threshold(scores: list[float], correct: list[bool], target_error: flo
     ok = np.asarray(correct, bool)
     live = ~np.asarray(gated, bool)
     n_live = int(live.sum())
-    chains = 4
-    d = delta / chains
-    need = math.ceil(math.log(d) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
-    starts = sorted({need, *(max(need, n_live * f // 8) for f in (1, 2, 4))})
+    # (start, share of delta): a walk from the strictest passable threshold, and one from
+    # the threshold that accepts a quarter of the faces, which is where most of delta goes
+    need = math.ceil(math.log(0.2 * delta) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
+    walks = [(need, 0.2), (max(need, n_live // 4), 0.8)]
     m, k = _counts(s, ok, live, grid)
-    u = _upper(k, m, d)
-    found = [j for j in (_chain(m, k, u, target_error, m0) for m0 in starts) if j is not None]
+    found = []
+    for start, share in walks:
+        u = _upper(k, m, share * delta)
+        j = _chain(m, k, u, target_error, start)
+        if j is not None:
+            found.append((j, float(u[j])))
     if not found:
         why = (f"no threshold keeps the error of accepted generated labels <= {target_error} with probability "
                f">= {1 - delta}: {n} calibration faces" + (f" (at least {need} must be accepted and nearly all right)"
                                                           if n < 3 * need else ""))
         return Selection(None, None, 0, 0, 0.0, n, why)
-    j = max(found)
-    t, u, m, k = grid[j], float(u[j]), int(m[j]), int(k[j])
+    j, u = max(found)
+    t, m, k = grid[j], int(m[j]), int(k[j])
     return Selection(t, u, m, k, m / n if n else 0.0, n,
                      f"threshold {t:.4f}: {k} wrong of {m} accepted calibration faces, error <= {u:.4f} "
-                     f"with probability >= {1 - delta} ({len(starts)} fixed-sequence chains at {d:.4g} each)")
+                     f"with probability >= {1 - delta}")
 
 
 def _matrix(rows: list[CalRow], names: tuple[str, ...]) -> np.ndarray:

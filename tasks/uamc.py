@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-FEATURES = ("vote_logodds", "vote_share", "consistency", "verified", "refuted", "prior_agreement")
+FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "prior_agreement")
 # features that more agreeing evidence can only raise: their weights must be >= 0, so that
 # adding samples that agree never lowers a face's confidence (a tested property)
-MONOTONE = ("vote_logodds", "vote_share", "consistency", "prior_agreement")
+MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agreement")
 
 # hand-set, uncalibrated weights (used when no calibration file is given)
 DEFAULT = {"intercept": -0.5, "coef": {"vote_logodds": 0.8, "vote_share": 1.0, "consistency": 1.0,
@@ -71,10 +71,30 @@ def stop_now(top: int, n: int, min_samples: int, confidence: float, futility: fl
     return False, "uncertain"
 
 
+def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: int) -> tuple[bool, str]:
+    """The lead rule: stop once the top answer leads the runner-up by `lead` votes, or once it
+    can no longer reach that lead within `cap` answers (hopeless: more samples are wasted).
+
+    Why the lead: when a face's wrong answers mostly name one fixed distractor (systematic
+    errors), the likelihood ratio of "the top answer is right, the runner-up is the
+    distractor" against the reverse is (a / d) ** (top - second), whatever the other votes.
+    So the lead, not the share, is the evidence; a sequential test on it (Wald's SPRT for a
+    race between two answers) stops early on clear faces and spends its samples on the
+    contested ones."""
+    if n < min_samples:
+        return False, "too_few"
+    if top - second >= lead:
+        return True, "certain"
+    if top - second + (cap - n) < lead:
+        return True, "hopeless"
+    return False, "uncertain"
+
+
 @dataclass(frozen=True)
 class Evidence:
     top: int                       # votes for the top answer
     n: int                         # votes in all
+    second: int = 0                # votes for the runner-up
     consistency: float | None = None
     consistency_margin: float | None = None
     verified: bool | None = None   # None: no verification round
@@ -88,6 +108,7 @@ def features(e: Evidence, use_consistency: bool = True, use_verification: bool =
     if e.n > 0:
         f["vote_logodds"] = logodds(majority_posterior(e.top, e.n))
         f["vote_share"] = e.top / e.n
+        f["vote_lead"] = float(e.top - e.second)
     if use_consistency and e.consistency is not None:
         f["consistency"] = e.consistency - 0.5
     if use_verification and e.verified is not None:

@@ -86,7 +86,8 @@ class Stats:
     n_verify: int = 0
 
     def evidence(self) -> uamc.Evidence:
-        return uamc.Evidence(top=self.top_votes, n=self.n_votes, consistency=self.consistency,
+        second = sorted(self.votes.values(), reverse=True)[1] if len(self.votes) > 1 else 0
+        return uamc.Evidence(top=self.top_votes, n=self.n_votes, second=second, consistency=self.consistency,
                              consistency_margin=self.consistency_margin, verified=self.verified,
                              prior_agreement=self.prior_agreement)
 
@@ -377,10 +378,13 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
     if not reqs or any(per_req.get(r, 0) < n for r, n in need.items()):
         return False
     s = measure(face, samples, k)
-    if sp.stop_rule == "bayes":
+    if sp.stop_rule in ("bayes", "lead"):
         spread = uncertainty_reasons(s, 0.0, float("inf"), sp.stop_max_va_std, sp.stop_max_au_entropy)
         if s.expression_source != "annotator" or not s.n_votes:
             return not spread
+        if sp.stop_rule == "lead":
+            e = s.evidence()
+            return uamc.stop_lead(e.top, e.second, e.n, sp.stop_min_samples, sp.stop_lead, sp.kmax)[0]
         stop, why = uamc.stop_now(s.top_votes, s.n_votes, sp.stop_min_samples, sp.stop_confidence,
                                   sp.stop_futility, sp.stop_futility_after, s.consistency, sp.stop_min_consistency)
         return stop
@@ -389,7 +393,13 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
 
 
 def wants_verification(s: Stats, sp: SampleParams) -> bool:
-    """Does this face get a verification round? Only a generated expression is verified."""
+    """Does this face get a verification round? Only a generated expression is verified:
+    `all` of them, the `uncertain` ones (vote posterior below `verify_below`), or the
+    `leaders`: faces whose top answer reached the lead rule's `stop_lead` (the faces that can
+    be accepted; a hopeless face is not worth another call)."""
     if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
         return False
+    if sp.verify_round == "leaders":
+        e = s.evidence()
+        return e.top - e.second >= sp.stop_lead
     return sp.verify_round == "all" or uamc.majority_posterior(s.top_votes, s.n_votes) < sp.verify_below

@@ -61,7 +61,7 @@ def run(tmp_path, ann, **sample):
 def test_adaptive_stops_early_and_verifies(tmp_path):
     ann = Scripted()
     out, tally = run(tmp_path, ann, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
-                     verify_round="all")
+                     verify_round="all", stop_rule="bayes")
     gen = lambda fid: [s for s in out if s["face_id"] == fid and s["variant"] == "primed"]
     assert len(gen("easy")) == 2          # 2 of 2 agree: stop
     assert len(gen("hard")) == 6          # split votes: up to kmax
@@ -71,7 +71,7 @@ def test_adaptive_stops_early_and_verifies(tmp_path):
     # a re-run is answered by the cache: no calls at all
     ann2 = Scripted()
     out2, tally2 = run(tmp_path, ann2, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
-                       verify_round="all")
+                       verify_round="all", stop_rule="bayes")
     key = lambda rows: [(s["face_id"], s["variant"], s["sample_index"], s["expression"]) for s in rows]
     assert key(out2) == key(out) and all(s["cached"] for s in out2)
     assert ann2.calls == []
@@ -87,7 +87,7 @@ def test_fixed_k_and_no_verification(tmp_path):
 def test_uncertain_round_skips_certain_faces(tmp_path):
     ann = Scripted()
     out, _ = run(tmp_path, ann, k0=3, dk=2, kmax=5, stop_min_samples=3, stop_confidence=0.9,
-                 verify_round="uncertain", verify_below=0.9)
+                 verify_round="uncertain", verify_below=0.9, stop_rule="bayes")
     assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}   # easy: 3/3 = 0.9375
 
 
@@ -96,3 +96,25 @@ def test_annotators_without_verification_are_not_asked(tmp_path):
     ann.supports_verification = False
     out, _ = run(tmp_path, ann, verify_round="all")
     assert not any(s["variant"] == "verify" for s in out)
+
+
+def test_a_labelled_face_is_sampled_blind_like_an_unlabelled_one(tmp_path):
+    """Its blind request gets the same k0/dk/kmax, stopping rule and verification round as
+    an unlabelled face's request (its calibration mirror), so their evidence is comparable."""
+    p = Params(paths=Paths(input="x"), sample=Sample(k0=3, dk=2, kmax=5, stop_lead=3, verify_round="leaders"))
+    runs = {}
+    for name, prior in (("lab", "happy"), ("free", None)):
+        ann = Scripted()
+        f = {**face("easy"), "prior_expression": prior}
+        reqs = {"easy": [r.model_dump() for r in requests_for(K, FaceRecord(**f), "v1", True, True)]}
+        cache = ResponseCache(str(tmp_path / name), ann.signature_hash())
+        runs[name] = (list(sample_batch([f], reqs, ann, cache, p, K, Tally())), ann.calls)
+        cache.close()
+    lab, lab_calls = runs["lab"]
+    free, free_calls = runs["free"]
+    assert len([s for s in lab if s["variant"] == "blind"]) == len([s for s in free if s["variant"] == "primed"]) == 3
+    assert [s["variant"] for s in lab].count("verify_blind") == [s["variant"] for s in free].count("verify") == 1
+    assert not any(s["variant"] == "verify" for s in lab)
+    # the blind request and its verification read exactly like the unlabelled face's
+    blind_req = [c for c in lab_calls if "Human annotators" not in c.messages[1]["content"][0]["text"]]
+    assert [c.messages for c in blind_req] == [c.messages for c in free_calls]

@@ -79,7 +79,7 @@ def _rows(n: int, seed: int = 0) -> list[CalRow]:
     for i in range(n):
         top = r.randint(2, 6)
         nv = 6
-        right = r.random() < 0.2 + 0.13 * top
+        right = r.random() < min(0.995, 0.25 + 0.15 * top)
         rows.append(CalRow(subject=f"s{i // 2}", features={"vote_logodds": top - 3.0, "vote_share": top / nv,
                                                            "consistency": r.random() - 0.5}, correct=right))
     return rows

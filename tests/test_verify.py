@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tasks import uamc
 from tasks.knowledge import AUS, EXPRESSIONS, load
 from tasks.params import Sample, Verify
-from tasks.verify import (au_agreement, binary_entropy, confidence, decide, entropy_bits, mean_std, measure,
+from tasks.verify import (au_agreement, binary_entropy, calibration_row, confidence, decide, entropy_bits, mean_std, measure, mirror,
                           settled, uncertainty_reasons, wants_verification)
 
 K = load()
@@ -137,7 +137,7 @@ def test_stop_now():
 
 
 def test_settled_bayes_and_naive():
-    sp = Sample(k0=2, kmax=6, stop_min_samples=2, stop_confidence=0.87)
+    sp = Sample(k0=2, kmax=6, stop_min_samples=2, stop_confidence=0.87, stop_rule="bayes")
     assert settled(face(), [smp(), smp()], K, sp)                       # 2 of 2: 7/8
     assert not settled(face(), [smp(), smp("sad")], K, sp)
     assert not settled(face(), [smp()], K, sp)                          # too few
@@ -150,6 +150,42 @@ def test_settled_bayes_and_naive():
     assert settled(f, [smp(), smp(), smp(variant="blind", rid="b")], K, sp.model_copy(update={"blind_k": 1}))
 
 
+def test_stop_lead():
+    assert uamc.stop_lead(2, 0, 2, 3, 3, 5) == (False, "too_few")
+    assert uamc.stop_lead(3, 0, 3, 3, 3, 5) == (True, "certain")
+    assert uamc.stop_lead(4, 1, 5, 3, 3, 5) == (True, "certain")       # 4-1: the lead, not the share
+    assert uamc.stop_lead(2, 1, 3, 3, 3, 5) == (False, "uncertain")    # can still reach 4-1
+    assert uamc.stop_lead(1, 1, 3, 3, 3, 5) == (True, "hopeless")      # 1-1-1 cannot lead by 3 in 5
+    assert uamc.stop_lead(3, 2, 5, 3, 3, 5) == (True, "hopeless")
+
+
+def test_settled_lead_and_the_calibration_mirror():
+    sp = Sample(k0=3, kmax=5, stop_min_samples=3, stop_lead=3)
+    assert settled(face(), [smp()] * 3, K, sp)
+    assert not settled(face(), [smp(), smp(), smp("sad")], K, sp)
+    assert settled(face(), [smp(), smp("sad"), smp("anger")], K, sp)    # hopeless
+    # a labelled face: its blind request must settle by the same rule as an unlabelled face
+    f = face(prior_expression="happy")
+    own = [smp(expr=None, rid="p")] * 3
+    assert not settled(f, own + [smp(variant="blind", rid="b")], K, sp)
+    assert not settled(f, own + [smp(variant="blind", rid="b")] * 2 + [smp("sad", variant="blind", rid="b")], K, sp)
+    assert settled(f, own + [smp(variant="blind", rid="b")] * 3, K, sp)
+
+
+def test_mirror_measures_a_labelled_face_as_unlabelled():
+    f = face(prior_expression="happy", au_set=["AU12"], prior_aus=["AU12"])
+    sm = [smp(expr=None, rid="p")] * 2 + [smp("sad", variant="blind", rid="b")] * 3 + [
+        smp("sad", variant="verify_blind", rid="vb")]
+    mf, ms = mirror(f, sm)
+    assert mf["prior_expression"] is None and mf["au_set"] == [] and len(ms) == 4
+    s = measure(mf, ms, K)
+    assert s.expression == "sad" and s.expression_source == "annotator" and s.verified is True
+    row = calibration_row(f, sm, K, Verify())
+    assert row.correct is False and row.features["verified"] == 1.0 and row.features["vote_lead"] == 3.0
+    # the mirror's verification answers never count as the face's own
+    assert measure(f, sm, K).verified is None and measure(f, sm, K).n_samples == 5
+
+
 def test_wants_verification():
     s = measure(face(), [smp(), smp()], K)
     assert wants_verification(s, Sample(verify_round="all"))
@@ -158,6 +194,10 @@ def test_wants_verification():
     assert not wants_verification(s, Sample(verify_round="uncertain", verify_below=0.8))
     assert not wants_verification(measure(face(prior_expression="happy"), [smp(variant="blind")], K),
                                   Sample(verify_round="all"))
+    leaders = Sample(verify_round="leaders", stop_lead=3)
+    assert not wants_verification(s, leaders)                                       # 2-0
+    assert wants_verification(measure(face(), [smp()] * 3, K), leaders)              # 3-0
+    assert not wants_verification(measure(face(), [smp(), smp("sad"), smp("anger")], K), leaders)
 
 
 # ------------------------------------------------------------------ decision rule
