@@ -219,21 +219,8 @@ def ece(conf: list[float], correct: list[bool], bins: int = 15) -> float:
 
 # ------------------------------------------------------------------ calibration
 def fit_platt(X: np.ndarray, y: np.ndarray) -> uamc.Calibrator:
-    """Logistic fit over the evidence features; weights of monotone features kept >= 0 (a
-    feature whose fitted weight is negative is dropped and the model refit)."""
-    from sklearn.linear_model import LogisticRegression
-    names = list(uamc.FEATURES)
-    keep = [i for i in range(len(names)) if X[:, i].std() > 0]
-    while True:
-        if len(set(y)) < 2 or not keep:
-            p = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-            return uamc.Calibrator(math.log(p / (1 - p)), {}, source="platt")
-        m = LogisticRegression(C=10.0, max_iter=2000).fit(X[:, keep], y)
-        coef = dict(zip([names[i] for i in keep], m.coef_[0]))
-        bad = [n for n in uamc.MONOTONE if coef.get(n, 0) < 0]
-        if not bad:
-            return uamc.Calibrator(float(m.intercept_[0]), {k: float(v) for k, v in coef.items()}, source="platt")
-        keep = [i for i in keep if names[i] not in bad]
+    """The pipeline's own fit (tasks.trust.fit_platt), over all evidence features."""
+    return trust.fit_platt(X, y)
 
 
 def features_of(rows: list[dict]) -> np.ndarray:
@@ -496,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         over_sv.setdefault(sec, {})[fld] = value
     strategies = dict(STRATEGIES)
     strategies["SV-UAMC"] = (over_sv, "svuamc")
+    if args.self_calibrated:
+        strategies = {k: v for k, v in strategies.items() if k == "fixed K=10"}
     if args.only:
         strategies = {k: v for k, v in strategies.items() if k in args.only.split(",")}
 
@@ -531,8 +520,6 @@ def main(argv: list[str] | None = None) -> int:
         for f in faces:
             f["truth_va"] = f["truth_aus"] = None
     results, all_rows = [], {}
-    if args.self_calibrated:
-        strategies = {k_: v_ for k_, v_ in strategies.items() if k_ == "fixed K=10"}
     try:
         for name, (over, kind) in strategies.items():
             rows, cost = run_strategy(name, over, faces, ann, memo, base, max_n, workdir)

@@ -182,6 +182,9 @@ def find_new(p: Params, location: str, params_hash: str) -> tuple[list, list[dic
 # ---------------------------------------------------------------- the run
 def _scratch_params(p: Params, wd: Path, location: str, manifest: str) -> str:
     d = p.model_dump(mode="json")
+    # too few labelled faces among the new ones: use the main run's confidence model and threshold
+    if not d["verify"]["trust_from"]:
+        d["verify"]["trust_from"] = io.join(p.paths.verify, "trust.json")
     d["paths"].update(input=location, manifest=manifest, ingest=str(wd / "ingest"), crop=str(wd / "crop"),
                       prompt=str(wd / "prompt"), sample=str(wd / "sample"), verify=str(wd / "verify"),
                       feid=str(wd / "feid"), metrics=str(wd / "metrics"), plots=str(wd / "plots"))

@@ -436,7 +436,7 @@ def _verify_batches(p: Params, faces_url: str, smp_url: str, size: int) -> Itera
         yield batch, by_face
 
 
-def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str):
+def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run: dict):
     """Pass 1 of verify: the calibration rows of the labelled faces (a few floats each) and
     the run's `tasks.trust.Trust` fitted on them."""
     from tasks import trust
@@ -450,7 +450,10 @@ def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str):
                 r = calibration_row(f, by[f["face_id"]], k, p.verify)
                 if r is not None:
                     rows.append(r)
-    return trust.build(rows, p.verify, annotator)
+    return trust.build(rows, p.verify, annotator, run)
+
+
+TRUST_FILE = "trust.json"   # the run's confidence model and threshold, beside the verdicts
 
 
 @flow(name="verify", log_prints=True)
@@ -467,7 +470,7 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
     faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
     out = io.join(p.paths.verify, "verdicts.parquet")
     annotator, model = annotator_of(p, smp_url)
-    tr = calibrate(p, faces_url, smp_url, annotator)
+    tr = calibrate(p, faces_url, smp_url, annotator, {"model": model, "prompt_version": p.prompt.version})
     tr.report.update(annotator=annotator, model=model, prompt_version=p.prompt.version)
     _log().info("calibration: %s (%s); %s", tr.report.get("source", "params"), tr.report.get("why", ""),
                 tr.report.get("selection", ""))
@@ -500,6 +503,8 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
         n_faces = light.n
         val = _validate("verify", {"verdicts": light.frame(), "au_codes": light.aus()}, p, {"faces": n_faces})
         w.commit()
+    io.write_json(io.join(p.paths.verify, TRUST_FILE), {"model": tr.calibrator.to_json(), "threshold": tr.threshold,
+                                                        "report": {k: v for k, v in tr.report.items() if k != "model"}})
     n_gen = sum(1 for s in light.column("expression_source") if s == "annotator")
     m = {"faces": n_faces, "accepted": n_acc, "rejected": n_faces - n_acc,
          "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,

@@ -114,9 +114,17 @@ def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """A JSON file on any fsspec URL (or local path)."""
+    fs, p = fs_path(str(path))
+    fs.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+    with fs.open(p, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_bytes(url: str) -> bytes:
+    fs, p = fs_path(url)
+    with fs.open(p, "rb") as fh:
+        return fh.read()
 
 
 def write_csv(path: str | Path, rows: list[dict], columns: list[str]) -> None:

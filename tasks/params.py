@@ -133,6 +133,8 @@ class Verify(Section):
     min_calibration_faces: int = Field(100, ge=2, description="fewer labelled faces: fall back to `calibration`")
     calibration_folds: int = Field(5, ge=2)
     calibration_seed: int = 0
+    trust_from: str = Field("", description="trust.json of an earlier run (same annotator, model, prompt) used when "
+                            "this run has too few labelled faces; the incremental flow points it at the main run's")
     per_granularity: bool = Field(True, description="false: any withheld granularity rejects the whole face")
     min_vote_share: float = Field(0.0, ge=0, le=1, description="hard floor on the top answer's vote share")
     max_entropy: float = Field(3.0, ge=0, description="hard ceiling on the vote entropy (bits)")

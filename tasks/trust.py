@@ -18,7 +18,7 @@ Threshold with a guarantee (`select_threshold`)
     Learn-then-Test (Angelopoulos et al., 2021) with fixed-sequence testing over a fixed grid
     of thresholds, strict to lenient. At each threshold the error among accepted calibration
     faces gets a Clopper-Pearson upper bound at level 1 - delta; the walk goes on while the
-    bound is <= target_error and stops at the first failure. Two such walks start at
+    bound is <= target_error and stops at the first failure. Three such walks start at
     different depths, with delta split between them; each start depends on the scores
     only, never on whether a label was right. The most lenient threshold that passed
     is used; if none passes, no generated expression is accepted. Under exchangeability of calibration and unlabelled faces,
@@ -36,7 +36,8 @@ from tasks import uamc
 
 # features of the self-fitted model: the ones an unlabelled face and a calibration face have alike
 # (prior_agreement needs a known label, so it would differ between the two)
-SELF_FEATURES = ("vote_logodds", "vote_share", "consistency", "verified", "refuted")
+SELF_FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "va_spread",
+                 "au_entropy")
 GRID = tuple(round(1 - i / 400, 4) for i in range(401))  # 1.0, 0.9975, ..., 0.0
 
 
@@ -103,10 +104,10 @@ def select_threshold(scores: list[float], correct: list[bool], target_error: flo
     """Learn-then-Test over `grid` (strict to lenient) with fixed-sequence testing.
 
     One walk that starts at the strictest thresholds stops at its first unlucky step (a few
-    faces, one error), so two walks run, and a union bound over them keeps the guarantee:
-    one at level delta / 5 starts where the threshold first accepts `need` calibration faces
-    (the fewest that could pass with no error at all), the other at level 4 delta / 5 where
-    it first accepts a quarter of them.
+    faces, one error), so three walks run, and a union bound over them keeps the guarantee:
+    at level delta / 5 from where the threshold first accepts `need` calibration faces (the
+    fewest that could pass with no error at all), at 3 delta / 10 from where it first
+    accepts a quarter of them, and at delta / 2 from where it first accepts half.
     Each start depends on the scores only, never on whether a label was right. The most
     lenient threshold that any chain passes is chosen."""
     n = len(scores)
@@ -115,10 +116,10 @@ def select_threshold(scores: list[float], correct: list[bool], target_error: flo
     ok = np.asarray(correct, bool)
     live = ~np.asarray(gated, bool)
     n_live = int(live.sum())
-    # (start, share of delta): a walk from the strictest passable threshold, and one from
-    # the threshold that accepts a quarter of the faces, which is where most of delta goes
+    # (start, share of delta): walks from the strictest passable threshold, and from the
+    # thresholds that first accept a quarter and a half of the calibration faces
     need = math.ceil(math.log(0.2 * delta) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
-    walks = [(need, 0.2), (max(need, n_live // 4), 0.8)]
+    walks = [(need, 0.2), (max(need, n_live // 4), 0.3), (max(need, n_live // 2), 0.5)]
     m, k = _counts(s, ok, live, grid)
     found = []
     for start, share in walks:
@@ -144,8 +145,9 @@ def _matrix(rows: list[CalRow], names: tuple[str, ...]) -> np.ndarray:
 
 def fit_platt(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATURES, source: str = "platt"
               ) -> uamc.Calibrator:
-    """Logistic fit over the evidence features; a monotone feature whose weight comes out
-    negative is dropped and the model refit, so more agreement never lowers confidence."""
+    """Logistic fit over the evidence features; while a feature's weight has the wrong sign
+    (negative for agreement, positive for spread), the worst one is dropped and the model
+    refit, so more agreement never lowers confidence."""
     from sklearn.linear_model import LogisticRegression
 
     keep = [i for i in range(len(names)) if len(X) and X[:, i].std() > 0]
@@ -155,10 +157,13 @@ def fit_platt(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATUR
             return uamc.Calibrator(math.log(p / (1 - p)), {}, source=source)
         m = LogisticRegression(C=10.0, max_iter=2000).fit(X[:, keep], y)
         coef = dict(zip([names[i] for i in keep], m.coef_[0]))
-        bad = [f for f in uamc.MONOTONE if coef.get(f, 0) < 0]
+        sign = {**{f: 1 for f in uamc.MONOTONE}, **{f: -1 for f in uamc.ANTITONE}}
+        bad = [f for f, w in coef.items() if sign.get(f, 0) * w < 0]
         if not bad:
             return uamc.Calibrator(float(m.intercept_[0]), {k: float(v) for k, v in coef.items()}, source=source)
-        keep = [i for i in keep if names[i] not in bad]
+        # drop only the worst one: collinear vote features often share one signal
+        worst = min(bad, key=lambda f: sign[f] * coef[f])
+        keep = [i for i in keep if names[i] != worst]
 
 
 def folds_by_subject(subjects: list[str], k: int, seed: int) -> list[int]:
@@ -207,28 +212,61 @@ class Trust:
         return self.threshold is not None and confidence >= self.threshold
 
 
-def build(rows: list[CalRow], v, annotator: str = "") -> Trust:
-    """The run's confidence model and threshold from its calibration faces (`verify` params `v`)."""
+def load_saved(path: str, run: dict) -> "Trust | None":
+    """The trust an earlier run wrote (`<paths.verify>/trust.json`), if it exists and was fitted
+    for the same annotator, model and prompt version as this run."""
+    import json
+
+    from tasks import io
+
+    try:
+        d = json.loads(io.read_bytes(path))
+    except (OSError, ValueError):
+        return None
+    rep = d.get("report", {})
+    if any(run.get(k) and rep.get(k) != run[k] for k in ("annotator", "model", "prompt_version")):
+        return None
+    m = d["model"]
+    iso = m.get("isotonic") or {}
+    cal = uamc.Calibrator(float(m["intercept"]), {k: float(v) for k, v in m["coef"].items()},
+                          tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path,
+                          annotator=m.get("annotator", ""))
+    return Trust(cal, d.get("threshold"), dict(rep))
+
+
+def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -> Trust:
+    """The run's confidence model and threshold from its calibration faces (`verify` params
+    `v`). With too few of them: the trust of an earlier run of the same annotator, model and
+    prompt (`verify.trust_from`), else `verify.calibration`, else the built-in weights."""
     n = len(rows)
     rep: dict = {"calibration_faces": n, "subjects": len({r.subject for r in rows}),
                  "calibration_accuracy": round(float(np.mean([r.correct for r in rows])), 4) if rows else None}
     both = len({r.correct for r in rows}) == 2
-    if v.self_calibrate and n >= v.min_calibration_faces and both:
+    enough = v.self_calibrate and n >= v.min_calibration_faces and both
+    if not enough and v.trust_from:
+        saved = load_saved(v.trust_from, {"annotator": annotator, **(run or {})})
+        if saved is not None:
+            saved.report.update(rep, source="earlier_run", why=f"only {n} labelled faces in this run; using the "
+                                f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)")
+            saved.report["model"] = saved.calibrator.to_json()
+            return saved
+    if enough:
         cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
+        cal = uamc.Calibrator(cal.intercept, cal.coef, source="self", annotator=annotator)
         rep.update(source="self", why=f"fitted on this run's {n} labelled faces (cross-fitted by subject, "
                                        f"{v.calibration_folds} folds)",
                    oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
     else:
         cal = uamc.calibrator(v.calibration) if v.calibration else uamc.calibrator("")
         if v.calibration and cal.annotator and annotator and cal.annotator != annotator:
+            file_note = f"{v.calibration} was fitted for annotator {cal.annotator!r}; "
             cal = uamc.calibrator("")
-            file_note = f"{v.calibration} was fitted for annotator {uamc.calibrator(v.calibration).annotator!r}; "
         else:
             file_note = ""
         why = ("self-calibration is off (verify.self_calibrate)" if not v.self_calibrate else
                f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
                if n < v.min_calibration_faces else "all labelled faces were answered alike (right or wrong)")
-        rep.update(source="file" if cal.source not in ("default",) else "default",
+        rep.update(source="file" if cal.source != "default" else "default",
                    why=file_note + why + ("; using " + (cal.source if cal.source != "default"
                                                         else "the built-in, uncalibrated weights")))
         scores = [cal(r.features) for r in rows]

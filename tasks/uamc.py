@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "prior_agreement")
+FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "prior_agreement",
+            "va_spread", "au_entropy")
 # features that more agreeing evidence can only raise: their weights must be >= 0, so that
 # adding samples that agree never lowers a face's confidence (a tested property)
 MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agreement")
+# features whose growth means the samples disagree more: their weights must be <= 0
+ANTITONE = ("va_spread", "au_entropy")
 
 # hand-set, uncalibrated weights (used when no calibration file is given)
 DEFAULT = {"intercept": -0.5, "coef": {"vote_logodds": 0.8, "vote_share": 1.0, "consistency": 1.0,
@@ -99,6 +102,8 @@ class Evidence:
     consistency_margin: float | None = None
     verified: bool | None = None   # None: no verification round
     prior_agreement: float | None = None
+    va_spread: float | None = None    # the larger of the valence and arousal std across samples
+    au_entropy: float | None = None   # mean binary entropy of the sampled AUs
 
 
 def features(e: Evidence, use_consistency: bool = True, use_verification: bool = True,
@@ -116,6 +121,10 @@ def features(e: Evidence, use_consistency: bool = True, use_verification: bool =
         f["refuted"] = 0.0 if e.verified else 1.0
     if use_priors and e.prior_agreement is not None:
         f["prior_agreement"] = e.prior_agreement - 0.5
+    if e.va_spread is not None:
+        f["va_spread"] = e.va_spread
+    if e.au_entropy is not None:
+        f["au_entropy"] = e.au_entropy
     return f
 
 
@@ -168,9 +177,9 @@ def calibrator(path: str = "") -> Calibrator:
     unknown = set(d["coef"]) - set(FEATURES)
     if unknown:
         raise ValueError(f"{path}: unknown features {sorted(unknown)}")
-    neg = [k for k in MONOTONE if d["coef"].get(k, 0.0) < 0]
+    neg = [k for k in MONOTONE if d["coef"].get(k, 0.0) < 0] + [k for k in ANTITONE if d["coef"].get(k, 0.0) > 0]
     if neg:
-        raise ValueError(f"{path}: weights of {neg} must be >= 0 (more agreement may never lower confidence)")
+        raise ValueError(f"{path}: weights of {neg} have the wrong sign (more agreement may never lower confidence)")
     iso = d.get("isotonic") or {}
     return Calibrator(float(d["intercept"]), {k: float(v) for k, v in d["coef"].items()},
                       tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path,

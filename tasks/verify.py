@@ -87,7 +87,9 @@ class Stats:
 
     def evidence(self) -> uamc.Evidence:
         second = sorted(self.votes.values(), reverse=True)[1] if len(self.votes) > 1 else 0
+        spread = max(self.valence_std, self.arousal_std or 0.0) if self.valence_std is not None else None
         return uamc.Evidence(top=self.top_votes, n=self.n_votes, second=second, consistency=self.consistency,
+                             va_spread=spread, au_entropy=self.au_entropy,
                              consistency_margin=self.consistency_margin, verified=self.verified,
                              prior_agreement=self.prior_agreement)
 

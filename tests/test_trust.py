@@ -113,3 +113,18 @@ def test_equal_mass_ece():
     assert ece([0.8] * 100, [True] * 80 + [False] * 20) == pytest.approx(0.0, abs=1e-9)
     assert ece([0.9] * 100, [True] * 50 + [False] * 50) == pytest.approx(0.4)
     assert trust.ece([], []) != trust.ece([], [])  # nan
+
+
+def test_an_earlier_runs_trust_is_reused_only_for_the_same_run_kind(tmp_path):
+    import json
+    first = build(_rows(400), Verify(target_error=0.1), annotator="openai")
+    f = tmp_path / "trust.json"
+    rep = {**{k: v for k, v in first.report.items() if k != "model"}, "annotator": "openai", "model": "m",
+           "prompt_version": "v1"}
+    f.write_text(json.dumps({"model": first.calibrator.to_json(), "threshold": first.threshold, "report": rep}))
+    v = Verify(target_error=0.1, trust_from=str(f))
+    again = build(_rows(10), v, annotator="openai", run={"model": "m", "prompt_version": "v1"})
+    assert again.report["source"] == "earlier_run" and again.threshold == first.threshold
+    assert again.calibrator({"vote_lead": 3.0}) == pytest.approx(first.calibrator({"vote_lead": 3.0}))
+    other = build(_rows(10), v, annotator="openai", run={"model": "other", "prompt_version": "v1"})
+    assert other.report["source"] == "default" and other.threshold is None

@@ -280,7 +280,7 @@ def test_confidence_uses_the_calibration_file(tmp_path):
     assert confidence(s, Verify(calibration=str(f))) == pytest.approx(0.5)
     f.write_text('{"intercept": 0.0, "coef": {"vote_share": -1.0}}')
     uamc.calibrator.cache_clear()
-    with pytest.raises(ValueError, match="must be >= 0"):
+    with pytest.raises(ValueError, match="wrong sign"):
         confidence(s, Verify(calibration=str(f)))
 
 
