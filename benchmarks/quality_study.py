@@ -396,10 +396,14 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
            "answers_per_face": float(np.mean(list(answers.values()))),
            "answers_per_unlabelled_face": float(np.mean([answers[i] for i in unl_ids])),
            "image_sends_per_face": cost["image_sends_per_face"], "seconds": cost["seconds"]}
+    pts_sv = risk_coverage([v.expression_confidence or 0.0 for v in unl],
+                           [v.expression == by[v.face_id]["truth"] for v in unl])
+    out["ranking_acc_at"] = {f"{c:.1f}": acc_at(pts_sv, c) for c in COVERAGES}
     if k10_rows is not None:
         un = [r for r in k10_rows if not by[r["face_id"]]["prior_expression"]]
         pts = risk_coverage([r["vote_share"] or 0 for r in un], [r["correct"] for r in un])
         out["k10_accuracy_at_same_coverage"] = acc_at(pts, out["coverage"])
+        out["k10_acc_at"] = {f"{c:.1f}": acc_at(pts, c) for c in COVERAGES}
     # per-granularity vs. whole-face acceptance, on the unlabelled faces
     wu = [v for v in whole if not by[v.face_id]["prior_expression"]]
     pk = [v for v in unl if v.expression_status in ("prior", "accepted")]
@@ -423,7 +427,7 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
 
 def print_self(results: list[dict]) -> None:
     print(f"\n{'labelled':>8} {'cal n':>6} {'source':>7} {'thresh':>7} {'bound':>6} {'cover':>6} {'error':>6} "
-          f"{'ECE':>6} {'ECEgen':>6} {'K10acc':>6} {'ans/f':>6} {'ans/unl':>7}")
+          f"{'ECE':>6} {'ECEgen':>6} {'K10acc':>6} {'ans/f':>6} {'ans/unl':>7} {'acc@60':>6} {'K10@60':>6}")
     for r in results:
         c = r["calibration"]
         th = c.get("threshold")
@@ -431,7 +435,8 @@ def print_self(results: list[dict]) -> None:
               f"{'none' if th is None else f'{th:.4f}':>7} {c.get('bound') or float('nan'):6.3f} "
               f"{r['coverage']:6.3f} {r['error']:6.3f} {r['ece_feid']:6.3f} {r['ece_generated']:6.3f} "
               f"{r.get('k10_accuracy_at_same_coverage', float('nan')):6.3f} {r['answers_per_face']:6.2f} "
-              f"{r['answers_per_unlabelled_face']:7.2f}")
+              f"{r['answers_per_unlabelled_face']:7.2f} {r['ranking_acc_at']['0.6']:6.3f} "
+              f"{r.get('k10_acc_at', {}).get('0.6', float('nan')):6.3f}")
     print("\nper-granularity vs whole-face acceptance (unlabelled faces):")
     print(f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'VA kept':>7} {'VA CCC':>6} {'AU F1':>6}")
     for r in results:

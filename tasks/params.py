@@ -85,15 +85,15 @@ class Sample(Section):
     Every threshold that decides how many samples a face gets lives here, not in `verify`,
     so that changing a `verify.*` threshold re-runs only verify and export.
     """
-    k0: int = Field(3, ge=1)
-    dk: int = Field(2, ge=1)
-    kmax: int = Field(5, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
+    k0: int = Field(2, ge=1)
+    dk: int = Field(1, ge=1)
+    kmax: int = Field(6, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     seed: int = 1234
     blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
     stop_rule: Literal["lead", "bayes", "naive"] = Field(
         "lead", description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
                              "naive: the stop_* thresholds below on vote share, entropy, VA std, AU entropy")
-    stop_min_samples: int = Field(3, ge=1)
+    stop_min_samples: int = Field(2, ge=1)
     stop_lead: int = Field(3, ge=1, description="lead: stop once the top answer leads the runner-up by this many "
                            "votes, or can no longer reach that lead within kmax")
     stop_confidence: float = Field(0.93, ge=0, le=1, description="bayes: stop once P(top answer is the face's "

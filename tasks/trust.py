@@ -155,7 +155,7 @@ def fit_platt(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATUR
         if len(set(y.tolist())) < 2 or not keep:
             p = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
             return uamc.Calibrator(math.log(p / (1 - p)), {}, source=source)
-        m = LogisticRegression(C=10.0, max_iter=2000).fit(X[:, keep], y)
+        m = LogisticRegression(C=1.0, max_iter=2000).fit(X[:, keep], y)
         coef = dict(zip([names[i] for i in keep], m.coef_[0]))
         sign = {**{f: 1 for f in uamc.MONOTONE}, **{f: -1 for f in uamc.ANTITONE}}
         bad = [f for f, w in coef.items() if sign.get(f, 0) * w < 0]

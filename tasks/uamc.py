@@ -74,7 +74,8 @@ def stop_now(top: int, n: int, min_samples: int, confidence: float, futility: fl
     return False, "uncertain"
 
 
-def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: int) -> tuple[bool, str]:
+def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: int, futility: float = 0.0,
+              futility_after: int = 5) -> tuple[bool, str]:
     """The lead rule: stop once the top answer leads the runner-up by `lead` votes, or once it
     can no longer reach that lead within `cap` answers (hopeless: more samples are wasted).
 
@@ -83,12 +84,15 @@ def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: i
     distractor" against the reverse is (a / d) ** (top - second), whatever the other votes.
     So the lead, not the share, is the evidence; a sequential test on it (Wald's SPRT for a
     race between two answers) stops early on clear faces and spends its samples on the
-    contested ones."""
+    contested ones. `futility` also stops a face whose top answer is unlikely to be its
+    majority answer (`majority_posterior` below it) after `futility_after` answers."""
     if n < min_samples:
         return False, "too_few"
     if top - second >= lead:
         return True, "certain"
     if top - second + (cap - n) < lead:
+        return True, "hopeless"
+    if futility > 0 and n >= futility_after and majority_posterior(top, n) < futility:
         return True, "hopeless"
     return False, "uncertain"
 

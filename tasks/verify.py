@@ -386,7 +386,8 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
             return not spread
         if sp.stop_rule == "lead":
             e = s.evidence()
-            return uamc.stop_lead(e.top, e.second, e.n, sp.stop_min_samples, sp.stop_lead, sp.kmax)[0]
+            return uamc.stop_lead(e.top, e.second, e.n, sp.stop_min_samples, sp.stop_lead, sp.kmax,
+                                  sp.stop_futility, sp.stop_futility_after)[0]
         stop, why = uamc.stop_now(s.top_votes, s.n_votes, sp.stop_min_samples, sp.stop_confidence,
                                   sp.stop_futility, sp.stop_futility_after, s.consistency, sp.stop_min_consistency)
         return stop
