@@ -411,6 +411,8 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
     out["granularity"] = {
         "per_granularity": {
             "expression_kept": len(pk) / len(unl),
+            # the per-granularity ranking cut at the whole-face rule's coverage
+            "expression_accuracy_at_whole_face_coverage": acc_at(pts_sv, len(wk) / len(wu)) if wk else None,
             "expression_accuracy": float(np.mean([v.expression == by[v.face_id]["truth"] for v in pk])) if pk else None,
             "va_kept": float(np.mean([v.va_status == "accepted" for v in unl])),
             "va_ccc": va_ccc_kept([v for v in unl if v.va_status == "accepted"], by),
@@ -438,12 +440,14 @@ def print_self(results: list[dict]) -> None:
               f"{r['answers_per_unlabelled_face']:7.2f} {r['ranking_acc_at']['0.6']:6.3f} "
               f"{r.get('k10_acc_at', {}).get('0.6', float('nan')):6.3f}")
     print("\nper-granularity vs whole-face acceptance (unlabelled faces):")
-    print(f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'VA kept':>7} {'VA CCC':>6} {'AU F1':>6}")
+    print(f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'acc@whole':>9} {'VA kept':>7} "
+          f"{'VA CCC':>6} {'AU F1':>6}")
     for r in results:
         for mode, g in r["granularity"].items():
+            aw = g.get("expression_accuracy_at_whole_face_coverage")
             print(f"{r['labelled_share']:8.2f} {mode:>15} {g['expression_kept']:9.3f} "
-                  f"{g['expression_accuracy'] or float('nan'):8.3f} {g['va_kept']:7.3f} {g['va_ccc']:6.3f} "
-                  f"{g['au_f1']:6.3f}")
+                  f"{g['expression_accuracy'] or float('nan'):8.3f} {aw if aw is not None else float('nan'):9.3f} "
+                  f"{g['va_kept']:7.3f} {g['va_ccc']:6.3f} {g['au_f1']:6.3f}")
 
 
 STRATEGIES = {

@@ -23,7 +23,18 @@ def main() -> int:
     print(f"  samples {s.get('samples')} ({s.get('samples_per_face')} per face, annotator {s.get('annotator')}, "
           f"{s.get('calls')} calls, {s.get('cache_hits')} cache hits, ${s.get('cost_usd', 0):.4f})")
     print(f"  per class {e.get('per_class', {})}")
-    print(f"  rejection reasons {v.get('reasons', {})}")
+    print(f"  kept of accepted faces: {v.get('status_of_accepted', {})}")
+    print(f"  rejection reasons {v.get('reasons', {})}; withheld parts {v.get('withheld', {})}")
+    cal = v.get("calibration") or {}
+    if cal:
+        print(f"  trust: confidence from {cal.get('source')} ({cal.get('why')})")
+        th = cal.get("threshold")
+        if cal.get("mode") == "target_error":
+            print(f"  trust: target error {cal['target_error']} with probability {1 - cal['delta']:.2f}: " + (
+                f"threshold {th:.4f}, bound {cal['bound']:.4f}, expected coverage {cal['expected_coverage']:.0%}"
+                if th is not None else "NOT MET, no generated expression accepted"))
+        else:
+            print(f"  trust: plain threshold verify.min_confidence={th} (no error guarantee)")
     print("  all stages passed their Great Expectations suites" if all(
         x.get("validation", {}).get("success") for x in m.values()) else "  VALIDATION FAILED somewhere")
     return 0
