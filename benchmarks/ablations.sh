@@ -22,6 +22,7 @@ ABLATIONS=(
   "full|"
   "no-knowledge|-S prompt.knowledge=false"
   "fixed-K|-S sample.k0=6 -S sample.kmax=6"
+  "bayes-stop|-S sample.stop_rule=bayes -S sample.verify_round=uncertain"
   "no-verification|-S sample.verify_round=none -S verify.use_verification=false"
   "no-consistency|-S verify.use_consistency=false -S sample.stop_min_consistency=0"
   "no-priors|-S verify.use_priors=false -S prompt.blind=false"
@@ -32,8 +33,9 @@ if [[ "${1:-}" == "--study" ]]; then
   for a in "${ABLATIONS[@]}"; do
     name=${a%%|*}; args=${a#*|}
     echo "== $name $args"
-    python benchmarks/quality_study.py --annotator "${ANNOTATOR:-sim}" --only SV-UAMC $args \
-      --json "benchmarks/results/ablation_${ANNOTATOR:-sim}_${name}.json" 2>&1 | grep -A1 "^strategy"
+    # self-calibrated, half the people labelled, measured on the unlabelled faces
+    python benchmarks/quality_study.py --annotator "${ANNOTATOR:-sim}" --only none --self-calibrated 0.5 $args \
+      --json "benchmarks/results/ablation_${ANNOTATOR:-sim}_${name}.json" 2>&1 | grep -A1 "^labelled  cal"
   done
   exit 0
 fi

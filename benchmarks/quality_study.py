@@ -386,7 +386,7 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
     answers = {f["face_id"]: len(samples[f["face_id"]]) for f in fs}
     unl_ids = [v.face_id for v in unl]
     out = {"labelled_share": share, "faces": len(fs), "labelled_faces": len(fs) - len(unl),
-           "unlabelled_faces": len(unl), "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "model"},
+           "unlabelled_faces": len(unl), "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "confidence_model"},
            "coverage": len(acc) / len(unl), "error": 1 - float(np.mean(right)) if acc else float("nan"),
            "accuracy": float(np.mean(right)) if acc else float("nan"),
            "ece_feid": trust.ece([v.expression_confidence for v in acc], right),

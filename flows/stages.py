@@ -504,7 +504,7 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
         val = _validate("verify", {"verdicts": light.frame(), "au_codes": light.aus()}, p, {"faces": n_faces})
         w.commit()
     io.write_json(io.join(p.paths.verify, TRUST_FILE), {"model": tr.calibrator.to_json(), "threshold": tr.threshold,
-                                                        "report": {k: v for k, v in tr.report.items() if k != "model"}})
+                                                        "report": {k: v for k, v in tr.report.items() if k != "confidence_model"}})
     n_gen = sum(1 for s in light.column("expression_source") if s == "annotator")
     m = {"faces": n_faces, "accepted": n_acc, "rejected": n_faces - n_acc,
          "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,

@@ -248,7 +248,7 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
         if saved is not None:
             saved.report.update(rep, source="earlier_run", why=f"only {n} labelled faces in this run; using the "
                                 f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)")
-            saved.report["model"] = saved.calibrator.to_json()
+            saved.report["confidence_model"] = saved.calibrator.to_json()
             return saved
     if enough:
         cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
@@ -272,7 +272,7 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
         scores = [cal(r.features) for r in rows]
         if rows:
             rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
-    rep["model"] = cal.to_json()
+    rep["confidence_model"] = cal.to_json()
     if v.target_error > 0:
         sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
         rep.update(mode="target_error", target_error=v.target_error, delta=v.delta, threshold=sel.threshold,

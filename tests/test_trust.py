@@ -90,7 +90,7 @@ def test_self_calibration_with_enough_labelled_faces():
     rep = t.report
     assert rep["source"] == "self" and rep["calibration_faces"] == 400 and rep["mode"] == "target_error"
     assert rep["oof_ece"] < 0.1 and t.threshold is not None and rep["bound"] <= 0.1
-    assert rep["model"]["coef"]["vote_logodds"] > 0
+    assert any(w > 0 for w in rep["confidence_model"]["coef"].values())
 
 
 def test_too_few_labelled_faces_fall_back_and_say_so(tmp_path):
@@ -119,7 +119,7 @@ def test_an_earlier_runs_trust_is_reused_only_for_the_same_run_kind(tmp_path):
     import json
     first = build(_rows(400), Verify(target_error=0.1), annotator="openai")
     f = tmp_path / "trust.json"
-    rep = {**{k: v for k, v in first.report.items() if k != "model"}, "annotator": "openai", "model": "m",
+    rep = {**{k: v for k, v in first.report.items() if k != "confidence_model"}, "annotator": "openai", "model": "m",
            "prompt_version": "v1"}
     f.write_text(json.dumps({"model": first.calibrator.to_json(), "threshold": first.threshold, "report": rep}))
     v = Verify(target_error=0.1, trust_from=str(f))

@@ -48,7 +48,7 @@ def test_self_calibrated_run_reports_its_calibration_and_bound(tmp_path):
     assert cal["annotator"] == "openai" and cal["model"] == "sim-vllm" and cal["prompt_version"]
     assert cal["mode"] == "target_error" and cal["target_error"] == 0.1 and cal["delta"] == 0.1
     assert cal["threshold"] is not None and cal["bound"] <= 0.1 and 0 < cal["expected_coverage"] <= 1
-    assert 0 <= cal["oof_ece"] <= 1 and cal["model"]["coef"] and cal["model"]["source"] == "self"
+    assert 0 <= cal["oof_ece"] <= 1 and cal["confidence_model"]["coef"] and cal["confidence_model"]["source"] == "self"
 
     ver = pl.read_parquet(proj / "data" / "verify" / "verdicts.parquet")
     by_path = dict(zip(faces["face_id"], faces["path"]))
