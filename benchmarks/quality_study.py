@@ -500,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     faces = load_faces(args.sets.split(","), Path(args.cache_dir))
     print(f"{len(faces)} faces from {args.sets}: {dict(Counter(f['truth'] for f in faces))}")
     workdir = Path(tempfile.mkdtemp(prefix="seke_quality_"))
+    # Shared draws are memoised across strategies only for the local annotator, whose answer
+    # depends on (request, index, seed) alone. An OpenAI-compatible endpoint draws a request's
+    # `n` answers from the request's seed, so an answer depends on how indices were batched
+    # into calls: each strategy then draws its own, as the pipeline would.
     memo: dict = {}
+    fresh = args.annotator == "sim"
     server = None
     sim_cfg = {}
     if args.annotator == "sim":
@@ -531,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     results, all_rows = [], {}
     try:
         for name, (over, kind) in strategies.items():
-            rows, cost = run_strategy(name, over, faces, ann, memo, base, max_n, workdir)
+            rows, cost = run_strategy(name, over, faces, ann, {} if fresh else memo, base, max_n, workdir)
             cost.pop("samples"), cost.pop("params")
             if kind == "svuamc":
                 sv = [r for r in rows if r["n_gen"]]
@@ -553,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name}: done in {cost['seconds']:.0f} s")
         self_results = []
         for share in ([float(x) for x in args.self_calibrated.split(",")] if args.self_calibrated else []):
-            self_results.append(self_calibrated(share, faces, ann, memo, base, over_sv, max_n, workdir, args.seed,
+            self_results.append(self_calibrated(share, faces, ann, {} if fresh else memo, base, over_sv, max_n,
+                                                workdir, args.seed,
                                                 all_rows.get("fixed K=10")))
             print(f"  self-calibrated, {share:.0%} labelled: done in {self_results[-1]['seconds']:.0f} s")
     finally:
