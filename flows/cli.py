@@ -161,7 +161,8 @@ def run(targets: Optional[List[str]] = typer.Argument(None, help="stages to brin
     if force:
         cmd.append("--force")
     cmd += list(targets or [])
-    console.print(f"[dim]$ {' '.join(cmd)}[/]")
+    # never wrapped, whatever the terminal's width: a command is for copying
+    console.print(f"[dim]$ {' '.join(cmd)}[/]", soft_wrap=True)
     if dry:
         return
     if set_:  # validate before DVC spends any time

@@ -3,11 +3,51 @@ This is each DVC stage's `cmd`. A failure exits non-zero with a readable message
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
+import os
 import sys
+from pathlib import Path
 
 from flows import env
 
 env.apply()
+
+ROOT = Path(__file__).resolve().parents[1]
+# what a stage may read from the project without DVC tracking it as a dep: its params (DVC's
+# `params:`), its inputs and outputs (DVC's deps/outs), and scratch state
+UNTRACKED = ("params.yaml", "dvc.yaml", "data/", "metrics/", "plots/", ".seke/", ".dvc/", ".git/")
+
+
+def trace(stage: str) -> None:
+    """With SEKE_TRACE_DIR set, record every project file this stage's process read (the
+    modules it imported and the files it opened) in <dir>/<stage>.json. The dependency
+    test compares them with the stage's `deps` in dvc.yaml."""
+    out = os.environ.get("SEKE_TRACE_DIR")
+    if not out:
+        return
+    opened: set[str] = set()
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+            opened.add(os.path.abspath(os.fsdecode(args[0])))
+
+    def rel(path: str) -> str | None:
+        try:
+            f = Path(path).resolve()
+            r = f.relative_to(ROOT).as_posix()
+        except (ValueError, OSError):
+            return None
+        return None if not f.is_file() or "__pycache__" in r or r.startswith(UNTRACKED) else r
+
+    def write() -> None:
+        files = {rel(getattr(m, "__file__", None) or "") for m in list(sys.modules.values())}
+        files |= {rel(p) for p in opened}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / f"{stage}.json").write_text(json.dumps(sorted(f for f in files if f), indent=1))
+
+    sys.addaudithook(hook)
+    atexit.register(write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage")
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
+    trace(a.stage)
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from expectations import ExpectationsFailed

@@ -8,7 +8,7 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from project import make_project, run
+from project import make_project, project_env, run
 from tasks.knowledge import AUS, EXPRESSIONS
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,7 @@ EXTRA = ("images/demo_multi_face_london_collage_CCBY.jpg", "images/demo_no_face_
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     proj = make_project(tmp_path_factory.mktemp("e2e"), london=3, extra=EXTRA)
-    out = run(proj, "dvc", "repro")
+    out = run(proj, "dvc", "repro", env=project_env(proj, SEKE_TRACE_DIR=str(proj / ".seke" / "trace")))
     run(proj, "git", "add", "-A")
     run(proj, "git", "commit", "-qm", "feid v1")
     return proj, out.stdout
@@ -28,6 +28,21 @@ def built(tmp_path_factory):
 
 def _ran(stdout: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", stdout)
+
+
+def test_every_project_file_a_stage_reads_is_one_of_its_dvc_deps(built):
+    """The stages' `deps` are complete: each module a stage's process imported and each
+    project file it opened (knowledge, calibration) is covered by a `deps` entry, so editing
+    any of them re-runs the stage. Found from what the processes really read, not a list."""
+    import yaml
+
+    from depcheck import uncovered
+
+    proj, _ = built
+    stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
+    traces = {s: json.loads((proj / ".seke" / "trace" / f"{s}.json").read_text()) for s in stages}
+    assert all(len(t) > 5 for t in traces.values())
+    assert uncovered(stages, traces) == {}
 
 
 def test_repro_builds_feid_with_valid_values(built):
