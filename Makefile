@@ -35,6 +35,8 @@ feid: setup
 	$(PY) -m flows.summary
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q
 
 bench: setup

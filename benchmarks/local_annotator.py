@@ -9,6 +9,7 @@ peak RSS. Also the AU rates and mean derived VA per ground-truth class, as a san
 
     .venv/bin/python benchmarks/local_annotator.py [--limit 200] [--k 5] [--temperature 1.0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.annotators.base import Call  # noqa: E402
-from tasks.bench import macro_f1  # noqa: E402
 from tasks.answer import parse  # noqa: E402
+from tasks.bench import macro_f1  # noqa: E402
 from tasks.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402
 from tasks.knowledge import load  # noqa: E402
-from tasks.params import Annotator, LocalAnnotator as LocalParams  # noqa: E402
+from tasks.params import Annotator  # noqa: E402
+from tasks.params import LocalAnnotator as LocalParams
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("london", "muxspace", "namba")
@@ -68,15 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from tasks.annotators.local import LocalAnnotator
 
-    p = Annotator(local=LocalParams(classifiers=args.classifiers.split(","), tta=not args.no_tta),
-                  **({"temperature": args.temperature} if args.temperature is not None else {}))
+    p = Annotator(
+        local=LocalParams(classifiers=args.classifiers.split(","), tta=not args.no_tta),
+        **({"temperature": args.temperature} if args.temperature is not None else {}),
+    )
     t0 = time.perf_counter()
     ann = LocalAnnotator(p)
     ann.warm_up()
     cold = time.perf_counter() - t0
     k = load()
-    print(f"local annotator {ann.version}: classifiers={list(ann.classifiers)} tta={ann.tta} "
-          f"T={ann.temperature:g} K={args.k}; cold load {cold:.2f} s")
+    print(
+        f"local annotator {ann.version}: classifiers={list(ann.classifiers)} tta={ann.tta} "
+        f"T={ann.temperature:g} K={args.k}; cold load {cold:.2f} s"
+    )
     results = {"cold_load_s": cold, "k": args.k, "temperature": ann.temperature, "sets": {}}
     for name in args.sets.split(","):
         rows = rows_of(name, args.limit)
@@ -94,8 +100,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             crop, _ = square_crop(im, boxes[0], 0.3, 256)
             seeds = tuple(args.seed * 100_003 + i * 101 + j for j in range(args.k))
-            call = Call(request_id=f"{name}-{i}", face_id=f"{name}-{i}", messages=[], schema={},
-                        ask=ASK, image=encode_crop(crop), indices=tuple(range(args.k)), seeds=seeds)
+            call = Call(
+                request_id=f"{name}-{i}",
+                face_id=f"{name}-{i}",
+                messages=[],
+                schema={},
+                ask=ASK,
+                image=encode_crop(crop),
+                indices=tuple(range(args.k)),
+                seeds=seeds,
+            )
             ta = time.perf_counter()
             res = next(iter(ann.run([call])))
             t_ann += time.perf_counter() - ta
@@ -125,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         keep = sh >= 0.8
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         m = {
-            "images": len(rows), "n": n, "no_face": no_face, "failed": bad,
+            "images": len(rows),
+            "n": n,
+            "no_face": no_face,
+            "failed": bad,
             "acc_vote": float(correct.mean()) if n else None,
             "acc_single": float(np.mean(singles)) if n else None,
             "macro_f1": macro_f1(truth, votes) if n else None,
@@ -140,12 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         results["sets"][name] = m
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         print(f"\n== {name}: {len(rows)} images, n={n} faces (no face {no_face}, failed {bad})")
-        print(f"  top-1 majority vote {fmt(m['acc_vote'])} | single sample {fmt(m['acc_single'])} | "
-              f"macro-F1 {fmt(m['macro_f1'])} (over {len(set(truth))} classes)")
-        print(f"  vote share >= 0.8: accuracy {fmt(m['acc_at_share80'])}, coverage {fmt(m['coverage_share80'])}"
-              f" | mean vote share {fmt(m['mean_vote_share'])}")
-        print(f"  faces/s end to end {fmt(m['faces_per_s_end_to_end'])} | annotator only "
-              f"{fmt(m['faces_per_s_annotator'])} (K={args.k}) | peak RSS {rss_mb:.0f} MB")
+        print(
+            f"  top-1 majority vote {fmt(m['acc_vote'])} | single sample {fmt(m['acc_single'])} | "
+            f"macro-F1 {fmt(m['macro_f1'])} (over {len(set(truth))} classes)"
+        )
+        print(
+            f"  vote share >= 0.8: accuracy {fmt(m['acc_at_share80'])}, coverage {fmt(m['coverage_share80'])}"
+            f" | mean vote share {fmt(m['mean_vote_share'])}"
+        )
+        print(
+            f"  faces/s end to end {fmt(m['faces_per_s_end_to_end'])} | annotator only "
+            f"{fmt(m['faces_per_s_annotator'])} (K={args.k}) | peak RSS {rss_mb:.0f} MB"
+        )
         print(f"  confusion (truth -> vote): {dict(Counter(zip(truth, votes)).most_common(8))}")
         for gt in sorted(au_rates):
             c = au_rates[gt]

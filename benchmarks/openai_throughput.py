@@ -8,6 +8,7 @@ requests and image sends per face with `n` (one request for K samples) against o
 per sample (goal 1/K). The server runs in its own process so the client's CPU is measured
 alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from simserver import make_call, params  # noqa: E402
+
 from tasks.annotators.openai_compat import OpenAIAnnotator  # noqa: E402
 
 
@@ -57,11 +59,19 @@ def main() -> None:
     port = free_port()
     root = f"http://127.0.0.1:{port}"
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.simvllm", "--port", str(port),
-                             "--set", f"latency_ms={args.latency_ms}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update(OPENAI_BASE_URL=f"{root}/v1", OPENAI_API_KEY="sim", NO_PROXY="127.0.0.1,localhost",
-                      no_proxy="127.0.0.1,localhost")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.simvllm", "--port", str(port), "--set", f"latency_ms={args.latency_ms}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(
+        OPENAI_BASE_URL=f"{root}/v1",
+        OPENAI_API_KEY="sim",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
     try:
         for _ in range(100):
@@ -75,7 +85,10 @@ def main() -> None:
         list(OpenAIAnnotator(*params(concurrency=4)).run([make_call(10_000 + i, k=1) for i in range(8)]))
 
         print(f"simulated VLLM, latency {args.latency_ms:.0f} ms; one sample per request")
-        print(f"{'concurrency':>11} {'requests':>8} {'wall s':>7} {'req/s':>7} {'ideal':>7} {'ratio':>6} {'client CPU ms/req':>18}")
+        print(
+            f"{'concurrency':>11} {'requests':>8} {'wall s':>7} {'req/s':>7} {'ideal':>7} {'ratio':>6} "
+            f"{'client CPU ms/req':>18}"
+        )
         for conc in (8, 32, 64):
             calls = [make_call(i, k=1) for i in range(conc * args.calls_per_slot)]
             post(f"{root}/sim/reset", {})
@@ -86,8 +99,10 @@ def main() -> None:
             assert all(r.error is None for r in res), [r.error for r in res if r.error][:3]
             nreq = len(get(f"{root}/sim/log"))
             rate, ideal = nreq / wall, conc / lat
-            print(f"{conc:>11} {nreq:>8} {wall:>7.2f} {rate:>7.1f} {ideal:>7.1f} {rate / ideal:>6.2f} "
-                  f"{cpu / nreq * 1e3:>18.2f}")
+            print(
+                f"{conc:>11} {nreq:>8} {wall:>7.2f} {rate:>7.1f} {ideal:>7.1f} {rate / ideal:>6.2f} "
+                f"{cpu / nreq * 1e3:>18.2f}"
+            )
 
         print(f"\nK={args.k} samples for each of {args.faces} faces, concurrency 32")
         for label, max_n in (("n=K (one request)", args.k), ("one request per sample", 1)):
@@ -101,10 +116,12 @@ def main() -> None:
             logged = get(f"{root}/sim/log")
             per_face = Counter(e["image_sha256"] for e in logged)
             sends = sum(per_face.values()) / len(per_face)
-            print(f"  {label:<24} requests/face {sends:.2f}  image sends/face {sends:.2f}  "
-                  f"samples/request {args.k / sends:.2f}  prompt tokens billed/face "
-                  f"{sum(r.tokens_in for r in res) / len(res):.0f}  wall {wall:.2f} s  "
-                  f"client CPU {cpu / len(logged) * 1e3:.2f} ms/request")
+            print(
+                f"  {label:<24} requests/face {sends:.2f}  image sends/face {sends:.2f}  "
+                f"samples/request {args.k / sends:.2f}  prompt tokens billed/face "
+                f"{sum(r.tokens_in for r in res) / len(res):.0f}  wall {wall:.2f} s  "
+                f"client CPU {cpu / len(logged) * 1e3:.2f} ms/request"
+            )
     finally:
         proc.terminate()
         proc.wait(10)

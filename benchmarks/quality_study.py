@@ -28,6 +28,7 @@ annotator.max_n). Prints one table and writes --json.
     .venv/bin/python benchmarks/quality_study.py --annotator sim
     .venv/bin/python benchmarks/quality_study.py --annotator local
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,17 +51,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks import uamc  # noqa: E402
-from tasks.bench import ccc as bench_ccc, macro_f1  # noqa: E402
+from tasks import (
+    trust,  # noqa: E402
+    uamc,  # noqa: E402
+)
 from tasks.annotators.base import Annotator, Call, CallResult  # noqa: E402
+from tasks.bench import ccc as bench_ccc  # noqa: E402
+from tasks.bench import macro_f1
 from tasks.cache import ResponseCache  # noqa: E402
 from tasks.crop import crop_image  # noqa: E402
-from tasks.knowledge import AUS, load as load_knowledge  # noqa: E402
+from tasks.knowledge import AUS  # noqa: E402
+from tasks.knowledge import load as load_knowledge
 from tasks.params import Params  # noqa: E402
 from tasks.prompt import requests_for  # noqa: E402
 from tasks.records import FaceRecord, ImageRecord  # noqa: E402
 from tasks.sample import Tally, sample_batch  # noqa: E402
-from tasks import trust  # noqa: E402
 from tasks.verify import VERIFY_VARIANTS, calibration_row, decide, measure  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -83,6 +88,7 @@ def person_of(name: str, row: dict) -> str:
 def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
     """FaceRecord dicts (largest face per image, yuface, default crop params) + truth label."""
     from tasks.params import Crop
+
     k = load_knowledge()
     out = []
     for name in sets:
@@ -94,9 +100,19 @@ def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
         for row in csv.DictReader(open(DATA / name / "labels.csv", newline="")):
             data = (DATA / name / row["path"]).read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            img = ImageRecord(id=sha, path=f"{name}/{row['path']}", uri=str(DATA / name / row["path"]), source=name,
-                              subject=person_of(name, row), width=0, height=0, format="", n_bytes=len(data),
-                              label_set=[], au_set=[])
+            img = ImageRecord(
+                id=sha,
+                path=f"{name}/{row['path']}",
+                uri=str(DATA / name / row["path"]),
+                source=name,
+                subject=person_of(name, row),
+                width=0,
+                height=0,
+                format="",
+                n_bytes=len(data),
+                label_set=[],
+                au_set=[],
+            )
             st, fr = crop_image(img, data, Crop(faces="largest"))
             if not fr:
                 continue
@@ -112,6 +128,7 @@ def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
 def sim_truth(faces: list[dict], au_prior_share: float, seed: int):
     """Ground truth for the simulator (VA, AUs) and the AU priors of a share of the faces."""
     from tasks.simvllm import Truth
+
     k = load_knowledge()
     truth = {}
     for f in faces:
@@ -119,8 +136,11 @@ def sim_truth(faces: list[dict], au_prior_share: float, seed: int):
         e = f["truth"]
         cv, ca, s = k.va_centroid(e)
         core, often = k.prototype(e)
-        aus = {a for a in core if r.random() < 0.8} | {a for a in often if r.random() < 0.5} \
+        aus = (
+            {a for a in core if r.random() < 0.8}
+            | {a for a in often if r.random() < 0.5}
             | {a for a in k.aus if r.random() < 0.03}
+        )
         t = Truth(e, max(-1, min(1, cv + r.gauss(0, s / 2))), max(-1, min(1, ca + r.gauss(0, s / 2))), sorted(aus))
         truth[f["crop_sha256"]] = t
         f["truth_va"] = (t.valence, t.arousal)
@@ -213,8 +233,14 @@ def acc_at(pts: list[tuple[float, float]], cov: float) -> float:
 def ece(conf: list[float], correct: list[bool], bins: int = 15) -> float:
     conf_a, corr_a = np.asarray(conf), np.asarray(correct, dtype=float)
     idx = np.minimum((conf_a * bins).astype(int), bins - 1)
-    return float(sum(abs(conf_a[idx == b].mean() - corr_a[idx == b].mean()) * (idx == b).sum()
-                     for b in range(bins) if (idx == b).any()) / len(conf_a))
+    return float(
+        sum(
+            abs(conf_a[idx == b].mean() - corr_a[idx == b].mean()) * (idx == b).sum()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+        / len(conf_a)
+    )
 
 
 # ------------------------------------------------------------------ calibration
@@ -241,13 +267,17 @@ def crossfit(rows: list[dict], seed: int) -> None:
 
 
 # ------------------------------------------------------------------ one strategy
-def run_strategy(name: str, over: dict, faces: list[dict], ann: Annotator, memo: dict, base: Params,
-                 max_n: int, workdir: Path) -> tuple[list[dict], dict]:
+def run_strategy(
+    name: str, over: dict, faces: list[dict], ann: Annotator, memo: dict, base: Params, max_n: int, workdir: Path
+) -> tuple[list[dict], dict]:
     k = load_knowledge()
-    p = base.model_copy(update={
-        "sample": base.sample.model_copy(update=over.get("sample", {})),
-        "prompt": base.prompt.model_copy(update=over.get("prompt", {})),
-        "verify": base.verify.model_copy(update=over.get("verify", {}))})
+    p = base.model_copy(
+        update={
+            "sample": base.sample.model_copy(update=over.get("sample", {})),
+            "prompt": base.prompt.model_copy(update=over.get("prompt", {})),
+            "verify": base.verify.model_copy(update=over.get("verify", {})),
+        }
+    )
     counting = Counting(ann, memo, max_n)
     cache = ResponseCache(str(workdir / f"cache-{name}"), counting.signature_hash())
     tally = Tally()
@@ -255,11 +285,12 @@ def run_strategy(name: str, over: dict, faces: list[dict], ann: Annotator, memo:
     reqs = {}
     for f in faces:
         fr = FaceRecord(**{c: f[c] for c in FaceRecord.columns()})
-        reqs[f["face_id"]] = [r.model_dump() for r in requests_for(k, fr, p.prompt.version, p.prompt.knowledge,
-                                                                   p.prompt.blind)]
+        reqs[f["face_id"]] = [
+            r.model_dump() for r in requests_for(k, fr, p.prompt.version, p.prompt.knowledge, p.prompt.blind)
+        ]
     samples: dict[str, list[dict]] = {f["face_id"]: [] for f in faces}
     for i in range(0, len(faces), 64):
-        batch = faces[i:i + 64]
+        batch = faces[i : i + 64]
         for s in sample_batch(batch, {f["face_id"]: reqs[f["face_id"]] for f in batch}, counting, cache, p, k, tally):
             samples[s["face_id"]].append(s)
     cache.close()
@@ -269,17 +300,35 @@ def run_strategy(name: str, over: dict, faces: list[dict], ann: Annotator, memo:
         v = decide(f, sm, k, p.verify)
         st = measure(f, sm, k)
         feats = uamc.features(st.evidence(), p.verify.use_consistency, p.verify.use_verification, p.verify.use_priors)
-        rows.append({**{c: f[c] for c in ("face_id", "subject", "source", "truth", "au_set")},
-                     "truth_va": f.get("truth_va"), "truth_aus": f.get("truth_aus"),
-                     "expression": v.expression, "correct": v.expression == f["truth"], "vote_share": v.vote_share,
-                     "valence": v.valence, "arousal": v.arousal, "aus": v.aus, "au_source": v.au_source,
-                     "hard_reasons": [r for r in v.reasons if r not in ("low_confidence", "failed_verification")],
-                     "verified": st.verified, "n_gen": st.n_votes, "features": feats, "raw_confidence": v.confidence,
-                     "n_samples": sum(1 for x in sm if x["variant"] not in VERIFY_VARIANTS)})
-    cost = {"answers_per_face": counting.answers / len(faces), "calls_per_face": counting.calls / len(faces),
-            "image_sends_per_face": counting.image_sends / len(faces),
-            "verify_calls_per_face": counting.verify_calls / len(faces), "seconds": time.perf_counter() - t0,
-            "samples": samples, "params": p}
+        rows.append(
+            {
+                **{c: f[c] for c in ("face_id", "subject", "source", "truth", "au_set")},
+                "truth_va": f.get("truth_va"),
+                "truth_aus": f.get("truth_aus"),
+                "expression": v.expression,
+                "correct": v.expression == f["truth"],
+                "vote_share": v.vote_share,
+                "valence": v.valence,
+                "arousal": v.arousal,
+                "aus": v.aus,
+                "au_source": v.au_source,
+                "hard_reasons": [r for r in v.reasons if r not in ("low_confidence", "failed_verification")],
+                "verified": st.verified,
+                "n_gen": st.n_votes,
+                "features": feats,
+                "raw_confidence": v.confidence,
+                "n_samples": sum(1 for x in sm if x["variant"] not in VERIFY_VARIANTS),
+            }
+        )
+    cost = {
+        "answers_per_face": counting.answers / len(faces),
+        "calls_per_face": counting.calls / len(faces),
+        "image_sends_per_face": counting.image_sends / len(faces),
+        "verify_calls_per_face": counting.verify_calls / len(faces),
+        "seconds": time.perf_counter() - t0,
+        "samples": samples,
+        "params": p,
+    }
     return rows, cost
 
 
@@ -298,27 +347,49 @@ def summarise(name: str, rows: list[dict], cost: dict, kind: str, min_conf: floa
         acc_rows = rows
     va = [r for r in acc_rows if r["truth_va"] is not None and r["valence"] is not None]
     out = {
-        "strategy": name, "n": len(rows),
+        "strategy": name,
+        "n": len(rows),
         "coverage": len(acc_rows) / len(rows),
         "accuracy": float(np.mean([r["correct"] for r in acc_rows])) if acc_rows else float("nan"),
         "macro_f1": macro_f1([r["truth"] for r in acc_rows], [r["expression"] or "" for r in acc_rows]),
         "au_f1": au_f1(acc_rows),
-        "va_ccc": float(np.mean([ccc([r["valence"] for r in va], [r["truth_va"][0] for r in va]),
-                                 ccc([r["arousal"] for r in va], [r["truth_va"][1] for r in va])])) if va else float("nan"),
+        "va_ccc": float(
+            np.mean(
+                [
+                    ccc([r["valence"] for r in va], [r["truth_va"][0] for r in va]),
+                    ccc([r["arousal"] for r in va], [r["truth_va"][1] for r in va]),
+                ]
+            )
+        )
+        if va
+        else float("nan"),
         "accuracy_all": float(np.mean(correct)),
         "acc_at": {f"{c:.1f}": acc_at(pts, c) for c in COVERAGES},
         "aurc": float(np.mean([1 - a for _, a in pts])),
         "ece": ece(conf, correct) if kind != "single" else float("nan"),
         "ece_accepted": ece([c for r, c in zip(rows, conf) if r in acc_rows], [r["correct"] for r in acc_rows])
-        if kind == "svuamc" and acc_rows else float("nan"),
+        if kind == "svuamc" and acc_rows
+        else float("nan"),
         "mean_k": float(np.mean([r["n_samples"] for r in rows])),
         # the pipeline's own confidence (params' verify.calibration, "" = uamc.DEFAULT), not cross-fit
-        **({"params_confidence": {
-            "ece": ece([r["raw_confidence"] for r in rows], correct),
-            "coverage": float(np.mean([r["raw_confidence"] >= min_conf and not r["hard_reasons"] for r in rows])),
-            "accuracy": float(np.mean([r["correct"] for r in rows
-                                       if r["raw_confidence"] >= min_conf and not r["hard_reasons"]] or [float("nan")])),
-        }} if kind == "svuamc" else {}),
+        **(
+            {
+                "params_confidence": {
+                    "ece": ece([r["raw_confidence"] for r in rows], correct),
+                    "coverage": float(
+                        np.mean([r["raw_confidence"] >= min_conf and not r["hard_reasons"] for r in rows])
+                    ),
+                    "accuracy": float(
+                        np.mean(
+                            [r["correct"] for r in rows if r["raw_confidence"] >= min_conf and not r["hard_reasons"]]
+                            or [float("nan")]
+                        )
+                    ),
+                }
+            }
+            if kind == "svuamc"
+            else {}
+        ),
         "verified_share": float(np.mean([r["verified"] is not None for r in rows])),
         **cost,
         "risk_coverage": [(round(c, 4), round(a, 4)) for c, a in pts[:: max(1, len(pts) // 50)]],
@@ -355,16 +426,32 @@ def au_f1_kept(verdicts: list, faces: dict) -> float:
 
 
 def va_ccc_kept(verdicts: list, faces: dict) -> float:
-    va = [(v.valence, v.arousal, faces[v.face_id]["truth_va"]) for v in verdicts
-          if v.va_source == "annotator" and faces[v.face_id].get("truth_va") is not None]
+    va = [
+        (v.valence, v.arousal, faces[v.face_id]["truth_va"])
+        for v in verdicts
+        if v.va_source == "annotator" and faces[v.face_id].get("truth_va") is not None
+    ]
     if len(va) < 3:
         return float("nan")
-    return float(np.mean([ccc([a for a, _, _ in va], [t[0] for _, _, t in va]),
-                          ccc([b for _, b, _ in va], [t[1] for _, _, t in va])]))
+    return float(
+        np.mean(
+            [ccc([a for a, _, _ in va], [t[0] for _, _, t in va]), ccc([b for _, b, _ in va], [t[1] for _, _, t in va])]
+        )
+    )
 
 
-def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict, base: Params, over: dict,
-                    max_n: int, workdir: Path, seed: int, k10_rows: list[dict] | None) -> dict:
+def self_calibrated(
+    share: float,
+    faces: list[dict],
+    ann: Annotator,
+    memo: dict,
+    base: Params,
+    over: dict,
+    max_n: int,
+    workdir: Path,
+    seed: int,
+    k10_rows: list[dict] | None,
+) -> dict:
     """The pipeline as a user runs it: `share` of the people labelled, no calibration file,
     verify.target_error; measured on the unlabelled faces only."""
     k = load_knowledge()
@@ -373,8 +460,11 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
     rows, cost = run_strategy(f"self-{share}", over, fs, ann, memo, base, max_n, workdir)
     samples, p = cost.pop("samples"), cost.pop("params")
     by = {f["face_id"]: f for f in fs}
-    cal = [r for r in (calibration_row(f, samples[f["face_id"]], k, p.verify) for f in fs if f["prior_expression"])
-           if r is not None]
+    cal = [
+        r
+        for r in (calibration_row(f, samples[f["face_id"]], k, p.verify) for f in fs if f["prior_expression"])
+        if r is not None
+    ]
     tr = trust.build(cal, p.verify, "openai")
     whole_v = p.verify.model_copy(update={"per_granularity": False})
     per = [decide(f, samples[f["face_id"]], k, p.verify, tr) for f in fs]
@@ -385,19 +475,28 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
     gen = [v for v in unl if v.expression_confidence is not None]
     answers = {f["face_id"]: len(samples[f["face_id"]]) for f in fs}
     unl_ids = [v.face_id for v in unl]
-    out = {"labelled_share": share, "faces": len(fs), "labelled_faces": len(fs) - len(unl),
-           "unlabelled_faces": len(unl), "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "confidence_model"},
-           "coverage": len(acc) / len(unl), "error": 1 - float(np.mean(right)) if acc else float("nan"),
-           "accuracy": float(np.mean(right)) if acc else float("nan"),
-           "ece_feid": trust.ece([v.expression_confidence for v in acc], right),
-           "ece_generated": trust.ece([v.expression_confidence for v in gen],
-                                      [v.expression == by[v.face_id]["truth"] for v in gen]),
-           "mean_confidence_feid": float(np.mean([v.expression_confidence for v in acc])) if acc else float("nan"),
-           "answers_per_face": float(np.mean(list(answers.values()))),
-           "answers_per_unlabelled_face": float(np.mean([answers[i] for i in unl_ids])),
-           "image_sends_per_face": cost["image_sends_per_face"], "seconds": cost["seconds"]}
-    pts_sv = risk_coverage([v.expression_confidence or 0.0 for v in unl],
-                           [v.expression == by[v.face_id]["truth"] for v in unl])
+    out = {
+        "labelled_share": share,
+        "faces": len(fs),
+        "labelled_faces": len(fs) - len(unl),
+        "unlabelled_faces": len(unl),
+        "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "confidence_model"},
+        "coverage": len(acc) / len(unl),
+        "error": 1 - float(np.mean(right)) if acc else float("nan"),
+        "accuracy": float(np.mean(right)) if acc else float("nan"),
+        "ece_feid": trust.ece([v.expression_confidence for v in acc], right),
+        "ece_generated": trust.ece(
+            [v.expression_confidence for v in gen], [v.expression == by[v.face_id]["truth"] for v in gen]
+        ),
+        "mean_confidence_feid": float(np.mean([v.expression_confidence for v in acc])) if acc else float("nan"),
+        "answers_per_face": float(np.mean(list(answers.values()))),
+        "answers_per_unlabelled_face": float(np.mean([answers[i] for i in unl_ids])),
+        "image_sends_per_face": cost["image_sends_per_face"],
+        "seconds": cost["seconds"],
+    }
+    pts_sv = risk_coverage(
+        [v.expression_confidence or 0.0 for v in unl], [v.expression == by[v.face_id]["truth"] for v in unl]
+    )
     out["ranking_acc_at"] = {f"{c:.1f}": acc_at(pts_sv, c) for c in COVERAGES}
     if k10_rows is not None:
         un = [r for r in k10_rows if not by[r["face_id"]]["prior_expression"]]
@@ -417,37 +516,48 @@ def self_calibrated(share: float, faces: list[dict], ann: Annotator, memo: dict,
             "va_kept": float(np.mean([v.va_status == "accepted" for v in unl])),
             "va_ccc": va_ccc_kept([v for v in unl if v.va_status == "accepted"], by),
             "au_f1": au_f1_kept([v for v in unl if v.au_status in ("accepted", "partial")], by),
-            "au_kept_share": float(np.mean([1 - len(v.au_withheld) / len(AUS) for v in pk])) if pk else None},
+            "au_kept_share": float(np.mean([1 - len(v.au_withheld) / len(AUS) for v in pk])) if pk else None,
+        },
         "whole_face": {
             "expression_kept": len(wk) / len(wu),
             "expression_accuracy": float(np.mean([v.expression == by[v.face_id]["truth"] for v in wk])) if wk else None,
             "va_kept": len(wk) / len(wu),
             "va_ccc": va_ccc_kept(wk, by),
-            "au_f1": au_f1_kept([v.model_copy(update={"au_withheld": []}) for v in wk], by)}}
+            "au_f1": au_f1_kept([v.model_copy(update={"au_withheld": []}) for v in wk], by),
+        },
+    }
     return out
 
 
 def print_self(results: list[dict]) -> None:
-    print(f"\n{'labelled':>8} {'cal n':>6} {'source':>7} {'thresh':>7} {'bound':>6} {'cover':>6} {'error':>6} "
-          f"{'ECE':>6} {'ECEgen':>6} {'K10acc':>6} {'ans/f':>6} {'ans/unl':>7} {'acc@60':>6} {'K10@60':>6}")
+    print(
+        f"\n{'labelled':>8} {'cal n':>6} {'source':>7} {'thresh':>7} {'bound':>6} {'cover':>6} {'error':>6} "
+        f"{'ECE':>6} {'ECEgen':>6} {'K10acc':>6} {'ans/f':>6} {'ans/unl':>7} {'acc@60':>6} {'K10@60':>6}"
+    )
     for r in results:
         c = r["calibration"]
         th = c.get("threshold")
-        print(f"{r['labelled_share']:8.2f} {c['calibration_faces']:6d} {c['source']:>7} "
-              f"{'none' if th is None else f'{th:.4f}':>7} {c.get('bound') or float('nan'):6.3f} "
-              f"{r['coverage']:6.3f} {r['error']:6.3f} {r['ece_feid']:6.3f} {r['ece_generated']:6.3f} "
-              f"{r.get('k10_accuracy_at_same_coverage', float('nan')):6.3f} {r['answers_per_face']:6.2f} "
-              f"{r['answers_per_unlabelled_face']:7.2f} {r['ranking_acc_at']['0.6']:6.3f} "
-              f"{r.get('k10_acc_at', {}).get('0.6', float('nan')):6.3f}")
+        print(
+            f"{r['labelled_share']:8.2f} {c['calibration_faces']:6d} {c['source']:>7} "
+            f"{'none' if th is None else f'{th:.4f}':>7} {c.get('bound') or float('nan'):6.3f} "
+            f"{r['coverage']:6.3f} {r['error']:6.3f} {r['ece_feid']:6.3f} {r['ece_generated']:6.3f} "
+            f"{r.get('k10_accuracy_at_same_coverage', float('nan')):6.3f} {r['answers_per_face']:6.2f} "
+            f"{r['answers_per_unlabelled_face']:7.2f} {r['ranking_acc_at']['0.6']:6.3f} "
+            f"{r.get('k10_acc_at', {}).get('0.6', float('nan')):6.3f}"
+        )
     print("\nper-granularity vs whole-face acceptance (unlabelled faces):")
-    print(f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'acc@whole':>9} {'VA kept':>7} "
-          f"{'VA CCC':>6} {'AU F1':>6}")
+    print(
+        f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'acc@whole':>9} {'VA kept':>7} "
+        f"{'VA CCC':>6} {'AU F1':>6}"
+    )
     for r in results:
         for mode, g in r["granularity"].items():
             aw = g.get("expression_accuracy_at_whole_face_coverage")
-            print(f"{r['labelled_share']:8.2f} {mode:>15} {g['expression_kept']:9.3f} "
-                  f"{g['expression_accuracy'] or float('nan'):8.3f} {aw if aw is not None else float('nan'):9.3f} "
-                  f"{g['va_kept']:7.3f} {g['va_ccc']:6.3f} {g['au_f1']:6.3f}")
+            print(
+                f"{r['labelled_share']:8.2f} {mode:>15} {g['expression_kept']:9.3f} "
+                f"{g['expression_accuracy'] or float('nan'):8.3f} {aw if aw is not None else float('nan'):9.3f} "
+                f"{g['va_kept']:7.3f} {g['va_ccc']:6.3f} {g['au_f1']:6.3f}"
+            )
 
 
 STRATEGIES = {
@@ -463,23 +573,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--annotator", choices=("sim", "local"), default="sim")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="SV-UAMC's sample/verify params")
-    ap.add_argument("-S", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="override a sample/verify/prompt param of SV-UAMC, e.g. -S sample.kmax=9")
+    ap.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a sample/verify/prompt param of SV-UAMC, e.g. -S sample.kmax=9",
+    )
     ap.add_argument("--sim", action="append", default=[], metavar="KEY=VALUE", help="SimConfig override")
     ap.add_argument("--au-prior-share", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--only", help="comma-separated strategies to run")
     ap.add_argument("--write-calibration", help="fit the SV-UAMC calibration on all faces and write it here")
-    ap.add_argument("--self-calibrated", metavar="SHARES",
-                    help="comma-separated shares of labelled people (e.g. 0.1,0.3,0.5): run the pipeline with "
-                         "self-calibration and verify.target_error, no calibration file; measured on the unlabelled "
-                         "faces, next to fixed K=10")
+    ap.add_argument(
+        "--self-calibrated",
+        metavar="SHARES",
+        help="comma-separated shares of labelled people (e.g. 0.1,0.3,0.5): run the pipeline with "
+        "self-calibration and verify.target_error, no calibration file; measured on the unlabelled "
+        "faces, next to fixed K=10",
+    )
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "seke_quality"))
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
     from tasks.params import load
+
     base = load(args.params)
     over_sv: dict = {}
     for kv in args.set:
@@ -510,8 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     sim_cfg = {}
     if args.annotator == "sim":
         from tasks.annotators.openai_compat import OpenAIAnnotator
-        from tasks.params import Annotator as AnnParams, Runtime
+        from tasks.params import Annotator as AnnParams
+        from tasks.params import Runtime
         from tasks.simvllm import ServerThread, SimConfig, SimVLLM
+
         cfg = SimConfig(accuracy=0.7)
         for kv in args.sim:
             key, _, val = kv.partition("=")
@@ -522,12 +644,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sim", NO_PROXY="127.0.0.1,localhost")
         os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
         ap_ = AnnParams(backend="openai", model="sim-vllm", temperature=1.0)
-        ann: Annotator = OpenAIAnnotator(ap_, Runtime(concurrency=16, timeout_s=10, max_retries=2, retry_base_s=0.01,
-                                                      progress_every_s=60))
+        ann: Annotator = OpenAIAnnotator(
+            ap_, Runtime(concurrency=16, timeout_s=10, max_retries=2, retry_base_s=0.01, progress_every_s=60)
+        )
         max_n = ap_.max_n
     else:
         from tasks.annotators.local import LocalAnnotator
         from tasks.params import Annotator as AnnParams
+
         ap_ = base.annotator.model_copy(update={"backend": "local"})
         ann = LocalAnnotator(ap_)
         max_n = 1 << 30
@@ -546,21 +670,35 @@ def main(argv: list[str] | None = None) -> int:
                 if args.write_calibration:
                     cal = fit_platt(features_of(sv), np.array([r["correct"] for r in sv], dtype=float))
                     d = cal.to_json()
-                    d["source"] = (f"benchmarks/quality_study.py --annotator {args.annotator} on {args.sets}, "
-                                   f"{len(sv)} faces, seed {args.seed}")
+                    d["source"] = (
+                        f"benchmarks/quality_study.py --annotator {args.annotator} on {args.sets}, "
+                        f"{len(sv)} faces, seed {args.seed}"
+                    )
                     Path(args.write_calibration).parent.mkdir(parents=True, exist_ok=True)
                     Path(args.write_calibration).write_text(json.dumps(d, indent=2) + "\n")
-            min_conf = base.model_copy(update={"verify": base.verify.model_copy(update=over.get("verify", {}))}
-                                       ).verify.min_confidence
+            min_conf = base.model_copy(
+                update={"verify": base.verify.model_copy(update=over.get("verify", {}))}
+            ).verify.min_confidence
             s = summarise(name, rows, cost, kind, min_conf)
             results.append(s)
             all_rows[name] = rows
             print(f"  {name}: done in {cost['seconds']:.0f} s")
         self_results = []
-        for share in ([float(x) for x in args.self_calibrated.split(",")] if args.self_calibrated else []):
-            self_results.append(self_calibrated(share, faces, ann, {} if fresh else memo, base, over_sv, max_n,
-                                                workdir, args.seed,
-                                                all_rows.get("fixed K=10")))
+        for share in [float(x) for x in args.self_calibrated.split(",")] if args.self_calibrated else []:
+            self_results.append(
+                self_calibrated(
+                    share,
+                    faces,
+                    ann,
+                    {} if fresh else memo,
+                    base,
+                    over_sv,
+                    max_n,
+                    workdir,
+                    args.seed,
+                    all_rows.get("fixed K=10"),
+                )
+            )
             print(f"  self-calibrated, {share:.0%} labelled: done in {self_results[-1]['seconds']:.0f} s")
     finally:
         if server:
@@ -569,52 +707,84 @@ def main(argv: list[str] | None = None) -> int:
         print_self(self_results)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps({"annotator": args.annotator, "sets": args.sets, "sim": sim_cfg,
-                                                   "overrides": over_sv, "self_calibrated": self_results},
-                                                  indent=1, default=str))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "annotator": args.annotator,
+                        "sets": args.sets,
+                        "sim": sim_cfg,
+                        "overrides": over_sv,
+                        "self_calibrated": self_results,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
         return 0
 
     # SV-UAMC vs fixed K=10 at SV-UAMC's own coverage
     by = {r["strategy"]: r for r in results}
     print()
-    hdr = (f"{'strategy':12} {'cover':>6} {'acc':>6} {'mF1':>6} {'AU F1':>6} {'VA CCC':>6} {'acc@70':>6} "
-           f"{'acc@80':>6} {'AURC':>6} {'ECE':>6} {'calls':>6} {'sends':>6} {'verif':>6}")
+    hdr = (
+        f"{'strategy':12} {'cover':>6} {'acc':>6} {'mF1':>6} {'AU F1':>6} {'VA CCC':>6} {'acc@70':>6} "
+        f"{'acc@80':>6} {'AURC':>6} {'ECE':>6} {'calls':>6} {'sends':>6} {'verif':>6}"
+    )
     print(hdr)
     for r in results:
-        print(f"{r['strategy']:12} {r['coverage']:6.3f} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} {r['au_f1']:6.3f} "
-              f"{r['va_ccc']:6.3f} {r['acc_at']['0.7']:6.3f} {r['acc_at']['0.8']:6.3f} {r['aurc']:6.3f} "
-              f"{r['ece']:6.3f} {r['answers_per_face']:6.2f} {r['image_sends_per_face']:6.2f} "
-              f"{r['verify_calls_per_face']:6.2f}")
+        print(
+            f"{r['strategy']:12} {r['coverage']:6.3f} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} {r['au_f1']:6.3f} "
+            f"{r['va_ccc']:6.3f} {r['acc_at']['0.7']:6.3f} {r['acc_at']['0.8']:6.3f} {r['aurc']:6.3f} "
+            f"{r['ece']:6.3f} {r['answers_per_face']:6.2f} {r['image_sends_per_face']:6.2f} "
+            f"{r['verify_calls_per_face']:6.2f}"
+        )
     if "SV-UAMC" in by and "params_confidence" in by["SV-UAMC"]:
         pc = by["SV-UAMC"]["params_confidence"]
-        print(f"\nSV-UAMC with the pipeline's own confidence (verify.calibration={base.verify.calibration!r}, "
-              f"not cross-fit): ECE {pc['ece']:.3f}, coverage {pc['coverage']:.3f}, accuracy {pc['accuracy']:.3f}")
+        print(
+            f"\nSV-UAMC with the pipeline's own confidence (verify.calibration={base.verify.calibration!r}, "
+            f"not cross-fit): ECE {pc['ece']:.3f}, coverage {pc['coverage']:.3f}, accuracy {pc['accuracy']:.3f}"
+        )
     goals = {}
     if "SV-UAMC" in by and "fixed K=10" in by and "one sample" in by:
         sv, k10, one = by["SV-UAMC"], by["fixed K=10"], by["one sample"]
         cov = sv["coverage"]
-        pts10 = risk_coverage([r["vote_share"] or 0 for r in all_rows["fixed K=10"]],
-                              [r["correct"] for r in all_rows["fixed K=10"]])
+        pts10 = risk_coverage(
+            [r["vote_share"] or 0 for r in all_rows["fixed K=10"]], [r["correct"] for r in all_rows["fixed K=10"]]
+        )
         k10_at = acc_at(pts10, cov)
         goals = {
-            "sv_coverage": cov, "sv_accuracy": sv["accuracy"], "k10_accuracy_at_sv_coverage": k10_at,
+            "sv_coverage": cov,
+            "sv_accuracy": sv["accuracy"],
+            "k10_accuracy_at_sv_coverage": k10_at,
             "coverage_ge_70": cov >= 0.7,
             "acc_ge_k10_at_same_coverage": sv["accuracy"] >= k10_at,
             "calls_le_half_k10": sv["answers_per_face"] <= 0.5 * k10["answers_per_face"],
             "gain_over_one_sample_pts": 100 * (sv["accuracy"] - one["accuracy"]),
             "gain_ge_20_pts": sv["accuracy"] - one["accuracy"] >= 0.20,
-            "ece": sv["ece"], "ece_le_0_05": sv["ece"] <= 0.05,
-            "sv_acc_at_70": sv["acc_at"]["0.7"], "k10_acc_at_70": k10["acc_at"]["0.7"],
+            "ece": sv["ece"],
+            "ece_le_0_05": sv["ece"] <= 0.05,
+            "sv_acc_at_70": sv["acc_at"]["0.7"],
+            "k10_acc_at_70": k10["acc_at"]["0.7"],
         }
-        print("\ngoals (SV-UAMC at its decision threshold verify.min_confidence="
-              f"{base.verify.min_confidence}):")
+        print(f"\ngoals (SV-UAMC at its decision threshold verify.min_confidence={base.verify.min_confidence}):")
         for kk, vv in goals.items():
             print(f"  {kk}: {round(vv, 4) if isinstance(vv, float) else vv}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"annotator": args.annotator, "sets": args.sets, "sim": sim_cfg,
-                                               "overrides": over_sv, "au_prior_share": args.au_prior_share,
-                                               "results": results, "goals": goals}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "annotator": args.annotator,
+                    "sets": args.sets,
+                    "sim": sim_cfg,
+                    "overrides": over_sv,
+                    "au_prior_share": args.au_prior_share,
+                    "results": results,
+                    "goals": goals,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -5,6 +5,7 @@
 `ExpectationsFailed` with a readable list of what failed, so the stage fails and DVC never
 records bad data. GX is imported only here, and only when a check runs (it costs 3-4 s).
 """
+
 from __future__ import annotations
 
 from expectations.suites import SUITES, ExpectationsFailed, check

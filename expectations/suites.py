@@ -4,6 +4,7 @@ The column sets come from the records (tasks.records), the value sets from the k
 files, and the bounds from params.yaml (`expectations` section), so nothing is written
 twice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,14 @@ import pandas as pd
 
 from tasks.knowledge import AUS, EXPRESSIONS
 from tasks.params import Params
-from tasks.records import (CropStatus, FaceRecord, FeidRecord, ImageRecord, QuarantineRecord, RequestRecord,
-                           SampleRecord, Verdict)
+from tasks.records import (
+    FaceRecord,
+    FeidRecord,
+    ImageRecord,
+    RequestRecord,
+    SampleRecord,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +37,13 @@ def _va(gxe, cols=("valence", "arousal")):
 def _kept_va(gxe):
     """VA is present exactly where it is kept (prior or accepted), and absent where withheld."""
     kept = 'va_status in ["prior", "accepted"]'
-    return [gxe.ExpectColumnValuesToNotBeNull(column=c, row_condition=kept, condition_parser="pandas")
-            for c in ("valence", "arousal")] + [
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column=c, row_condition=kept, condition_parser="pandas")
+        for c in ("valence", "arousal")
+    ] + [
         gxe.ExpectColumnValuesToBeNull(column=c, row_condition=f"not ({kept})", condition_parser="pandas")
-        for c in ("valence", "arousal")]
+        for c in ("valence", "arousal")
+    ]
 
 
 def _unit(gxe, col):
@@ -45,79 +55,121 @@ HEAVY = ("crop", "raw", "messages_json", "answer_schema", "conversations", "imag
 
 
 def _columns(gxe, record):
-    return gxe.ExpectTableColumnsToMatchSet(column_set=[c for c in record.columns() if c not in HEAVY],
-                                            exact_match=False)
+    return gxe.ExpectTableColumnsToMatchSet(
+        column_set=[c for c in record.columns() if c not in HEAVY], exact_match=False
+    )
 
 
 def _ingest(gxe, p: Params, n: dict):
     return {
-        "images": [_columns(gxe, ImageRecord), gxe.ExpectColumnValuesToBeUnique(column="id"),
-                   gxe.ExpectColumnValuesToNotBeNull(column="id"),
-                   gxe.ExpectColumnValuesToBeInSet(column="prior_expression", value_set=list(EXPRESSIONS)),
-                   *_va(gxe, ("prior_valence", "prior_arousal")),
-                   gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1)],
-        "quarantine": [gxe.ExpectColumnValuesToNotBeNull(column="reason"),
-                       gxe.ExpectColumnValuesToNotBeNull(column="detail")],
+        "images": [
+            _columns(gxe, ImageRecord),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="id"),
+            gxe.ExpectColumnValuesToBeInSet(column="prior_expression", value_set=list(EXPRESSIONS)),
+            *_va(gxe, ("prior_valence", "prior_arousal")),
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+        ],
+        "quarantine": [
+            gxe.ExpectColumnValuesToNotBeNull(column="reason"),
+            gxe.ExpectColumnValuesToNotBeNull(column="detail"),
+        ],
         "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
     }
 
 
 def _crop(gxe, p: Params, n: dict):
     return {
-        "faces": [_columns(gxe, FaceRecord), gxe.ExpectColumnValuesToBeUnique(column="face_id"),
-                  _unit(gxe, "score"), gxe.ExpectColumnValuesToBeBetween(column="box_w", min_value=0, strict_min=True)],
-        "images": [gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "no_face", "decode_error"]),
-                   gxe.ExpectColumnValuesToBeUnique(column="image_id"),
-                   gxe.ExpectTableRowCountToEqual(value=n["images"])],
+        "faces": [
+            _columns(gxe, FaceRecord),
+            gxe.ExpectColumnValuesToBeUnique(column="face_id"),
+            _unit(gxe, "score"),
+            gxe.ExpectColumnValuesToBeBetween(column="box_w", min_value=0, strict_min=True),
+        ],
+        "images": [
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "no_face", "decode_error"]),
+            gxe.ExpectColumnValuesToBeUnique(column="image_id"),
+            gxe.ExpectTableRowCountToEqual(value=n["images"]),
+        ],
     }
 
 
 def _prompt(gxe, p: Params, n: dict):
-    return {"requests": [_columns(gxe, RequestRecord), gxe.ExpectColumnValuesToBeUnique(column="request_id"),
-                         gxe.ExpectColumnValuesToBeInSet(column="variant", value_set=["primed", "blind", "plain"])]}
+    return {
+        "requests": [
+            _columns(gxe, RequestRecord),
+            gxe.ExpectColumnValuesToBeUnique(column="request_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="variant", value_set=["primed", "blind", "plain"]),
+        ]
+    }
 
 
 def _sample(gxe, p: Params, n: dict):
-    return {"samples": [_columns(gxe, SampleRecord),
-                        gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
-                        *_va(gxe), gxe.ExpectColumnValuesToBeBetween(column="sample_index", min_value=0),
-                        gxe.ExpectColumnValuesToBeInSet(column="status",
-                                                        value_set=["ok", "invalid", "refused", "truncated", "error"])],
-            "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))]}
+    return {
+        "samples": [
+            _columns(gxe, SampleRecord),
+            gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+            *_va(gxe),
+            gxe.ExpectColumnValuesToBeBetween(column="sample_index", min_value=0),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="status", value_set=["ok", "invalid", "refused", "truncated", "error"]
+            ),
+        ],
+        "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
+    }
 
 
 def _verify(gxe, p: Params, n: dict):
-    return {"verdicts": [_columns(gxe, Verdict), gxe.ExpectColumnValuesToBeUnique(column="face_id"),
-                         gxe.ExpectTableRowCountToEqual(value=n["faces"]), _unit(gxe, "confidence"),
-                         gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
-                         _unit(gxe, "expression_confidence"),
-                         gxe.ExpectColumnValuesToBeInSet(column="expression_status",
-                                                         value_set=["prior", "accepted", "withheld", "missing"]),
-                         *_va(gxe)],
-            "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))]}
+    return {
+        "verdicts": [
+            _columns(gxe, Verdict),
+            gxe.ExpectColumnValuesToBeUnique(column="face_id"),
+            gxe.ExpectTableRowCountToEqual(value=n["faces"]),
+            _unit(gxe, "confidence"),
+            gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+            _unit(gxe, "expression_confidence"),
+            gxe.ExpectColumnValuesToBeInSet(
+                column="expression_status", value_set=["prior", "accepted", "withheld", "missing"]
+            ),
+            *_va(gxe),
+        ],
+        "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
+    }
 
 
 def _export(gxe, p: Params, n: dict):
     e = p.expectations
     return {
-        "feid": [_columns(gxe, FeidRecord), gxe.ExpectColumnValuesToBeUnique(column="id"),
-                 gxe.ExpectColumnValuesToNotBeNull(column="expression"),
-                 gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
-                 *_va(gxe), *_kept_va(gxe),
-                 gxe.ExpectColumnValuesToBeInSet(column="expression_status", value_set=["prior", "accepted"]),
-                 _unit(gxe, "confidence"), _unit(gxe, "expression_confidence"),
-                 gxe.ExpectTableRowCountToEqual(value=n["accepted"]),
-                 gxe.ExpectTableRowCountToBeBetween(min_value=p.export.min_rows)],
+        "feid": [
+            _columns(gxe, FeidRecord),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="expression"),
+            gxe.ExpectColumnValuesToBeInSet(column="expression", value_set=list(EXPRESSIONS)),
+            *_va(gxe),
+            *_kept_va(gxe),
+            gxe.ExpectColumnValuesToBeInSet(column="expression_status", value_set=["prior", "accepted"]),
+            _unit(gxe, "confidence"),
+            _unit(gxe, "expression_confidence"),
+            gxe.ExpectTableRowCountToEqual(value=n["accepted"]),
+            gxe.ExpectTableRowCountToBeBetween(min_value=p.export.min_rows),
+        ],
         "rejects": [gxe.ExpectTableRowCountToEqual(value=n["faces"] - n["accepted"])],
         "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
         "label_distribution": [
             gxe.ExpectColumnValuesToBeBetween(column="share", min_value=0.0, max_value=e.max_class_share),
-            gxe.ExpectTableRowCountToBeBetween(min_value=e.min_classes)],
+            gxe.ExpectTableRowCountToBeBetween(min_value=e.min_classes),
+        ],
     }
 
 
-SUITES: dict[str, Callable] = {"ingest": _ingest, "crop": _crop, "prompt": _prompt, "sample": _sample,
-                               "verify": _verify, "export": _export}
+SUITES: dict[str, Callable] = {
+    "ingest": _ingest,
+    "crop": _crop,
+    "prompt": _prompt,
+    "sample": _sample,
+    "verify": _verify,
+    "export": _export,
+}
 
 
 def au_frame(df: pd.DataFrame, col: str = "aus") -> pd.DataFrame:
@@ -141,6 +193,7 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
     suites = SUITES[stage](gxe, params, counts or {})
     ctx = gx.get_context(mode="ephemeral")
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas(name=f"seke_{stage}")
     failed: list[str] = []
@@ -150,7 +203,8 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
             raise KeyError(f"suite {stage} expects a frame {frame!r}; got {sorted(frames)}")
         asset = ds.add_dataframe_asset(name=frame)
         batch = asset.add_batch_definition_whole_dataframe(f"{frame}_all").get_batch(
-            batch_parameters={"dataframe": frames[frame]})
+            batch_parameters={"dataframe": frames[frame]}
+        )
         suite = gx.ExpectationSuite(name=f"{stage}.{frame}", expectations=expectations)
         res = batch.validate(suite)
         for r in res.results:
@@ -158,11 +212,15 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
             if not r.success:
                 cfg = r.expectation_config
                 kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
-                detail = {k: r.result.get(k) for k in ("observed_value", "unexpected_count", "partial_unexpected_list")
-                          if r.result.get(k) is not None}
+                detail = {
+                    k: r.result.get(k)
+                    for k in ("observed_value", "unexpected_count", "partial_unexpected_list")
+                    if r.result.get(k) is not None
+                }
                 failed.append(f"{stage}.{frame}: {cfg.type} {kw} -> {detail}")
     summary = {"suite": stage, "success": not failed, "evaluated": evaluated, "failed": len(failed)}
     if failed:
-        raise ExpectationsFailed(f"{len(failed)} of {evaluated} expectations failed for stage {stage!r}:\n  "
-                                 + "\n  ".join(failed))
+        raise ExpectationsFailed(
+            f"{len(failed)} of {evaluated} expectations failed for stage {stage!r}:\n  " + "\n  ".join(failed)
+        )
     return summary

@@ -5,6 +5,7 @@ with `-S` overrides, errors, progress bars, running DVC) are the helpers below. 
 command group (e.g. `seke knowledge refit`), create a `typer.Typer()` and
 `app.add_typer(group, name="knowledge")`.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,19 @@ from pathlib import Path
 from typing import Iterator, List, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(name="seke", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
-                  help="Build, benchmark, compare and export FEID, the facial-emotion instruction dataset.\n\n"
-                       "Run from the project root. Every command takes [bold]--params[/] (default params.yaml).")
+app = typer.Typer(
+    name="seke",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Build, benchmark, compare and export FEID, the facial-emotion instruction dataset.\n\n"
+    "Run from the project root. Every command takes [bold]--params[/] (default params.yaml).",
+)
 console = Console(stderr=True)
 out = Console()
 
@@ -38,6 +45,7 @@ class Fail(typer.Exit):
 
 def _parse_value(v: str):
     import yaml
+
     return yaml.safe_load(v) if v != "" else ""
 
 
@@ -67,7 +75,7 @@ def load_params(path: str, overrides: Optional[List[str]] = None):
         return Params.model_validate(d)
     except ValidationError as ex:
         errs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in ex.errors())
-        raise Fail(f"invalid params ({p}{' with -S overrides' if overrides else ''}): {errs}")
+        raise Fail(f"invalid params ({p}{' with -S overrides' if overrides else ''}): {errs}") from None
 
 
 @contextmanager
@@ -77,14 +85,25 @@ def progress(description: str, total: int | None = None, every_s: float = 10.0) 
     import time
 
     if console.is_terminal:
-        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("ETA"), TimeRemainingColumn()]
+        cols = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
         with Progress(*cols, console=console, transient=False) as pr:
             task = pr.add_task(description, total=total)
 
             def update(done: int, tot: int | None = None, desc: str | None = None):
-                pr.update(task, completed=done, total=tot if tot is not None else total,
-                          **({"description": desc} if desc else {}))
+                pr.update(
+                    task,
+                    completed=done,
+                    total=tot if tot is not None else total,
+                    **({"description": desc} if desc else {}),
+                )
+
             yield update
         return
     t0 = last = time.monotonic()
@@ -97,12 +116,14 @@ def progress(description: str, total: int | None = None, every_s: float = 10.0) 
             rate = done / (now - t0) if now > t0 else 0
             eta = f", ETA {(tot - done) / rate:.0f} s" if tot and rate else ""
             console.print(f"{desc or description}: {done}/{tot or '?'} ({rate:.1f}/s{eta})")
+
     yield update
 
 
 def _tool_env() -> dict:
     """DVC stage commands call `python`: put this interpreter's bin first; DVC/Prefect quiet and local."""
     from flows import env
+
     env.apply()
     e = dict(os.environ)
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
@@ -131,18 +152,23 @@ def _fmt(v: dict | None) -> str:
 
 
 # ---------------------------------------------------------------- run
-@app.command(epilog="Examples:\n\n"
-             "  seke run                                   # dvc repro: bring FEID up to date\n\n"
-             "  seke run -S verify.min_vote_share=0.7      # dvc exp run with an override\n\n"
-             "  seke run --exp -n strict -S verify.min_confidence=0.7\n\n"
-             "  seke run export --force                    # re-run one stage (and what it needs)")
-def run(targets: Optional[List[str]] = typer.Argument(None, help="stages to bring up to date (default: all)"),
-        set_: Optional[List[str]] = typer.Option(None, "--set", "-S",
-                                                 help="param override section.key=value; makes this a `dvc exp run`"),
-        exp: bool = typer.Option(False, "--exp", "-e", help="run as a DVC experiment even without -S"),
-        name: Optional[str] = typer.Option(None, "--name", "-n", help="experiment name (implies --exp)"),
-        force: bool = typer.Option(False, "--force", "-f", help="re-run stages even if nothing changed"),
-        dry: bool = typer.Option(False, "--dry", help="print the DVC command, do not run it")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke run                                   # dvc repro: bring FEID up to date\n\n"
+    "  seke run -S verify.min_vote_share=0.7      # dvc exp run with an override\n\n"
+    "  seke run --exp -n strict -S verify.min_confidence=0.7\n\n"
+    "  seke run export --force                    # re-run one stage (and what it needs)"
+)
+def run(
+    targets: Optional[List[str]] = typer.Argument(None, help="stages to bring up to date (default: all)"),
+    set_: Optional[List[str]] = typer.Option(
+        None, "--set", "-S", help="param override section.key=value; makes this a `dvc exp run`"
+    ),
+    exp: bool = typer.Option(False, "--exp", "-e", help="run as a DVC experiment even without -S"),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="experiment name (implies --exp)"),
+    force: bool = typer.Option(False, "--force", "-f", help="re-run stages even if nothing changed"),
+    dry: bool = typer.Option(False, "--dry", help="print the DVC command, do not run it"),
+):
     """Build FEID: wraps [bold]dvc repro[/], or [bold]dvc exp run[/] when params are overridden.
 
     The DVC DAG (dvc.yaml) decides which stages are stale; each stage runs as a Prefect flow.
@@ -169,16 +195,23 @@ def run(targets: Optional[List[str]] = typer.Argument(None, help="stages to brin
         load_params("params.yaml", set_)
     r = subprocess.run(cmd, env=_tool_env())
     if r.returncode:
-        raise Fail(f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode)
+        raise Fail(
+            f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode
+        )
 
 
 # ---------------------------------------------------------------- split
-@app.command(epilog="Examples:\n\n"
-             "  seke split                                  # sources from params.yaml bench.sources\n\n"
-             "  seke split -S bench.dev_fraction=0 -S bench.seed=1\n\n"
-             "  seke split --out /tmp/split.csv")
-def split(params: str = PARAMS, set_: Optional[List[str]] = SET,
-          out_path: Optional[str] = typer.Option(None, "--out", "-o", help="split CSV (default bench.split)")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke split                                  # sources from params.yaml bench.sources\n\n"
+    "  seke split -S bench.dev_fraction=0 -S bench.seed=1\n\n"
+    "  seke split --out /tmp/split.csv"
+)
+def split(
+    params: str = PARAMS,
+    set_: Optional[List[str]] = SET,
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="split CSV (default bench.split)"),
+):
     """Build the FEAB benchmark split from labelled sources.
 
     People are assigned to [bold]dev[/] or [bold]test[/] as a whole (subject-disjoint), and every image
@@ -192,38 +225,56 @@ def split(params: str = PARAMS, set_: Optional[List[str]] = SET,
         raise Fail("bench.sources is empty in params.yaml: list the labelled sources first")
     ids, subjects = bench.training_set(f"{p.paths.ingest}/images.parquet", p.paths.feid)
     if not ids:
-        console.print("[yellow]warning:[/] no FEID training set found (data/ingest, data/feid): "
-                      "nothing is excluded. Run `seke run` first to keep the benchmark disjoint from FEID.")
+        console.print(
+            "[yellow]warning:[/] no FEID training set found (data/ingest, data/feid): "
+            "nothing is excluded. Run `seke run` first to keep the benchmark disjoint from FEID."
+        )
     try:
         with progress("hashing images") as up:
-            rows, summary = bench.build_split(list(p.bench.sources), load_knowledge(), ids, subjects,
-                                              p.bench.dev_fraction, p.bench.seed,
-                                              lambda s, i, n: up(i, n, f"hashing {s}"))
+            rows, summary = bench.build_split(
+                list(p.bench.sources),
+                load_knowledge(),
+                ids,
+                subjects,
+                p.bench.dev_fraction,
+                p.bench.seed,
+                lambda s, i, n: up(i, n, f"hashing {s}"),
+            )
     except FileNotFoundError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     bench.check_disjoint(rows, ids, subjects)
     dest = out_path or p.bench.split
     bench.write_split(dest, rows)
-    t = _table(f"split -> {dest}", [(s, v.get("rows"), v.get("subjects"), v.get("dev", 0), v.get("test", 0))
-                                    for s, v in summary["sources"].items()],
-               ("source", "labelled", "subjects kept", "dev", "test"))
+    t = _table(
+        f"split -> {dest}",
+        [
+            (s, v.get("rows"), v.get("subjects"), v.get("dev", 0), v.get("test", 0))
+            for s, v in summary["sources"].items()
+        ],
+        ("source", "labelled", "subjects kept", "dev", "test"),
+    )
     out.print(t)
     if summary["excluded"]:
         out.print("excluded: " + ", ".join(f"{k} {v}" for k, v in summary["excluded"].items()))
 
 
 # ---------------------------------------------------------------- bench
-@app.command(epilog="Examples:\n\n"
-             "  seke bench                                  # local annotator on bench.split (test)\n\n"
-             "  seke bench --limit 50 --bootstrap 200       # quick look\n\n"
-             "  OPENAI_BASE_URL=http://host:8000/v1 OPENAI_API_KEY=... \\\n"
-             "    seke bench --backend openai --model Qwen2.5-VL-7B-Instruct")
-def bench(params: str = PARAMS, set_: Optional[List[str]] = SET,
-          backend: Optional[str] = typer.Option(None, help="annotator backend: local | openai (default: params)"),
-          model: Optional[str] = typer.Option(None, help="model name (openai backend)"),
-          which: Optional[str] = typer.Option(None, "--split", help="dev | test | all (default bench.eval_split)"),
-          limit: Optional[int] = typer.Option(None, help="images per source, 0 = all (default bench.limit)"),
-          bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples (default bench.bootstrap)")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke bench                                  # local annotator on bench.split (test)\n\n"
+    "  seke bench --limit 50 --bootstrap 200       # quick look\n\n"
+    "  OPENAI_BASE_URL=http://host:8000/v1 OPENAI_API_KEY=... \\\n"
+    "    seke bench --backend openai --model Qwen2.5-VL-7B-Instruct"
+)
+def bench(
+    params: str = PARAMS,
+    set_: Optional[List[str]] = SET,
+    backend: Optional[str] = typer.Option(None, help="annotator backend: local | openai (default: params)"),
+    model: Optional[str] = typer.Option(None, help="model name (openai backend)"),
+    which: Optional[str] = typer.Option(None, "--split", help="dev | test | all (default bench.eval_split)"),
+    limit: Optional[int] = typer.Option(None, help="images per source, 0 = all (default bench.limit)"),
+    bootstrap: Optional[int] = typer.Option(None, help="bootstrap resamples (default bench.bootstrap)"),
+):
     """FEAB: evaluate an annotator (local, or any OpenAI-compatible model) on the benchmark split.
 
     Each image gets exactly the requests FEID sends for an unlabelled face, FEID's adaptive
@@ -246,7 +297,7 @@ def bench(params: str = PARAMS, set_: Optional[List[str]] = SET,
     try:
         items = B.read_split(p.bench.split, p.bench.eval_split, p.bench.limit)
     except FileNotFoundError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     if not items:
         raise Fail(f"no `{p.bench.eval_split}` rows in {p.bench.split}")
     missing = [i["path"] for i in items if not Path(i["path"]).exists()]
@@ -257,19 +308,33 @@ def bench(params: str = PARAMS, set_: Optional[List[str]] = SET,
         with progress(f"FEAB {p.annotator.backend}/{p.annotator.model}", len(items)) as up:
             rows, info = B.predict(items, p, k, progress=lambda d, n: up(d, n))
     except Exception as ex:  # annotator set-up or a run-stopping failure (budget, endpoint down)
-        raise Fail(f"benchmark run failed: {type(ex).__name__}: {ex}")
+        raise Fail(f"benchmark run failed: {type(ex).__name__}: {ex}") from None
     work = Path(p.bench.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "predictions.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     with progress("bootstrap", None):
         res = B.evaluate(rows, p.bench.bootstrap, p.bench.ci, p.bench.seed)
     res["selective"] = B.selective(rows)
-    meta = {"annotator": info["annotator"], "model": info["model"], "split": p.bench.split,
-            "eval_split": p.bench.eval_split, "limit": p.bench.limit, "prompt_version": p.prompt.version,
-            "knowledge": p.prompt.knowledge, "sampling": info,
-            "params": {"annotator": p.annotator.model_dump(mode="json"), "sample": p.sample.model_dump(mode="json")}}
-    files = B.write_outputs(res, rows, metrics=p.bench.metrics, plots=p.bench.plots, report=p.bench.report,
-                            title=f"FEAB: {info['annotator']} / {info['model']}", meta=meta)
+    meta = {
+        "annotator": info["annotator"],
+        "model": info["model"],
+        "split": p.bench.split,
+        "eval_split": p.bench.eval_split,
+        "limit": p.bench.limit,
+        "prompt_version": p.prompt.version,
+        "knowledge": p.prompt.knowledge,
+        "sampling": info,
+        "params": {"annotator": p.annotator.model_dump(mode="json"), "sample": p.sample.model_dump(mode="json")},
+    }
+    files = B.write_outputs(
+        res,
+        rows,
+        metrics=p.bench.metrics,
+        plots=p.bench.plots,
+        report=p.bench.report,
+        title=f"FEAB: {info['annotator']} / {info['model']}",
+        meta=meta,
+    )
     _print_eval(res, f"FEAB ({p.bench.eval_split}, {res['n']} images)")
     sel = res["selective"]
     out.print(f"verify would accept {sel['coverage']} of the faces; accuracy on those {sel['accuracy_accepted']}")
@@ -287,24 +352,45 @@ def _print_eval(res: dict, title: str) -> None:
             rows += [(d, m, _fmt(va[d].get(m))) for m in ("ccc", "rmse", "pearson_r")]
     out.print(_table(title, rows, ("", "metric", f"value [{level}% CI]")))
     if "per_source" in res:
-        out.print(_table("per source", [(s, m["n"], _fmt(m.get("expression", {}).get("accuracy")),
-                                         _fmt(m.get("expression", {}).get("macro_f1")))
-                                        for s, m in res["per_source"].items()],
-                         ("source", "n", "accuracy", "macro-F1")))
+        out.print(
+            _table(
+                "per source",
+                [
+                    (
+                        s,
+                        m["n"],
+                        _fmt(m.get("expression", {}).get("accuracy")),
+                        _fmt(m.get("expression", {}).get("macro_f1")),
+                    )
+                    for s, m in res["per_source"].items()
+                ],
+                ("source", "n", "accuracy", "macro-F1"),
+            )
+        )
 
 
 # ---------------------------------------------------------------- quality
-@app.command(epilog="Examples:\n\n"
-             "  seke quality --truth ../held_out/manifest.csv\n\n"
-             "  seke quality --truth bench/split.csv --rev v1.0       # a tagged FEID version\n\n"
-             "  seke quality --truth labels.csv --root ../images --rev strict-exp")
-def quality(truth: Path = typer.Option(..., "--truth", "-t", help="ground truth: ingest-style manifest "
-                                       "(path, expression, valence, arousal, AUxx) or a `seke split` CSV"),
-            root: Optional[Path] = typer.Option(None, help="folder the manifest's paths are relative to "
-                                                "(default: the manifest's folder)"),
-            rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
-            params: str = PARAMS, set_: Optional[List[str]] = SET,
-            out_dir: Path = typer.Option(Path("reports/quality"), "--out", "-o", help="report folder")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke quality --truth ../held_out/manifest.csv\n\n"
+    "  seke quality --truth bench/split.csv --rev v1.0       # a tagged FEID version\n\n"
+    "  seke quality --truth labels.csv --root ../images --rev strict-exp"
+)
+def quality(
+    truth: Path = typer.Option(
+        ...,
+        "--truth",
+        "-t",
+        help="ground truth: ingest-style manifest (path, expression, valence, arousal, AUxx) or a `seke split` CSV",
+    ),
+    root: Optional[Path] = typer.Option(
+        None, help="folder the manifest's paths are relative to (default: the manifest's folder)"
+    ),
+    rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
+    params: str = PARAMS,
+    set_: Optional[List[str]] = SET,
+    out_dir: Path = typer.Option(Path("reports/quality"), "--out", "-o", help="report folder"),
+):
     """Annotation quality of a FEID version against ground truth the annotator was not shown.
 
     Faces are matched to the ground truth by image bytes (SHA-256); each granularity
@@ -326,7 +412,7 @@ def quality(truth: Path = typer.Option(..., "--truth", "-t", help="ground truth:
         params_at = v.params.get("paths", {})
         verdicts = C.Store(".", v.rev).parquet(f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
     except C.VersionError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     with progress("hashing ground-truth images"):
         gt = B.truth_from_manifest(truth, root, load_knowledge())
     rows = B.quality_rows(verdicts, gt)
@@ -338,29 +424,44 @@ def quality(truth: Path = typer.Option(..., "--truth", "-t", help="ground truth:
         if res[name]:
             _print_eval(res[name], f"annotation quality of {v.label}: {name} faces (n={len(sub)})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"version": v.label, "truth": str(truth), "matched_faces": len(rows),
-            "accepted": sum(r["accepted"] for r in rows)}
+    meta = {
+        "version": v.label,
+        "truth": str(truth),
+        "matched_faces": len(rows),
+        "accepted": sum(r["accepted"] for r in rows),
+    }
     if res["accepted"]:
-        B.write_outputs(res["accepted"], [r for r in rows if r["accepted"]], metrics=out_dir / "quality.json",
-                        plots=out_dir / "plots", report=out_dir / "quality.md",
-                        title=f"Annotation quality: {v.label} (accepted faces)", meta=meta)
-    (out_dir / "quality_all.json").write_text(json.dumps({"meta": meta, **(res["all"] or {})}, indent=2,
-                                                         sort_keys=True, default=str))
+        B.write_outputs(
+            res["accepted"],
+            [r for r in rows if r["accepted"]],
+            metrics=out_dir / "quality.json",
+            plots=out_dir / "plots",
+            report=out_dir / "quality.md",
+            title=f"Annotation quality: {v.label} (accepted faces)",
+            meta=meta,
+        )
+    (out_dir / "quality_all.json").write_text(
+        json.dumps({"meta": meta, **(res["all"] or {})}, indent=2, sort_keys=True, default=str)
+    )
     out.print(f"wrote {out_dir}/quality.json, quality_all.json, quality.md, plots/")
 
 
 # ---------------------------------------------------------------- compare
-@app.command(epilog="Examples:\n\n"
-             "  seke compare HEAD workspace                 # last commit vs. the working tree\n\n"
-             "  seke compare v1.0 v1.1                      # two tags\n\n"
-             "  seke compare base strict-exp --out reports/compare   # two DVC experiments")
-def compare(a: str = typer.Argument(..., help="version A: git rev, tag, branch, DVC experiment or `workspace`"),
-            b: str = typer.Argument(..., help="version B"),
-            out_dir: Optional[Path] = typer.Option(None, "--out", "-o",
-                                                   help="folder for compare.md/.json and plots "
-                                                        "(default reports/compare/<A>_vs_<B>)"),
-            repo: str = typer.Option(".", help="project (a path or a git URL: read through dvc.api)"),
-            show_changed: int = typer.Option(10, help="changed faces listed in the terminal")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke compare HEAD workspace                 # last commit vs. the working tree\n\n"
+    "  seke compare v1.0 v1.1                      # two tags\n\n"
+    "  seke compare base strict-exp --out reports/compare   # two DVC experiments"
+)
+def compare(
+    a: str = typer.Argument(..., help="version A: git rev, tag, branch, DVC experiment or `workspace`"),
+    b: str = typer.Argument(..., help="version B"),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="folder for compare.md/.json and plots (default reports/compare/<A>_vs_<B>)"
+    ),
+    repo: str = typer.Option(".", help="project (a path or a git URL: read through dvc.api)"),
+    show_changed: int = typer.Option(10, help="changed faces listed in the terminal"),
+):
     """Compare two FEID versions: sizes, acceptance, label shift, agreement, changes, params.
 
     Versions are read through DVC (`dvc.api`), so they may live only in a DVC remote.
@@ -374,29 +475,38 @@ def compare(a: str = typer.Argument(..., help="version A: git rev, tag, branch, 
             vb = C.load_version(repo, b)
             up(2)
     except C.VersionError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     c = C.compare(va, vb)
     dest = out_dir or Path("reports/compare") / f"{_slug(a)}_vs_{_slug(b)}"
     files = C.write(c, dest, va, vb)
     A, Bv = c["a"], c["b"]
     rows = [(k, A[k], Bv[k]) for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows")]
-    rows += [(f"reason: {r}", A["reasons"].get(r, 0), Bv["reasons"].get(r, 0))
-             for r in sorted(set(A["reasons"]) | set(Bv["reasons"]))]
+    rows += [
+        (f"reason: {r}", A["reasons"].get(r, 0), Bv["reasons"].get(r, 0))
+        for r in sorted(set(A["reasons"]) | set(Bv["reasons"]))
+    ]
     rows += [(f"class: {d['expression']}", d["a"], d["b"]) for d in c["label_distribution"]]
     out.print(_table(f"A = {va.label}   B = {vb.label}", rows, ("", "A", "B")))
     g = c["agreement"]
-    out.print(f"acceptance change {c['acceptance_change']:+.4f}; label shift JS {c['divergence']['js_bits']} bits, "
-              f"TV {c['divergence']['total_variation']}")
-    out.print(f"shared faces {g['shared_faces']}: expression kappa {g['kappa']} (unchanged faces "
-              f"{g['kappa_unchanged']}), VA MAD valence {g['va_mad']['valence']} arousal {g['va_mad']['arousal']}")
+    out.print(
+        f"acceptance change {c['acceptance_change']:+.4f}; label shift JS {c['divergence']['js_bits']} bits, "
+        f"TV {c['divergence']['total_variation']}"
+    )
+    out.print(
+        f"shared faces {g['shared_faces']}: expression kappa {g['kappa']} (unchanged faces "
+        f"{g['kappa_unchanged']}), VA MAD valence {g['va_mad']['valence']} arousal {g['va_mad']['arousal']}"
+    )
     ch = c["changed"]
-    out.print(f"changed label {ch['n']}; left FEID {ch['left']['n']} {ch['left']['reasons'] or ''}; "
-              f"entered FEID {ch['entered']['n']}")
+    out.print(
+        f"changed label {ch['n']}; left FEID {ch['left']['n']} {ch['left']['reasons'] or ''}; "
+        f"entered FEID {ch['entered']['n']}"
+    )
     for x in ch["faces"][:show_changed]:
         out.print(f"  {x['face_id'][:20]}…  {x['a']} -> {x['b']}")
     if c["params"]:
-        out.print(_table("parameter differences", [(d["param"], d["a"], d["b"]) for d in c["params"]],
-                         ("param", "A", "B")))
+        out.print(
+            _table("parameter differences", [(d["param"], d["a"], d["b"]) for d in c["params"]], ("param", "A", "B"))
+        )
     else:
         out.print("no parameter differences")
     out.print(f"wrote {files['markdown']}, {files['json']}")
@@ -407,16 +517,20 @@ def _slug(s: str) -> str:
 
 
 # ---------------------------------------------------------------- export
-@app.command(epilog="Examples:\n\n"
-             "  seke export --format hf                     # -> exports/hf (datasets.load_dataset)\n\n"
-             "  seke export --format sharegpt --out /data/feid_lf   # LLaMA-Factory\n\n"
-             "  seke export --format llava --rev v1.0 --overwrite")
-def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | llava"),
-           out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default exports/<format>)"),
-           rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
-           name: str = typer.Option("FEID", help="dataset name (LLaMA-Factory entry, file names)"),
-           overwrite: bool = typer.Option(False, help="replace a non-empty export folder"),
-           repo: str = typer.Option(".", help="project (a path or git URL)")):
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke export --format hf                     # -> exports/hf (datasets.load_dataset)\n\n"
+    "  seke export --format sharegpt --out /data/feid_lf   # LLaMA-Factory\n\n"
+    "  seke export --format llava --rev v1.0 --overwrite"
+)
+def export(
+    fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | llava"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default exports/<format>)"),
+    rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
+    name: str = typer.Option("FEID", help="dataset name (LLaMA-Factory entry, file names)"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty export folder"),
+    repo: str = typer.Option(".", help="project (a path or git URL)"),
+):
     """Export a FEID version for training frameworks, with a dataset card (README.md).
 
     hf: Parquet that `datasets.load_dataset("parquet", ...)` decodes (image column = Image);
@@ -432,12 +546,12 @@ def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | 
     try:
         sha = C.resolve(repo, rev)
         st = C.Store(repo, sha)
-        prm = __import__("yaml").safe_load(st.read("params.yaml")) or {}
+        prm = yaml.safe_load(st.read("params.yaml")) or {}
         paths = prm.get("paths", {})
         with progress("reading FEID"):
             table = st.feid(paths.get("feid", "data/feid"))
     except C.VersionError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     if table.num_rows == 0:
         raise Fail(f"FEID at {rev} has no rows: nothing to export")
     sources = ""
@@ -460,15 +574,20 @@ def export(fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | 
         with progress(f"writing {fmt}"):
             res = X.export(table, fmt, dest, card, overwrite=overwrite)
     except (FileExistsError, ValueError) as ex:
-        raise Fail(str(ex))
-    out.print(f"exported {res['rows']} faces as {fmt} to {res['out']}: " + ", ".join(Path(f).name for f in res["files"])
-              + " + README.md")
+        raise Fail(str(ex)) from None
+    out.print(
+        f"exported {res['rows']} faces as {fmt} to {res['out']}: "
+        + ", ".join(Path(f).name for f in res["files"])
+        + " + README.md"
+    )
 
 
 # ---------------------------------------------------------------- estimate
-@app.command(epilog="Examples:\n\n"
-             "  dvc repro prompt && seke estimate           # price the sample stage before spending\n\n"
-             "  seke estimate -S annotator.backend=openai -S annotator.model=gpt-4o")
+@app.command(
+    epilog="Examples:\n\n"
+    "  dvc repro prompt && seke estimate           # price the sample stage before spending\n\n"
+    "  seke estimate -S annotator.backend=openai -S annotator.model=gpt-4o"
+)
 def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
     """Dry run: calls, image sends, tokens and cost of the sample stage; sends nothing.
 
@@ -482,18 +601,35 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
     try:
         est = dry_run(p)
     except FileNotFoundError as ex:
-        raise Fail(f"{ex}: run `dvc repro prompt` first (ingest, crop and prompt make no annotator calls)")
-    rows = [(name, e["k_per_request"], e["calls"], e.get("image_sends", e["calls"]), e["samples"],
-             f"{e.get('tokens_in', 0):,}", f"{e.get('tokens_out', 0):,}", f"${e['cost_usd']:.2f}")
-            for name, e in ((n, est[n]) for n in ("floor", "ceiling"))]
-    out.print(_table(f"{p.annotator.backend} / {p.annotator.model}: {est['cached_samples']} samples already cached",
-                     rows, ("bound", "k", "calls", "image sends", "samples", "tokens in", "tokens out", "cost")))
+        raise Fail(f"{ex}: run `dvc repro prompt` first (ingest, crop and prompt make no annotator calls)") from None
+    rows = [
+        (
+            name,
+            e["k_per_request"],
+            e["calls"],
+            e.get("image_sends", e["calls"]),
+            e["samples"],
+            f"{e.get('tokens_in', 0):,}",
+            f"{e.get('tokens_out', 0):,}",
+            f"${e['cost_usd']:.2f}",
+        )
+        for name, e in ((n, est[n]) for n in ("floor", "ceiling"))
+    ]
+    out.print(
+        _table(
+            f"{p.annotator.backend} / {p.annotator.model}: {est['cached_samples']} samples already cached",
+            rows,
+            ("bound", "k", "calls", "image sends", "samples", "tokens in", "tokens out", "cost"),
+        )
+    )
 
 
 # ---------------------------------------------------------------- pipeline
-@app.command(epilog="Examples:\n\n"
-             "  seke pipeline            # the whole pipeline as one Prefect flow run\n\n"
-             "  seke pipeline --force")
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke pipeline            # the whole pipeline as one Prefect flow run\n\n"
+    "  seke pipeline --force"
+)
 def pipeline(force: bool = typer.Option(False, "--force", "-f", help="re-run every stage")):
     """Run the whole pipeline as one Prefect flow: one task per DVC stage, in DVC's order,
     with DVC deciding which stages are stale (flows/pipeline.py)."""
@@ -504,23 +640,30 @@ def pipeline(force: bool = typer.Option(False, "--force", "-f", help="re-run eve
     try:
         res = flow(force=force)
     except RuntimeError as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     out.print(_table("stages", [(k, v) for k, v in res.items()], ("stage", "result")))
 
 
 # ---------------------------------------------------------------- knowledge
-knowledge_app = typer.Typer(no_args_is_help=True, help="Emotion knowledge files (tasks/knowledge/).",
-                            epilog="Examples:\n\n  seke knowledge refit labels.csv")
+knowledge_app = typer.Typer(
+    no_args_is_help=True,
+    help="Emotion knowledge files (tasks/knowledge/).",
+    epilog="Examples:\n\n  seke knowledge refit labels.csv",
+)
 app.add_typer(knowledge_app, name="knowledge")
 
 
-@knowledge_app.command("refit", epilog="Examples:\n\n"
-                       "  seke knowledge refit affectnet_labels.csv            # writes tasks/knowledge/va.yaml\n\n"
-                       "  seke knowledge refit s3://lab/labels.parquet --out /tmp/va.yaml --min-n 50")
-def knowledge_refit(manifest: str = typer.Argument(..., help="CSV/Parquet (any fsspec URL) with expression, valence, "
-                                                             "arousal columns"),
-                    out_path: str = typer.Option("tasks/knowledge/va.yaml", "--out", "-o", help="where to write"),
-                    min_n: int = typer.Option(20, "--min-n", help="keep the literature value for classes with fewer rows")):
+@knowledge_app.command(
+    "refit",
+    epilog="Examples:\n\n"
+    "  seke knowledge refit affectnet_labels.csv            # writes tasks/knowledge/va.yaml\n\n"
+    "  seke knowledge refit s3://lab/labels.parquet --out /tmp/va.yaml --min-n 50",
+)
+def knowledge_refit(
+    manifest: str = typer.Argument(..., help="CSV/Parquet (any fsspec URL) with expression, valence, arousal columns"),
+    out_path: str = typer.Option("tasks/knowledge/va.yaml", "--out", "-o", help="where to write"),
+    min_n: int = typer.Option(20, "--min-n", help="keep the literature value for classes with fewer rows"),
+):
     """Refit the expression -> VA centroids and spreads from data labelled with both.
 
     Classes with fewer than --min-n rows keep their literature values; the file records
@@ -532,7 +675,7 @@ def knowledge_refit(manifest: str = typer.Argument(..., help="CSV/Parquet (any f
     try:
         fitted = refit(manifest, out_path, min_n=min_n)
     except (FileNotFoundError, KeyError, ValueError) as ex:
-        raise Fail(str(ex))
+        raise Fail(str(ex)) from None
     rows = [(e, *(f"{x:.3f}" if isinstance(x, float) else x for x in v)) for e, v in fitted.items()]
     out.print(_table(f"refit -> {out_path}", rows, ("expression", "n", "valence", "arousal", "spread")))
 

@@ -14,6 +14,7 @@ Parameters of `feid-incremental`: `input` (location to watch), `annotator` (back
 not Prefect concurrency limits. The deployment's `concurrency_limit: 1` only keeps two runs
 from appending to FEID at the same time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ def schedule_kwargs(p) -> dict:
 
 def parameters(p, root: str) -> dict:
     d = p.deploy
-    return {"input": d.input or p.incremental.input, "annotator": d.annotator, "budget_usd": d.budget_usd,
-            "params_path": str(Path(root, "params.yaml")), "root": root}
+    return {
+        "input": d.input or p.incremental.input,
+        "annotator": d.annotator,
+        "budget_usd": d.budget_usd,
+        "params_path": str(Path(root, "params.yaml")),
+        "root": root,
+    }
 
 
 def deployments(params_path: str = "params.yaml"):
@@ -47,11 +53,19 @@ def deployments(params_path: str = "params.yaml"):
     p = load(params_path)
     root = str(Path(params_path).resolve().parent)
     return [
-        incremental_flow.to_deployment(name=p.deploy.name, parameters=parameters(p, root), concurrency_limit=1,
-                                       description="Append FEID with the images new at `input`.",
-                                       **schedule_kwargs(p)),
-        pipeline.to_deployment(name="feid-pipeline", parameters={"root": root}, concurrency_limit=1,
-                               description="dvc repro, stage by stage (triggered by hand)."),
+        incremental_flow.to_deployment(
+            name=p.deploy.name,
+            parameters=parameters(p, root),
+            concurrency_limit=1,
+            description="Append FEID with the images new at `input`.",
+            **schedule_kwargs(p),
+        ),
+        pipeline.to_deployment(
+            name="feid-pipeline",
+            parameters={"root": root},
+            concurrency_limit=1,
+            description="dvc repro, stage by stage (triggered by hand).",
+        ),
     ]
 
 
@@ -66,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             print(d.name, d.flow_name, d.parameters, [s.schedule for s in d.schedules or []])
         return 0
     from prefect import serve
+
     serve(*deps)
     return 0
 

@@ -1,5 +1,6 @@
 """Quiet, offline, project-local defaults for Prefect and DVC, applied before either is
 imported (a user's explicit settings win). See docs/architecture.md."""
+
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
-    "GLOG_minloglevel": "2",        # MediaPipe / TFLite C++ logging
+    "GLOG_minloglevel": "2",  # MediaPipe / TFLite C++ logging
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 

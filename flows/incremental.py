@@ -35,6 +35,7 @@ A later full `dvc repro` that re-runs export rebuilds FEID from `paths.input` (a
 from the response cache) and so replaces the parts: point `paths.input` at the watched
 location for scheduled use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -68,10 +69,11 @@ LEDGER_DIR = ".ledger"
 
 class LedgerRecord(Record):
     """One file an incremental run looked at, and what became of it."""
+
     uri: str
     n_bytes: int
     sha256: Optional[str] = None
-    outcome: str                  # feid | rejected | no_face | decode_error | duplicate | unreadable | quarantined:<reason>
+    outcome: str  # feid | rejected | no_face | decode_error | duplicate | unreadable | quarantined:<reason>
     faces: int = 0
     accepted: int = 0
     params_hash: str
@@ -84,6 +86,7 @@ def _log():
         return get_run_logger()
     except Exception:
         import logging
+
         return logging.getLogger("seke.incremental")
 
 
@@ -103,6 +106,7 @@ def _image_id(face_id: str) -> str:
 def feid_files(feid: str) -> list[str]:
     """FEID's row files: the export stage's base, then the parts in order."""
     from flows.stages import FEID_BASE
+
     base = io.join(feid, FEID_BASE)
     fs, path = io.fs_path(base)
     return ([base] if fs.exists(path) else []) + _ls(feid, "part-*.parquet")
@@ -115,6 +119,7 @@ def seen_images(p: Params) -> tuple[dict[str, str], dict[tuple[str, int], str]]:
     by_uri: dict[tuple[str, int], str] = {}
     feid = p.paths.feid
     from flows.stages import FEID_BASE
+
     base = io.join(feid, FEID_BASE)
     fs, path = io.fs_path(base)
     images = io.join(p.paths.ingest, "images.parquet")
@@ -160,17 +165,28 @@ def find_new(p: Params, location: str, params_hash: str) -> tuple[list, list[dic
             try:
                 sha = hashlib.sha256(fs.cat_file(path)).hexdigest()
             except (OSError, ValueError) as ex:
-                skipped.append(dict(uri=url, n_bytes=size, sha256=None, outcome="unreadable",
-                                    params_hash=params_hash, seen_at=now, detail=str(ex)))
+                skipped.append(
+                    dict(
+                        uri=url,
+                        n_bytes=size,
+                        sha256=None,
+                        outcome="unreadable",
+                        params_hash=params_hash,
+                        seen_at=now,
+                        detail=str(ex),
+                    )
+                )
                 continue
         if by_sha.get(sha) == params_hash:
             if (url, size) not in by_uri:  # same bytes under a new name: remember the name
-                skipped.append(dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate",
-                                    params_hash=params_hash, seen_at=now))
+                skipped.append(
+                    dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate", params_hash=params_hash, seen_at=now)
+                )
             continue
         if sha in here:
-            skipped.append(dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate",
-                                params_hash=params_hash, seen_at=now))
+            skipped.append(
+                dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate", params_hash=params_hash, seen_at=now)
+            )
             continue
         here.add(sha)
         if sha in by_sha:
@@ -185,9 +201,18 @@ def _scratch_params(p: Params, wd: Path, location: str, manifest: str) -> str:
     # too few labelled faces among the new ones: use the main run's confidence model and threshold
     if not d["verify"]["trust_from"]:
         d["verify"]["trust_from"] = io.join(p.paths.verify, "trust.json")
-    d["paths"].update(input=location, manifest=manifest, ingest=str(wd / "ingest"), crop=str(wd / "crop"),
-                      prompt=str(wd / "prompt"), sample=str(wd / "sample"), verify=str(wd / "verify"),
-                      feid=str(wd / "feid"), metrics=str(wd / "metrics"), plots=str(wd / "plots"))
+    d["paths"].update(
+        input=location,
+        manifest=manifest,
+        ingest=str(wd / "ingest"),
+        crop=str(wd / "crop"),
+        prompt=str(wd / "prompt"),
+        sample=str(wd / "sample"),
+        verify=str(wd / "verify"),
+        feid=str(wd / "feid"),
+        metrics=str(wd / "metrics"),
+        plots=str(wd / "plots"),
+    )
     path = wd / "params.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return str(path)
@@ -208,8 +233,11 @@ def _outcomes(wd: Path, new: list, params_hash: str, part: str) -> list[dict]:
     """One ledger row per processed file, from the scratch stage outputs."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     quar = {r["path"]: r["reason"] for r in io.iter_rows(str(wd / "ingest" / "quarantine.parquet"))}
-    crop = {r["image_id"]: r for r in io.iter_rows(str(wd / "crop" / "images.parquet"))} \
-        if (wd / "crop" / "images.parquet").exists() else {}
+    crop = (
+        {r["image_id"]: r for r in io.iter_rows(str(wd / "crop" / "images.parquet"))}
+        if (wd / "crop" / "images.parquet").exists()
+        else {}
+    )
     faces, acc = Counter(), Counter()
     if (wd / "verify" / "verdicts.parquet").exists():
         for r in io.iter_rows(str(wd / "verify" / "verdicts.parquet"), columns=["face_id", "accepted"]):
@@ -227,8 +255,19 @@ def _outcomes(wd: Path, new: list, params_hash: str, part: str) -> list[dict]:
             outcome = "rejected"
         else:
             outcome = "no_face"
-        rows.append(dict(uri=url, n_bytes=size, sha256=sha, outcome=outcome, faces=faces[sha], accepted=acc[sha],
-                         params_hash=params_hash, part=part, seen_at=now))
+        rows.append(
+            dict(
+                uri=url,
+                n_bytes=size,
+                sha256=sha,
+                outcome=outcome,
+                faces=faces[sha],
+                accepted=acc[sha],
+                params_hash=params_hash,
+                part=part,
+                seen_at=now,
+            )
+        )
     return rows
 
 
@@ -262,6 +301,7 @@ def _drop_images(url: str, column: str, image_ids: set[str], is_face_id: bool) -
 def supersede(p: Params, image_ids: set[str], keep_part: str) -> int:
     """Remove rows of `image_ids` from every FEID file but the new part's."""
     from flows.stages import REJECTS_DIR
+
     if not image_ids:
         return 0
     n = 0
@@ -290,8 +330,17 @@ def append_part(p: Params, run_p: Params, wd: Path, part: str, params_hash: str,
     annotator, model = annotator_of(run_p, str(wd / "sample" / "samples.parquet"))
     cols = [f.name for f in light.schema]
     with io.writers((out, FeidRecord), (rej, Verdict)) as (wf, wr):
-        n_faces, n_rej = export_rows(run_p, str(wd / "crop" / "faces.parquet"), str(wd / "verify" / "verdicts.parquet"),
-                                     wf, wr, annotator, model, light.add, params_hash=params_hash)
+        n_faces, n_rej = export_rows(
+            run_p,
+            str(wd / "crop" / "faces.parquet"),
+            str(wd / "verify" / "verdicts.parquet"),
+            wf,
+            wr,
+            annotator,
+            model,
+            light.add,
+            params_hash=params_hash,
+        )
         added = light.n
         old_faces = old_rej = 0
         for url in feid_files(feid):
@@ -317,8 +366,13 @@ def append_part(p: Params, run_p: Params, wd: Path, part: str, params_hash: str,
 
 def _dvc(root: str, *args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("dvc")
-    return subprocess.run([str(exe) if exe.exists() else "dvc", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    return subprocess.run(
+        [str(exe) if exe.exists() else "dvc", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
 
 
 def record_version(p: Params, root: str, git_commit: bool, message: str) -> dict:
@@ -347,11 +401,11 @@ def record_version(p: Params, root: str, git_commit: bool, message: str) -> dict
         log.warning("no default DVC remote: committed to the local cache only (dvc remote add -d ...)")
     if git_commit:
         subprocess.run(["git", "add", "dvc.lock"], cwd=root, check=True, capture_output=True)
-        r = subprocess.run(["git", "commit", "-m", message, "--", "dvc.lock"], cwd=root, capture_output=True,
-                           text=True)
+        r = subprocess.run(["git", "commit", "-m", message, "--", "dvc.lock"], cwd=root, capture_output=True, text=True)
         if r.returncode == 0:
-            out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                               text=True).stdout.strip()
+            out["git_commit"] = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+            ).stdout.strip()
     return out
 
 
@@ -363,14 +417,22 @@ def effective_params(p: Params, annotator: str = "", budget_usd: float = 0.0) ->
         shaping = p.model_copy(update={"annotator": p.annotator.model_copy(update={"backend": annotator})})
     run_p = shaping
     if budget_usd:
-        run_p = shaping.model_copy(update={"annotator": shaping.annotator.model_copy(update={"budget_usd": budget_usd})})
+        run_p = shaping.model_copy(
+            update={"annotator": shaping.annotator.model_copy(update={"budget_usd": budget_usd})}
+        )
     return run_p, shaping.data_digest()
 
 
 @flow(name="feid-incremental", log_prints=True)
-def incremental_flow(input: str = "", annotator: str = "", budget_usd: float = 0.0,
-                     params_path: str = "params.yaml", root: str = ".", record: Optional[bool] = None,
-                     git_commit: Optional[bool] = None) -> dict:
+def incremental_flow(
+    input: str = "",
+    annotator: str = "",
+    budget_usd: float = 0.0,
+    params_path: str = "params.yaml",
+    root: str = ".",
+    record: Optional[bool] = None,
+    git_commit: Optional[bool] = None,
+) -> dict:
     """Append the faces of new images at `input` (default: incremental.input, else
     paths.input) to FEID; see the module docstring. `annotator` and `budget_usd` override
     annotator.backend / annotator.budget_usd for this run."""
@@ -413,8 +475,11 @@ def incremental_flow(input: str = "", annotator: str = "", budget_usd: float = 0
     summary["part"] = part
     rec = record if record is not None else p.incremental.record
     gc = git_commit if git_commit is not None else p.incremental.git_commit
-    summary.update(record_version(p, root, gc, f"FEID: +{summary.get('accepted', 0)} faces ({part})") if rec
-                   else {"recorded": False})
+    summary.update(
+        record_version(p, root, gc, f"FEID: +{summary.get('accepted', 0)} faces ({part})")
+        if rec
+        else {"recorded": False}
+    )
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     log.info(f"incremental: {summary}")
     return summary
@@ -424,8 +489,11 @@ def _write_ledger(p: Params, rows: list[dict], part: str) -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with io.writers((io.join(p.paths.feid, LEDGER_DIR, f"{part}.parquet"), LedgerRecord)) as (w,):
         for r in rows:
-            w.write(LedgerRecord(**{k: v for k, v in {"part": part, "seen_at": now, **r}.items()
-                                    if k in LedgerRecord.model_fields}))
+            w.write(
+                LedgerRecord(
+                    **{k: v for k, v in {"part": part, "seen_at": now, **r}.items() if k in LedgerRecord.model_fields}
+                )
+            )
         w.commit()
 
 
@@ -441,8 +509,16 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        print(incremental_flow(input=a.input, annotator=a.annotator, budget_usd=a.budget, params_path=a.params,
-                               record=False if a.no_record else None, git_commit=a.git_commit or None))
+        print(
+            incremental_flow(
+                input=a.input,
+                annotator=a.annotator,
+                budget_usd=a.budget,
+                params_path=a.params,
+                record=False if a.no_record else None,
+                git_commit=a.git_commit or None,
+            )
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ order and brings each up to date with `dvc repro --single-item <stage>`, as its 
 task, so Prefect shows, retries and schedules stages while DVC skips the ones whose deps
 and params did not change. Each stage's own cmd then runs that stage's flow.
 """
+
 from __future__ import annotations
 
 import os

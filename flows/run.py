@@ -1,5 +1,6 @@
 """`python -m flows.run <stage> [--params params.yaml]`: run one stage as a Prefect flow.
 This is each DVC stage's `cmd`. A failure exits non-zero with a readable message."""
+
 from __future__ import annotations
 
 import argparse

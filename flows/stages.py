@@ -2,9 +2,11 @@
 `tasks/`, validates the output with its Great Expectations suite, and only then publishes
 the output and its metrics. `dvc.yaml` runs each of them through `python -m flows.run`.
 """
+
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,16 +35,19 @@ def _metrics(p: Params, stage: str, m: dict) -> None:
 
 def _validate(stage: str, frames: dict, p: Params, counts: dict | None = None) -> dict:
     from expectations import check
+
     return check(stage, frames, p, counts)
 
 
 def _aus(rows: list[dict], col: str = "aus") -> pd.DataFrame:
     from expectations.suites import au_frame
+
     return au_frame(pd.DataFrame({col: [r.get(col) for r in rows]}), col)
 
 
 def _light(rows: list[dict]) -> pd.DataFrame:
     from expectations.suites import HEAVY
+
     return pd.DataFrame([{k: v for k, v in r.items() if k not in HEAVY} for r in rows])
 
 
@@ -58,6 +63,7 @@ class Light:
         import pyarrow as pa
 
         from expectations.suites import HEAVY
+
         self.schema = pa.schema([f for f in record.arrow_schema() if f.name not in HEAVY])
         self.au_col, self.chunk = au_col, chunk
         self.au_codes: Counter = Counter()
@@ -75,12 +81,14 @@ class Light:
 
     def _flush(self) -> None:
         import pyarrow as pa
+
         if self._buf:
             self._chunks.append(pa.Table.from_pylist(self._buf, schema=self.schema))
             self._buf = []
 
     def table(self):
         import pyarrow as pa
+
         self._flush()
         t = pa.concat_tables(self._chunks) if self._chunks else self.schema.empty_table()
         self._chunks = [t]
@@ -91,6 +99,7 @@ class Light:
 
     def frame(self) -> pd.DataFrame:
         import pyarrow as pa
+
         nested = (pa.types.is_list, pa.types.is_struct, pa.types.is_large_list)
         return self.table().to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if any(f(t) for f in nested) else None)
 
@@ -107,12 +116,14 @@ def _task_runner(p: Params):
     import os
 
     from prefect_dask import DaskTaskRunner
+
     if p.runtime.dask_address:
         return DaskTaskRunner(address=p.runtime.dask_address)
     _share_temporary_server()
     n = p.runtime.dask_workers or os.cpu_count() or 1
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": ":0"})
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+    )
 
 
 def _share_temporary_server() -> None:
@@ -122,9 +133,11 @@ def _share_temporary_server() -> None:
     import os
 
     from prefect.settings import PREFECT_API_URL
+
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         return
     from prefect.server.api.server import SubprocessASGIServer
+
     for server in SubprocessASGIServer._instances.values():
         if server.running:
             os.environ["PREFECT_API_URL"] = server.api_url
@@ -137,6 +150,7 @@ def dask_batch(name: str, payload: bytes) -> bytes:
     blob: Prefect walks every task parameter looking for futures, which cost ~3 s per batch
     of 1,024 faces passed as dicts, and nothing for one bytes object."""
     import pickle
+
     return pickle.dumps(_BATCH_FNS[name].fn(*pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -153,8 +167,11 @@ def _mapped(runner, fn, args: Iterator[tuple], in_flight: int) -> Iterator:
     name = next(k for k, v in _BATCH_FNS.items() if v is fn)
     window: list = []
     for a in args:
-        window.append(runner.submit(dask_batch, parameters={
-            "name": name, "payload": pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)}))
+        window.append(
+            runner.submit(
+                dask_batch, parameters={"name": name, "payload": pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)}
+            )
+        )
         if len(window) > in_flight:
             yield pickle.loads(window.pop(0).result())
     for fut in window:
@@ -164,7 +181,7 @@ def _mapped(runner, fn, args: Iterator[tuple], in_flight: int) -> Iterator:
 def _in_flight(p: Params, runner) -> int:
     if p.runtime.dask_in_flight:
         return p.runtime.dask_in_flight
-    return 2 * max(1, p.runtime.dask_workers or __import__("os").cpu_count() or 1)
+    return 2 * max(1, p.runtime.dask_workers or os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- ingest
@@ -178,16 +195,28 @@ def ingest_flow(params_path: str = "params.yaml") -> dict:
     out = io.join(p.paths.ingest, "images.parquet"), io.join(p.paths.ingest, "quarantine.parquet")
     imgs, quar = [], []
     with io.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
-        for rec in ingest(list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions),
-                          p.paths.input, k, p.ingest):
+        for rec in ingest(
+            list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions), p.paths.input, k, p.ingest
+        ):
             (wi if isinstance(rec, ImageRecord) else wq).write(rec)
             (imgs if isinstance(rec, ImageRecord) else quar).append(rec.model_dump())
-        val = _validate("ingest", {"images": _light(imgs) if imgs else pd.DataFrame(columns=ImageRecord.columns()),
-                                   "quarantine": _light(quar) if quar else pd.DataFrame(columns=QuarantineRecord.columns()),
-                                   "au_codes": _aus(imgs, "prior_aus")}, p)
+        val = _validate(
+            "ingest",
+            {
+                "images": _light(imgs) if imgs else pd.DataFrame(columns=ImageRecord.columns()),
+                "quarantine": _light(quar) if quar else pd.DataFrame(columns=QuarantineRecord.columns()),
+                "au_codes": _aus(imgs, "prior_aus"),
+            },
+            p,
+        )
         wi.commit(), wq.commit()
-    m = {"images": len(imgs), "quarantined": len(quar), "quarantine_reasons": dict(Counter(q["reason"] for q in quar)),
-         "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]), "validation": val}
+    m = {
+        "images": len(imgs),
+        "quarantined": len(quar),
+        "quarantine_reasons": dict(Counter(q["reason"] for q in quar)),
+        "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]),
+        "validation": val,
+    }
     _metrics(p, "ingest", m)
     _log().info(f"ingest: {len(imgs)} images, {len(quar)} quarantined {m['quarantine_reasons']}")
     return m
@@ -202,8 +231,11 @@ def crop_batch(rows: list[dict], crop_params) -> list[tuple[dict, list[dict]]]:
     def read(uri: str) -> bytes:
         fs, path = io.fs_path(uri)
         return fs.cat_file(path)
-    return [(st.model_dump(), [f.model_dump() for f in faces])
-            for st, faces in crop_all((ImageRecord(**r) for r in rows), read, crop_params)]
+
+    return [
+        (st.model_dump(), [f.model_dump() for f in faces])
+        for st, faces in crop_all((ImageRecord(**r) for r in rows), read, crop_params)
+    ]
 
 
 @flow(name="crop", log_prints=True)
@@ -239,9 +271,14 @@ def crop_flow(params_path: str = "params.yaml") -> dict:
         val = _validate("crop", {"faces": faces_light.frame(), "images": statuses.frame()}, p, {"images": n_images})
         wf.commit(), ws.commit()
     dt = time.perf_counter() - t0
-    m = {"images": n_images, "faces": faces_light.n, "status": dict(status_n),
-         "multi_face_images": multi, "validation": val,
-         "images_per_s": round(n_images / dt, 2) if dt else None}
+    m = {
+        "images": n_images,
+        "faces": faces_light.n,
+        "status": dict(status_n),
+        "multi_face_images": multi,
+        "validation": val,
+        "images_per_s": round(n_images / dt, 2) if dt else None,
+    }
     _metrics(p, "crop", m)
     _log().info(f"crop: {faces_light.n} faces in {n_images} images; {m['status']}")
     return m
@@ -313,6 +350,7 @@ def sample_part(faces: list[dict], requests: dict[str, list[dict]], p: Params) -
     from dataclasses import asdict
 
     from tasks.sample import Tally, sample_batch
+
     ann, cache, k = _worker_annotator(p)
     tally = Tally()
     rows = list(sample_batch(faces, requests, ann, cache, p, k, tally))
@@ -368,8 +406,12 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
             if runner is None:
                 results = ((list(sample_batch(b, r, ann, cache, p, k, tally)), None, len(b)) for b, r in batches())
             else:
-                results = ((rows, t, len(t["per_face_k"])) for rows, t in
-                           _mapped(runner, sample_part, ((b, r, p) for b, r in batches()), _in_flight(p, runner)))
+                results = (
+                    (rows, t, len(t["per_face_k"]))
+                    for rows, t in _mapped(
+                        runner, sample_part, ((b, r, p) for b, r in batches()), _in_flight(p, runner)
+                    )
+                )
             for rows, t, n in results:
                 if t is not None:
                     _add_tally(tally, t)
@@ -380,15 +422,19 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
                     who = who or (s["annotator"], s["model"])
                 done += n
                 rate = done / (time.perf_counter() - t0)
-                log.info(f"sample: {done}/{n_faces} faces, {rate:.1f} faces/s, ETA {(n_faces - done) / rate:.0f} s, "
-                         f"calls {tally.calls}, cache hits {tally.cached}, failed samples {tally.failed}, "
-                         f"cost ${tally.cost_usd:.4f}")
+                log.info(
+                    f"sample: {done}/{n_faces} faces, {rate:.1f} faces/s, ETA {(n_faces - done) / rate:.0f} s, "
+                    f"calls {tally.calls}, cache hits {tally.cached}, failed samples {tally.failed}, "
+                    f"cost ${tally.cost_usd:.4f}"
+                )
             n = light.n
             bad = n - status_n["ok"]
             if n and bad / n > p.sample.max_error_rate:
-                raise RuntimeError(f"sample: {bad}/{n} samples failed (> sample.max_error_rate="
-                                   f"{p.sample.max_error_rate}); see the `status`/`error` columns. Answers that "
-                                   "succeeded are cached: a re-run will not pay for them again.")
+                raise RuntimeError(
+                    f"sample: {bad}/{n} samples failed (> sample.max_error_rate="
+                    f"{p.sample.max_error_rate}); see the `status`/`error` columns. Answers that "
+                    "succeeded are cached: a re-run will not pay for them again."
+                )
             val = _validate("sample", {"samples": light.frame(), "au_codes": light.aus()}, p)
             w.commit()
     finally:
@@ -398,12 +444,22 @@ def sample_flow(params_path: str = "params.yaml") -> dict:
             ann.close()
     ks = tally.per_face_k
     name, model = (ann.name, ann.model) if ann is not None else (who or (p.annotator.backend, p.annotator.model))
-    m = {"faces": n_faces, "samples": light.n, "status": dict(status_n),
-         "calls": tally.calls, "cache_hits": tally.cached, "fresh_answers": tally.fresh,
-         "samples_per_face": round(light.n / n_faces, 3) if n_faces else 0,
-         "mean_k": round(sum(ks) / len(ks), 3) if ks else 0, "cost_usd": round(tally.cost_usd, 6),
-         "tokens_in": round(tally.tokens_in), "tokens_out": round(tally.tokens_out), "validation": val,
-         "annotator": name, "model": model}
+    m = {
+        "faces": n_faces,
+        "samples": light.n,
+        "status": dict(status_n),
+        "calls": tally.calls,
+        "cache_hits": tally.cached,
+        "fresh_answers": tally.fresh,
+        "samples_per_face": round(light.n / n_faces, 3) if n_faces else 0,
+        "mean_k": round(sum(ks) / len(ks), 3) if ks else 0,
+        "cost_usd": round(tally.cost_usd, 6),
+        "tokens_in": round(tally.tokens_in),
+        "tokens_out": round(tally.tokens_out),
+        "validation": val,
+        "annotator": name,
+        "model": model,
+    }
     _metrics(p, "sample", m)
     return m
 
@@ -416,6 +472,7 @@ VERIFY_SAMPLE_COLUMNS = ["face_id", "request_id", "variant", "status", "expressi
 def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp, trust=None) -> list[dict]:
     """`tasks.verify.decide` for one batch of faces (on a Dask worker when configured)."""
     from tasks.verify import decide
+
     k = knowledge.load()
     return [decide(f, samples.get(f["face_id"], []), k, vp, trust).model_dump() for f in faces]
 
@@ -453,7 +510,7 @@ def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run: dict
     return trust.build(rows, p.verify, annotator, run)
 
 
-TRUST_FILE = "trust.json"   # the run's confidence model and threshold, beside the verdicts
+TRUST_FILE = "trust.json"  # the run's confidence model and threshold, beside the verdicts
 
 
 @flow(name="verify", log_prints=True)
@@ -472,8 +529,12 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
     annotator, model = annotator_of(p, smp_url)
     tr = calibrate(p, faces_url, smp_url, annotator, {"model": model, "prompt_version": p.prompt.version})
     tr.report.update(annotator=annotator, model=model, prompt_version=p.prompt.version)
-    _log().info("calibration: %s (%s); %s", tr.report.get("source", "params"), tr.report.get("why", ""),
-                tr.report.get("selection", ""))
+    _log().info(
+        "calibration: %s (%s); %s",
+        tr.report.get("source", "params"),
+        tr.report.get("why", ""),
+        tr.report.get("selection", ""),
+    )
     if tr.report.get("warning"):
         _log().warning(tr.report["warning"])
     light = Light(Verdict, au_col="aus")
@@ -483,8 +544,11 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
     runner = _task_runner(p)
     size = max(p.runtime.batch_size, 1024)
     batches = _verify_batches(p, faces_url, smp_url, size)
-    results = _mapped(runner, verify_part, ((b, by, p.verify, tr) for b, by in batches), _in_flight(p, runner)) \
-        if runner is not None else (verify_part.fn(b, by, p.verify, tr) for b, by in batches)
+    results = (
+        _mapped(runner, verify_part, ((b, by, p.verify, tr) for b, by in batches), _in_flight(p, runner))
+        if runner is not None
+        else (verify_part.fn(b, by, p.verify, tr) for b, by in batches)
+    )
     with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
         for verdicts in results:
             for v in verdicts:
@@ -503,25 +567,39 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
         n_faces = light.n
         val = _validate("verify", {"verdicts": light.frame(), "au_codes": light.aus()}, p, {"faces": n_faces})
         w.commit()
-    io.write_json(io.join(p.paths.verify, TRUST_FILE), {"model": tr.calibrator.to_json(), "threshold": tr.threshold,
-                                                        "report": {k: v for k, v in tr.report.items() if k != "confidence_model"}})
+    io.write_json(
+        io.join(p.paths.verify, TRUST_FILE),
+        {
+            "model": tr.calibrator.to_json(),
+            "threshold": tr.threshold,
+            "report": {k: v for k, v in tr.report.items() if k != "confidence_model"},
+        },
+    )
     n_gen = sum(1 for s in light.column("expression_source") if s == "annotator")
-    m = {"faces": n_faces, "accepted": n_acc, "rejected": n_faces - n_acc,
-         "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,
-         "mean_confidence": round(conf_sum / n_acc, 4) if n_acc else 0,
-         "generated_expressions": n_gen, "accepted_generated_expressions": len(gen_conf),
-         "generated_coverage": round(len(gen_conf) / n_gen, 4) if n_gen else 0,
-         "mean_generated_confidence": round(sum(gen_conf) / len(gen_conf), 4) if gen_conf else 0,
-         "status_of_accepted": {g: dict(sorted(c.items())) for g, c in status.items()},
-         "reasons": dict(reasons), "withheld": dict(sorted(withheld.items())),
-         "per_class": dict(sorted(per_class.items())), "calibration": tr.report, "validation": val}
+    m = {
+        "faces": n_faces,
+        "accepted": n_acc,
+        "rejected": n_faces - n_acc,
+        "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,
+        "mean_confidence": round(conf_sum / n_acc, 4) if n_acc else 0,
+        "generated_expressions": n_gen,
+        "accepted_generated_expressions": len(gen_conf),
+        "generated_coverage": round(len(gen_conf) / n_gen, 4) if n_gen else 0,
+        "mean_generated_confidence": round(sum(gen_conf) / len(gen_conf), 4) if gen_conf else 0,
+        "status_of_accepted": {g: dict(sorted(c.items())) for g, c in status.items()},
+        "reasons": dict(reasons),
+        "withheld": dict(sorted(withheld.items())),
+        "per_class": dict(sorted(per_class.items())),
+        "calibration": tr.report,
+        "validation": val,
+    }
     _metrics(p, "verify", m)
     return m
 
 
 # ---------------------------------------------------------------- export
-FEID_BASE = "feid.parquet"    # the export stage's rows; flows/incremental.py appends part-*.parquet beside it
-REJECTS_DIR = ".rejects"      # hidden, so `datasets.load_dataset("parquet", data_dir=<feid>)` loads FEID rows only
+FEID_BASE = "feid.parquet"  # the export stage's rows; flows/incremental.py appends part-*.parquet beside it
+REJECTS_DIR = ".rejects"  # hidden, so `datasets.load_dataset("parquet", data_dir=<feid>)` loads FEID rows only
 
 
 def annotator_of(p: Params, samples_url: str) -> tuple[str, str]:
@@ -553,21 +631,38 @@ class Plots:
 
     def write(self) -> None:
         import os
+
         self._tmp.close()
         os.replace(self._tmp.name, self.d / "va.csv")
-        io.write_csv(self.d / "label_distribution.csv", [{"expression": e, "count": self.counts.get(e, 0)}
-                                                         for e in knowledge.EXPRESSIONS], ["expression", "count"])
-        io.write_csv(self.d / "confidence.csv", [{"bin": f"{i / 10:.1f}", "count": c} for i, c in enumerate(self.bins)],
-                     ["bin", "count"])
+        io.write_csv(
+            self.d / "label_distribution.csv",
+            [{"expression": e, "count": self.counts.get(e, 0)} for e in knowledge.EXPRESSIONS],
+            ["expression", "count"],
+        )
+        io.write_csv(
+            self.d / "confidence.csv",
+            [{"bin": f"{i / 10:.1f}", "count": c} for i, c in enumerate(self.bins)],
+            ["bin", "count"],
+        )
 
     def discard(self) -> None:
         import os
+
         self._tmp.close()
         os.unlink(self._tmp.name)
 
 
-def export_rows(p: Params, faces_url: str, ver_url: str, wf, wr, annotator: str, model: str,
-                on_row=None, params_hash: str | None = None) -> tuple[int, int]:
+def export_rows(
+    p: Params,
+    faces_url: str,
+    ver_url: str,
+    wf,
+    wr,
+    annotator: str,
+    model: str,
+    on_row=None,
+    params_hash: str | None = None,
+) -> tuple[int, int]:
     """Stream faces (with crops) and their verdicts, in step: accepted faces become FEID rows
     (`tasks.export.feid_row`) written to `wf`, rejected verdicts go to `wr`. `on_row(row)`
     sees each FEID row. `params_hash` defaults to `p.data_digest()`. Returns (faces, rejects)."""
@@ -584,8 +679,15 @@ def export_rows(p: Params, faces_url: str, ver_url: str, wf, wr, annotator: str,
             wr.write(v)
             rejects += 1
             continue
-        row = feid_row(v, face, k, annotator=annotator, model=model, prompt_version=p.prompt.version,
-                       params_hash=params_hash or p.data_digest()).model_dump(by_alias=True)
+        row = feid_row(
+            v,
+            face,
+            k,
+            annotator=annotator,
+            model=model,
+            prompt_version=p.prompt.version,
+            params_hash=params_hash or p.data_digest(),
+        ).model_dump(by_alias=True)
         wf.write(row)
         if on_row:
             on_row(row)
@@ -594,10 +696,19 @@ def export_rows(p: Params, faces_url: str, ver_url: str, wf, wr, annotator: str,
 
 def validate_feid(p: Params, light: "Light", n_faces: int, n_rejects: int) -> dict:
     from expectations.suites import label_distribution
+
     fe = light.frame()
-    return _validate("export", {"feid": fe, "rejects": pd.DataFrame({"n": range(n_rejects)}), "au_codes": light.aus(),
-                                "label_distribution": label_distribution(fe)},
-                     p, {"faces": n_faces, "accepted": light.n})
+    return _validate(
+        "export",
+        {
+            "feid": fe,
+            "rejects": pd.DataFrame({"n": range(n_rejects)}),
+            "au_codes": light.aus(),
+            "label_distribution": label_distribution(fe),
+        },
+        p,
+        {"faces": n_faces, "accepted": light.n},
+    )
 
 
 @flow(name="export", log_prints=True)
@@ -616,6 +727,7 @@ def export_flow(params_path: str = "params.yaml") -> dict:
     def seen(row: dict) -> None:
         light.add(row)
         plots.add(row)
+
     try:
         with io.writers((out, FeidRecord), (rej, Verdict)) as (wf, wr):
             n_faces, rejects = export_rows(p, faces_url, ver_url, wf, wr, annotator, model, seen)
@@ -625,15 +737,25 @@ def export_flow(params_path: str = "params.yaml") -> dict:
         plots.discard()
         raise
     plots.write()
-    m = {"faces": n_faces, "feid_rows": light.n, "rejects": rejects,
-         "per_class": dict(sorted(plots.counts.items())),
-         "mean_confidence": round(plots.conf / plots.n, 4) if plots.n else 0,
-         "validation": val}
+    m = {
+        "faces": n_faces,
+        "feid_rows": light.n,
+        "rejects": rejects,
+        "per_class": dict(sorted(plots.counts.items())),
+        "mean_confidence": round(plots.conf / plots.n, 4) if plots.n else 0,
+        "validation": val,
+    }
     _metrics(p, "export", m)
     return m
 
 
 _BATCH_FNS = {"crop": crop_batch, "sample": sample_part, "verify": verify_part}
 
-STAGES = {"ingest": ingest_flow, "crop": crop_flow, "prompt": prompt_flow, "sample": sample_flow,
-          "verify": verify_flow, "export": export_flow}
+STAGES = {
+    "ingest": ingest_flow,
+    "crop": crop_flow,
+    "prompt": prompt_flow,
+    "sample": sample_flow,
+    "verify": verify_flow,
+    "export": export_flow,
+}

@@ -4,4 +4,5 @@
 stage. Stage functions take records and return records; reading and writing happen at
 the edges (`tasks.io`) and orchestration lives in `flows/`.
 """
+
 __version__ = "0.1.0"

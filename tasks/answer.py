@@ -4,6 +4,7 @@ The same model gives the JSON schema sent to the annotator (`response_format`) a
 what comes back, so the two cannot drift. `parse` never raises: a bad answer becomes a
 status and an error message, and the raw text is kept by the caller.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,7 +89,7 @@ def _extract_json(text: str) -> dict | None:
             elif ch == "}":
                 depth -= 1
                 if depth == 0:
-                    candidates.append(text[start:i + 1])
+                    candidates.append(text[start : i + 1])
                     break
     for c in candidates:
         try:
@@ -122,8 +123,9 @@ def _normalise(obj: dict) -> dict:
     return out
 
 
-def parse(text: str | None, ask: tuple[str, ...], finish_reason: str | None = None,
-          refusal: str | None = None) -> Parsed:
+def parse(
+    text: str | None, ask: tuple[str, ...], finish_reason: str | None = None, refusal: str | None = None
+) -> Parsed:
     """Parse and validate one raw answer. Never raises."""
     if refusal:
         return Parsed(status="refused", error=f"refusal: {refusal[:200]}")

@@ -20,6 +20,7 @@ the whole image if no face is found), asked with exactly the requests FEID asks 
 no prior labels (`tasks.prompt.requests_for`), sampled with FEID's adaptive Monte Carlo
 sampler and response cache, and aggregated by the verify stage's code (`tasks.verify.decide`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,9 +39,20 @@ from tasks.knowledge import AUS, EXPRESSIONS, Knowledge, UnknownLabel
 from tasks.params import Bench, BenchSource, Params
 from tasks.params import Ingest as IngestParams
 
-NONE = "none"                        # column of the confusion matrix for "no answer"
-SPLIT_COLUMNS = ["path", "image_id", "source", "subject", "split", "expression", "label_set",
-                 "valence", "arousal", "aus", "au_set"]
+NONE = "none"  # column of the confusion matrix for "no answer"
+SPLIT_COLUMNS = [
+    "path",
+    "image_id",
+    "source",
+    "subject",
+    "split",
+    "expression",
+    "label_set",
+    "valence",
+    "arousal",
+    "aus",
+    "au_set",
+]
 
 
 # =============================================================== metrics
@@ -48,17 +60,18 @@ SPLIT_COLUMNS = ["path", "image_id", "source", "subject", "split", "expression",
 class Items:
     """Ground truth and predictions, aligned. Missing values: None (expression), NaN (VA),
     `annotated` False (AUs)."""
+
     ids: list[str]
     sources: list[str]
     subjects: list[str]
     truth: list[str | None]
     pred: list[str | None]
-    t_va: np.ndarray                 # (n, 2) valence, arousal; NaN = no ground truth
-    p_va: np.ndarray                 # (n, 2); NaN = no prediction
-    t_au: np.ndarray                 # (n, 17) bool
-    p_au: np.ndarray                 # (n, 17) bool
-    annotated: np.ndarray            # (n, 17) bool: the item's source annotates this AU
-    au_answered: np.ndarray          # (n,) bool: the prediction includes an AU answer
+    t_va: np.ndarray  # (n, 2) valence, arousal; NaN = no ground truth
+    p_va: np.ndarray  # (n, 2); NaN = no prediction
+    t_au: np.ndarray  # (n, 17) bool
+    p_au: np.ndarray  # (n, 17) bool
+    annotated: np.ndarray  # (n, 17) bool: the item's source annotates this AU
+    au_answered: np.ndarray  # (n,) bool: the prediction includes an AU answer
 
     @classmethod
     def from_rows(cls, rows: list[dict]) -> "Items":
@@ -80,17 +93,24 @@ class Items:
             if r.get("pred_aus") is not None:
                 answered[i] = True
                 p_au[i] = [a in set(r["pred_aus"]) for a in AUS]
-        return cls(ids=[r["id"] for r in rows], sources=[r.get("source") or "" for r in rows],
-                   subjects=[r.get("subject") or r["id"] for r in rows],
-                   truth=[r.get("truth_expression") or None for r in rows],
-                   pred=[r.get("pred_expression") or None for r in rows],
-                   t_va=np.array([va(r, "truth_") for r in rows], float).reshape(n, 2),
-                   p_va=np.array([va(r, "pred_") for r in rows], float).reshape(n, 2),
-                   t_au=t_au, p_au=p_au, annotated=ann, au_answered=answered)
+        return cls(
+            ids=[r["id"] for r in rows],
+            sources=[r.get("source") or "" for r in rows],
+            subjects=[r.get("subject") or r["id"] for r in rows],
+            truth=[r.get("truth_expression") or None for r in rows],
+            pred=[r.get("pred_expression") or None for r in rows],
+            t_va=np.array([va(r, "truth_") for r in rows], float).reshape(n, 2),
+            p_va=np.array([va(r, "pred_") for r in rows], float).reshape(n, 2),
+            t_au=t_au,
+            p_au=p_au,
+            annotated=ann,
+            au_answered=answered,
+        )
 
 
-def confusion(truth: list[str | None], pred: list[str | None], labels: Iterable[str] = EXPRESSIONS
-              ) -> tuple[np.ndarray, list[str], list[str]]:
+def confusion(
+    truth: list[str | None], pred: list[str | None], labels: Iterable[str] = EXPRESSIONS
+) -> tuple[np.ndarray, list[str], list[str]]:
     """Rows: ground truth classes; columns: predicted classes + `none`. Items with no truth are skipped."""
     rows = list(labels)
     cols = rows + [NONE]
@@ -177,7 +197,11 @@ def _scalars(it: Items, idx: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -
         ok = idx[~np.isnan(it.t_va[idx, d]) & ~np.isnan(it.p_va[idx, d])]
         if len(ok):
             t, p = it.t_va[ok, d], it.p_va[ok, d]
-            out[f"va.{name}.ccc"], out[f"va.{name}.rmse"], out[f"va.{name}.pearson_r"] = ccc(t, p), rmse(t, p), pearson(t, p)
+            out[f"va.{name}.ccc"], out[f"va.{name}.rmse"], out[f"va.{name}.pearson_r"] = (
+                ccc(t, p),
+                rmse(t, p),
+                pearson(t, p),
+            )
     return out
 
 
@@ -228,8 +252,7 @@ def _r(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
 
 
-def evaluate(rows: list[dict], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-             by_source: bool = True) -> dict:
+def evaluate(rows: list[dict], n_boot: int = 1000, level: float = 0.95, seed: int = 0, by_source: bool = True) -> dict:
     """All FEAB metrics of aligned ground truth / prediction rows (see `Items.from_rows` for the
     keys). Each scalar is {"value", "lo", "hi"}; plus counts, the confusion matrix and, per
     source, the same metrics without intervals."""
@@ -237,18 +260,25 @@ def evaluate(rows: list[dict], n_boot: int = 1000, level: float = 0.95, seed: in
     codes = _codes(it)
     point = _scalars(it, np.arange(len(it.ids)), codes)
     ci = bootstrap(it, n_boot, level, seed)
-    flat = {k: {"value": _r(v), "lo": _r(ci.get(k, (math.nan,))[0]), "hi": _r(ci.get(k, (math.nan, math.nan))[1])}
-            for k, v in point.items()}
+    flat = {
+        k: {"value": _r(v), "lo": _r(ci.get(k, (math.nan,))[0]), "hi": _r(ci.get(k, (math.nan, math.nan))[1])}
+        for k, v in point.items()
+    }
     out = _nest(flat)
     cm, rlabels, clabels = confusion(it.truth, it.pred)
     n_expr = int(sum(t is not None for t in it.truth))
     out.setdefault("expression", {}).update(
-        n=n_expr, unanswered=int(sum(t is not None and p is None for t, p in zip(it.truth, it.pred))),
-        classes=[c for c, s in zip(rlabels, cm.sum(1)) if s > 0])
+        n=n_expr,
+        unanswered=int(sum(t is not None and p is None for t, p in zip(it.truth, it.pred))),
+        classes=[c for c, s in zip(rlabels, cm.sum(1)) if s > 0],
+    )
     out["confusion"] = {"rows": rlabels, "cols": clabels, "matrix": cm.tolist()}
     aus_annotated = [a for j, a in enumerate(AUS) if it.annotated[:, j].any()]
-    out.setdefault("au", {}).update(n=int(it.annotated.any(1).sum()), unanswered=int((it.annotated.any(1) & ~it.au_answered).sum()),
-                                   annotated=aus_annotated)
+    out.setdefault("au", {}).update(
+        n=int(it.annotated.any(1).sum()),
+        unanswered=int((it.annotated.any(1) & ~it.au_answered).sum()),
+        annotated=aus_annotated,
+    )
     n_va = int((~np.isnan(it.t_va[:, 0]) & ~np.isnan(it.p_va[:, 0])).sum())
     out.setdefault("va", {}).update(n=n_va)
     out["n"] = len(it.ids)
@@ -276,11 +306,11 @@ def _subject(src: BenchSource, row: dict, path: str, sha: str) -> str:
         m = re.search(src.subject_regex, Path(path).name)
         if m:
             return f"{src.name}_{m.group(1)}"
-    return f"{src.name}_img{sha[:12]}"          # unknown identity: the image is its own subject
+    return f"{src.name}_img{sha[:12]}"  # unknown identity: the image is its own subject
 
 
 def _unit(seed: int, subject: str) -> float:
-    return int.from_bytes(hashlib.sha256(f"{seed}|{subject}".encode()).digest()[:8], "big") / 2 ** 64
+    return int.from_bytes(hashlib.sha256(f"{seed}|{subject}".encode()).digest()[:8], "big") / 2**64
 
 
 def training_set(ingest_images: str | None = None, feid: str | None = None) -> tuple[set[str], set[str]]:
@@ -302,9 +332,15 @@ def training_set(ingest_images: str | None = None, feid: str | None = None) -> t
     return ids, subjects
 
 
-def build_split(sources: list[BenchSource], k: Knowledge, exclude_ids: set[str], exclude_subjects: set[str],
-                dev_fraction: float, seed: int, progress: Callable[[str, int, int], None] | None = None
-                ) -> tuple[list[dict], dict]:
+def build_split(
+    sources: list[BenchSource],
+    k: Knowledge,
+    exclude_ids: set[str],
+    exclude_subjects: set[str],
+    dev_fraction: float,
+    seed: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list[dict], dict]:
     """Rows of the split manifest (SPLIT_COLUMNS) and a summary with what was excluded and why."""
     from tasks.ingest import parse_labels
 
@@ -315,8 +351,9 @@ def build_split(sources: list[BenchSource], k: Knowledge, exclude_ids: set[str],
     for src in sources:
         labels_csv = Path(src.labels)
         if not labels_csv.exists():
-            raise FileNotFoundError(f"bench source {src.name!r}: labels file {labels_csv} not found "
-                                    f"(bench.sources in params.yaml)")
+            raise FileNotFoundError(
+                f"bench source {src.name!r}: labels file {labels_csv} not found (bench.sources in params.yaml)"
+            )
         root = Path(src.root) if src.root else labels_csv.parent
         with labels_csv.open(newline="") as fh:
             table = list(csv.DictReader(fh))
@@ -339,8 +376,14 @@ def build_split(sources: list[BenchSource], k: Knowledge, exclude_ids: set[str],
             lab = {"expression": r.get(src.label_column), "label_scheme": src.label_scheme or None}
             if src.label_set:
                 lab["label_set"] = ",".join(src.label_set)
-            lab.update({c: v for c, v in r.items() if c in ("valence", "arousal")
-                        or (c.upper().startswith("AU") and c.upper().removeprefix("AU").split("_")[0].isdigit())})
+            lab.update(
+                {
+                    c: v
+                    for c, v in r.items()
+                    if c in ("valence", "arousal")
+                    or (c.upper().startswith("AU") and c.upper().removeprefix("AU").split("_")[0].isdigit())
+                }
+            )
             try:
                 parsed = parse_labels(k, lab, ip)
             except (UnknownLabel, ValueError):
@@ -359,21 +402,34 @@ def build_split(sources: list[BenchSource], k: Knowledge, exclude_ids: set[str],
             seen.add(sha)
             split = "dev" if _unit(seed, subject) < dev_fraction else "test"
             kept[split] += 1
-            rows.append({"path": str(full), "image_id": sha, "source": src.name, "subject": subject, "split": split,
-                         "expression": parsed["prior_expression"] or "",
-                         "label_set": ",".join(parsed["label_set"]),
-                         "valence": "" if parsed["prior_valence"] is None else parsed["prior_valence"],
-                         "arousal": "" if parsed["prior_arousal"] is None else parsed["prior_arousal"],
-                         "aus": "" if parsed["prior_aus"] is None else ",".join(parsed["prior_aus"]),
-                         "au_set": ",".join(parsed["au_set"])})
-        summary["sources"][src.name] = {"rows": len(table), **dict(kept),
-                                        "subjects": len({x["subject"] for x in rows if x["source"] == src.name})}
+            rows.append(
+                {
+                    "path": str(full),
+                    "image_id": sha,
+                    "source": src.name,
+                    "subject": subject,
+                    "split": split,
+                    "expression": parsed["prior_expression"] or "",
+                    "label_set": ",".join(parsed["label_set"]),
+                    "valence": "" if parsed["prior_valence"] is None else parsed["prior_valence"],
+                    "arousal": "" if parsed["prior_arousal"] is None else parsed["prior_arousal"],
+                    "aus": "" if parsed["prior_aus"] is None else ",".join(parsed["prior_aus"]),
+                    "au_set": ",".join(parsed["au_set"]),
+                }
+            )
+        summary["sources"][src.name] = {
+            "rows": len(table),
+            **dict(kept),
+            "subjects": len({x["subject"] for x in rows if x["source"] == src.name}),
+        }
     summary["excluded"] = dict(sorted(excluded.items()))
     summary["total"] = dict(Counter(r["split"] for r in rows))
     return rows, summary
 
 
-def check_disjoint(rows: list[dict], exclude_ids: set[str] = frozenset(), exclude_subjects: set[str] = frozenset()) -> None:
+def check_disjoint(
+    rows: list[dict], exclude_ids: set[str] = frozenset(), exclude_subjects: set[str] = frozenset()
+) -> None:
     """Raise if a subject is in two splits or anything overlaps FEID's training set."""
     where: dict[str, set[str]] = {}
     for r in rows:
@@ -418,13 +474,21 @@ def read_split(path: str | Path, which: str = "test", limit: int = 0) -> list[di
             rows += [src_rows[int(i * step)] for i in range(min(limit, len(src_rows)))]
     out = []
     for r in rows:
-        out.append({"id": r["image_id"], "path": r["path"], "source": r["source"], "subject": r["subject"],
-                    "split": r["split"], "truth_expression": r["expression"] or None,
-                    "label_set": _split_list(r["label_set"]),
-                    "truth_valence": float(r["valence"]) if r["valence"] else None,
-                    "truth_arousal": float(r["arousal"]) if r["arousal"] else None,
-                    "au_set": _split_list(r["au_set"]),
-                    "truth_aus": _split_list(r["aus"]) if r["au_set"] else None})
+        out.append(
+            {
+                "id": r["image_id"],
+                "path": r["path"],
+                "source": r["source"],
+                "subject": r["subject"],
+                "split": r["split"],
+                "truth_expression": r["expression"] or None,
+                "label_set": _split_list(r["label_set"]),
+                "truth_valence": float(r["valence"]) if r["valence"] else None,
+                "truth_arousal": float(r["arousal"]) if r["arousal"] else None,
+                "au_set": _split_list(r["au_set"]),
+                "truth_aus": _split_list(r["aus"]) if r["au_set"] else None,
+            }
+        )
     return out
 
 
@@ -436,23 +500,47 @@ def face_of(item: dict, data: bytes, crop) -> dict:
     from tasks.records import FaceRecord
 
     im = decode(data)
-    boxes = [] if crop.detector == "none" else detect_faces(im, min_score=crop.min_score, min_size=crop.min_size,
-                                                            max_side=crop.max_side)
+    boxes = (
+        []
+        if crop.detector == "none"
+        else detect_faces(im, min_score=crop.min_score, min_size=crop.min_size, max_side=crop.max_side)
+    )
     if boxes:
         box, margin, detector = boxes[0], crop.margin, crop.detector
     else:
         box, margin, detector = Box(0.0, 0.0, float(im.width), float(im.height), 1.0), 0.0, "none"
     c, frac = square_crop(im, box, margin, crop.crop_size)
     jpg = encode_crop(c)
-    return FaceRecord(face_id=f"{item['id']}_0", image_id=item["id"], face_index=0, n_faces=max(1, len(boxes)),
-                      path=item["path"], source=item["source"], subject=item.get("subject"), box_x=box.x,
-                      box_y=box.y, box_w=box.w, box_h=box.h, score=box.score, detector=detector, crop=jpg,
-                      crop_sha256=hashlib.sha256(jpg).hexdigest(), crop_face_frac=frac, label_set=[],
-                      au_set=[]).model_dump()
+    return FaceRecord(
+        face_id=f"{item['id']}_0",
+        image_id=item["id"],
+        face_index=0,
+        n_faces=max(1, len(boxes)),
+        path=item["path"],
+        source=item["source"],
+        subject=item.get("subject"),
+        box_x=box.x,
+        box_y=box.y,
+        box_w=box.w,
+        box_h=box.h,
+        score=box.score,
+        detector=detector,
+        crop=jpg,
+        crop_sha256=hashlib.sha256(jpg).hexdigest(),
+        crop_face_frac=frac,
+        label_set=[],
+        au_set=[],
+    ).model_dump()
 
 
-def predict(items: list[dict], p: Params, k: Knowledge, progress: Callable[[int, int], None] | None = None,
-            read: Callable[[str], bytes] | None = None, annotator=None) -> tuple[list[dict], dict]:
+def predict(
+    items: list[dict],
+    p: Params,
+    k: Knowledge,
+    progress: Callable[[int, int], None] | None = None,
+    read: Callable[[str], bytes] | None = None,
+    annotator=None,
+) -> tuple[list[dict], dict]:
     """Annotate the benchmark items like FEID annotates an unlabelled face. Returns the items
     with `pred_*` keys (and verify's verdict) added, and the sampling tally."""
     from tasks import annotators
@@ -470,33 +558,53 @@ def predict(items: list[dict], p: Params, k: Knowledge, progress: Callable[[int,
     no_face = 0
     try:
         for start in range(0, len(items), p.runtime.batch_size):
-            chunk = items[start:start + p.runtime.batch_size]
+            chunk = items[start : start + p.runtime.batch_size]
             faces, reqs = [], {}
             for it in chunk:
                 f = face_of(it, read(it["path"]), p.crop)
                 no_face += f["detector"] == "none" and p.crop.detector != "none"
                 faces.append(f)
-                reqs[f["face_id"]] = [r.model_dump() for r in requests_for(
-                    k, FaceRecord(**f), p.prompt.version, p.prompt.knowledge, p.prompt.blind)]
+                reqs[f["face_id"]] = [
+                    r.model_dump()
+                    for r in requests_for(k, FaceRecord(**f), p.prompt.version, p.prompt.knowledge, p.prompt.blind)
+                ]
             by_face: dict[str, list[dict]] = {}
             for s in sample_batch(faces, reqs, ann, cache, p, k, tally):
                 by_face.setdefault(s["face_id"], []).append(s)
             for it, f in zip(chunk, faces):
                 v = decide(f, by_face.get(f["face_id"], []), k, p.verify)
-                out.append({**it, "pred_expression": v.expression, "pred_valence": v.valence,
-                            "pred_arousal": v.arousal, "pred_aus": v.aus, "accepted": v.accepted,
-                            "confidence": v.confidence, "vote_share": v.vote_share, "reasons": v.reasons,
-                            "n_samples": v.n_samples, "detector": f["detector"]})
+                out.append(
+                    {
+                        **it,
+                        "pred_expression": v.expression,
+                        "pred_valence": v.valence,
+                        "pred_arousal": v.arousal,
+                        "pred_aus": v.aus,
+                        "accepted": v.accepted,
+                        "confidence": v.confidence,
+                        "vote_share": v.vote_share,
+                        "reasons": v.reasons,
+                        "n_samples": v.n_samples,
+                        "detector": f["detector"],
+                    }
+                )
             if progress:
                 progress(len(out), len(items))
     finally:
         cache.close()
         if annotator is None:
             ann.close()
-    info = {"annotator": ann.name, "annotator_version": ann.version, "model": ann.model, "calls": tally.calls,
-            "cache_hits": tally.cached, "failed_samples": tally.failed, "cost_usd": round(tally.cost_usd, 6),
-            "mean_k": round(float(np.mean(tally.per_face_k)), 3) if tally.per_face_k else 0,
-            "no_face_whole_image": int(no_face)}
+    info = {
+        "annotator": ann.name,
+        "annotator_version": ann.version,
+        "model": ann.model,
+        "calls": tally.calls,
+        "cache_hits": tally.cached,
+        "failed_samples": tally.failed,
+        "cost_usd": round(tally.cost_usd, 6),
+        "mean_k": round(float(np.mean(tally.per_face_k)), 3) if tally.per_face_k else 0,
+        "no_face_whole_image": int(no_face),
+    }
     return out, info
 
 
@@ -504,9 +612,12 @@ def selective(rows: list[dict]) -> dict:
     """Accuracy of the faces verify would accept, and their share (coverage)."""
     lab = [r for r in rows if r.get("truth_expression")]
     acc = [r for r in lab if r.get("accepted")]
-    return {"coverage": _r(len(acc) / len(lab)) if lab else None,
-            "accuracy_accepted": _r(sum(r["pred_expression"] == r["truth_expression"] for r in acc) / len(acc))
-            if acc else None}
+    return {
+        "coverage": _r(len(acc) / len(lab)) if lab else None,
+        "accuracy_accepted": _r(sum(r["pred_expression"] == r["truth_expression"] for r in acc) / len(acc))
+        if acc
+        else None,
+    }
 
 
 # =============================================================== annotation quality
@@ -524,20 +635,29 @@ def quality_rows(verdicts: list[dict], truth: dict[str, dict]) -> list[dict]:
         ann_expr = v.get("expression_source") == "annotator"
         ann_va = v.get("va_source") == "annotator"
         ann_au = v.get("au_source") == "annotator"
-        out.append({"id": v["face_id"], "source": t.get("source"), "subject": t.get("subject"),
-                    "accepted": v["accepted"],
-                    "truth_expression": t.get("truth_expression") if ann_expr else None,
-                    "pred_expression": v.get("expression"),
-                    "truth_valence": t.get("truth_valence") if ann_va else None,
-                    "truth_arousal": t.get("truth_arousal") if ann_va else None,
-                    "pred_valence": v.get("valence"), "pred_arousal": v.get("arousal"),
-                    "au_set": t.get("au_set") if ann_au else [], "truth_aus": t.get("truth_aus") if ann_au else None,
-                    "pred_aus": v.get("aus")})
+        out.append(
+            {
+                "id": v["face_id"],
+                "source": t.get("source"),
+                "subject": t.get("subject"),
+                "accepted": v["accepted"],
+                "truth_expression": t.get("truth_expression") if ann_expr else None,
+                "pred_expression": v.get("expression"),
+                "truth_valence": t.get("truth_valence") if ann_va else None,
+                "truth_arousal": t.get("truth_arousal") if ann_va else None,
+                "pred_valence": v.get("valence"),
+                "pred_arousal": v.get("arousal"),
+                "au_set": t.get("au_set") if ann_au else [],
+                "truth_aus": t.get("truth_aus") if ann_au else None,
+                "pred_aus": v.get("aus"),
+            }
+        )
     return out
 
 
-def truth_from_manifest(manifest: str | Path, root: str | Path | None, k: Knowledge, source: str = "truth"
-                        ) -> dict[str, dict]:
+def truth_from_manifest(
+    manifest: str | Path, root: str | Path | None, k: Knowledge, source: str = "truth"
+) -> dict[str, dict]:
     """Ground truth keyed by image id (SHA-256 of the bytes) from an ingest-style manifest
     (`path`, `expression`, `valence`/`arousal`, `AUxx`, `subject`, `source`) or a split CSV."""
     from tasks.ingest import parse_labels
@@ -559,20 +679,35 @@ def truth_from_manifest(manifest: str | Path, root: str | Path | None, k: Knowle
         except (UnknownLabel, ValueError):
             continue
         sha = hashlib.sha256(data).hexdigest()
-        out[sha] = {"id": sha, "source": r.get("source") or source, "subject": r.get("subject") or sha,
-                    "truth_expression": lab["prior_expression"], "truth_valence": lab["prior_valence"],
-                    "truth_arousal": lab["prior_arousal"], "au_set": lab["au_set"], "truth_aus": lab["prior_aus"]}
+        out[sha] = {
+            "id": sha,
+            "source": r.get("source") or source,
+            "subject": r.get("subject") or sha,
+            "truth_expression": lab["prior_expression"],
+            "truth_valence": lab["prior_valence"],
+            "truth_arousal": lab["prior_arousal"],
+            "au_set": lab["au_set"],
+            "truth_aus": lab["prior_aus"],
+        }
     return out
 
 
 # =============================================================== outputs
-def write_outputs(result: dict, rows: list[dict], *, metrics: str | Path, plots: str | Path, report: str | Path,
-                  title: str, meta: dict) -> dict[str, str]:
+def write_outputs(
+    result: dict,
+    rows: list[dict],
+    *,
+    metrics: str | Path,
+    plots: str | Path,
+    report: str | Path,
+    title: str,
+    meta: dict,
+) -> dict[str, str]:
     """DVC metrics (JSON), DVC plots (CSV) + PNG figures, and a markdown report."""
     plots = Path(plots)
     plots.mkdir(parents=True, exist_ok=True)
     m = {k: v for k, v in result.items() if k != "confusion"}
-    m["meta"] = {k: v for k, v in meta.items() if not isinstance(v, dict)}   # the rest goes to the report
+    m["meta"] = {k: v for k, v in meta.items() if not isinstance(v, dict)}  # the rest goes to the report
     Path(metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     # plots: one row per item for DVC's confusion template
@@ -606,6 +741,7 @@ def write_outputs(result: dict, rows: list[dict], *, metrics: str | Path, plots:
 def _figures(result: dict, rows: list[dict], d: Path) -> dict[str, Path]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # figures are optional; the CSV plots are the DVC ones
@@ -637,9 +773,14 @@ def _figures(result: dict, rows: list[dict], d: Path) -> dict[str, Path]:
         figs["au_f1"] = d / "au_f1.png"
         fig.savefig(figs["au_f1"], dpi=100)
         plt.close(fig)
-    pts = {dim: [(r[f"truth_{dim}"], r[f"pred_{dim}"]) for r in rows
-                 if r.get(f"truth_{dim}") is not None and r.get(f"pred_{dim}") is not None]
-           for dim in ("valence", "arousal")}
+    pts = {
+        dim: [
+            (r[f"truth_{dim}"], r[f"pred_{dim}"])
+            for r in rows
+            if r.get(f"truth_{dim}") is not None and r.get(f"pred_{dim}") is not None
+        ]
+        for dim in ("valence", "arousal")
+    }
     if any(pts.values()):
         fig, axes = plt.subplots(1, 2, figsize=(8, 4))
         for ax, (dim, xy) in zip(axes, pts.items()):
@@ -671,44 +812,80 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
     level = int(round(result["bootstrap"]["level"] * 100))
     L = [f"# {title}", ""]
     L += [f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, dict)]
-    L += [f"- items: {result['n']} ({result['subjects']} subjects); bootstrap {result['bootstrap']['resamples']} "
-          f"resamples of subjects, {level}% percentile intervals", ""]
-    L += ["## Expression", "", f"n = {e.get('n', 0)} (unanswered {e.get('unanswered', 0)}); classes in the ground "
-          f"truth: {', '.join(e.get('classes', [])) or 'none'}", "", "| metric | value [CI] |", "|---|---|"]
+    L += [
+        f"- items: {result['n']} ({result['subjects']} subjects); bootstrap {result['bootstrap']['resamples']} "
+        f"resamples of subjects, {level}% percentile intervals",
+        "",
+    ]
+    L += [
+        "## Expression",
+        "",
+        f"n = {e.get('n', 0)} (unanswered {e.get('unanswered', 0)}); classes in the ground "
+        f"truth: {', '.join(e.get('classes', [])) or 'none'}",
+        "",
+        "| metric | value [CI] |",
+        "|---|---|",
+    ]
     L += [f"| {m} | {_fmt(e.get(m))} |" for m in ("accuracy", "macro_f1", "uar")]
     c = result["confusion"]
     keep = [i for i, row in enumerate(c["matrix"]) if sum(row) > 0]
     if keep:
-        L += ["", "Confusion matrix (rows: ground truth, columns: predicted):", "",
-              "| | " + " | ".join(c["cols"]) + " |", "|---" * (len(c["cols"]) + 1) + "|"]
+        L += [
+            "",
+            "Confusion matrix (rows: ground truth, columns: predicted):",
+            "",
+            "| | " + " | ".join(c["cols"]) + " |",
+            "|---" * (len(c["cols"]) + 1) + "|",
+        ]
         L += [f"| **{c['rows'][i]}** | " + " | ".join(str(x) for x in c["matrix"][i]) + " |" for i in keep]
     L += ["", "## Action units", ""]
     if au.get("annotated"):
-        L += [f"n = {au.get('n', 0)}; annotated AUs: {', '.join(au['annotated'])}. Only items whose source "
-              "annotates an AU count for it (not annotated is never read as absent).", "",
-              f"Mean F1: {_fmt(au.get('mean_f1'))}", "", "| AU | F1 [CI] |", "|---|---|"]
+        L += [
+            f"n = {au.get('n', 0)}; annotated AUs: {', '.join(au['annotated'])}. Only items whose source "
+            "annotates an AU count for it (not annotated is never read as absent).",
+            "",
+            f"Mean F1: {_fmt(au.get('mean_f1'))}",
+            "",
+            "| AU | F1 [CI] |",
+            "|---|---|",
+        ]
         L += [f"| {a} | {_fmt(au.get('f1', {}).get(a))} |" for a in au["annotated"]]
     else:
         L += ["No source in this set annotates action units: no AU metrics."]
     L += ["", "## Valence / arousal", ""]
     if va.get("n"):
         L += [f"n = {va['n']}", "", "| | CCC | RMSE | Pearson r |", "|---|---|---|---|"]
-        L += [f"| {d} | " + " | ".join(_fmt(va.get(d, {}).get(m)) for m in ("ccc", "rmse", "pearson_r")) + " |"
-              for d in ("valence", "arousal")]
+        L += [
+            f"| {d} | " + " | ".join(_fmt(va.get(d, {}).get(m)) for m in ("ccc", "rmse", "pearson_r")) + " |"
+            for d in ("valence", "arousal")
+        ]
     else:
         L += ["No valence/arousal ground truth in this set: no VA metrics."]
     sel = result.get("selective")
     if sel and sel.get("coverage") is not None:
-        L += ["", f"Selective: verify would accept {sel['coverage']:.3f} of the faces; expression accuracy on "
-              f"those {sel['accuracy_accepted'] if sel['accuracy_accepted'] is not None else 'n/a'}."]
+        L += [
+            "",
+            f"Selective: verify would accept {sel['coverage']:.3f} of the faces; expression accuracy on "
+            f"those {sel['accuracy_accepted'] if sel['accuracy_accepted'] is not None else 'n/a'}.",
+        ]
     if "per_source" in result:
-        L += ["", "## Per source", "", "| source | n | accuracy | macro-F1 | UAR | AU mean F1 | valence CCC | arousal CCC |",
-              "|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "## Per source",
+            "",
+            "| source | n | accuracy | macro-F1 | UAR | AU mean F1 | valence CCC | arousal CCC |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for s, m in result["per_source"].items():
-            g = lambda *ks: _fmt(_get(m, ks))  # noqa: E731
-            L.append(f"| {s} | {m['n']} | {g('expression', 'accuracy')} | {g('expression', 'macro_f1')} | "
-                     f"{g('expression', 'uar')} | {g('au', 'mean_f1')} | {g('va', 'valence', 'ccc')} | "
-                     f"{g('va', 'arousal', 'ccc')} |")
+
+            def g(*ks, m=m):
+                return _fmt(_get(m, ks))
+
+            L.append(
+                f"| {s} | {m['n']} | {g('expression', 'accuracy')} | {g('expression', 'macro_f1')} | "
+                f"{g('expression', 'uar')} | {g('au', 'mean_f1')} | {g('va', 'valence', 'ccc')} | "
+                f"{g('va', 'arousal', 'ccc')} |"
+            )
     for k, v in meta.items():
         if isinstance(v, dict):
             L += ["", f"## {k}", "", "```json", json.dumps(v, indent=2, sort_keys=True), "```"]
@@ -726,5 +903,15 @@ def _get(d: dict, keys: tuple) -> dict | None:
     return d
 
 
-__all__ = ["Bench", "evaluate", "build_split", "read_split", "predict", "quality_rows", "truth_from_manifest",
-           "write_outputs", "confusion", "ccc"]
+__all__ = [
+    "Bench",
+    "evaluate",
+    "build_split",
+    "read_split",
+    "predict",
+    "quality_rows",
+    "truth_from_manifest",
+    "write_outputs",
+    "confusion",
+    "ccc",
+]

@@ -9,6 +9,7 @@ segment per process is appended and flushed after every call, so `kill -9` loses
 that had succeeded. On object stores (no append) each call's entries become one small
 segment object. Both are read by the same loader.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,11 +63,17 @@ class ResponseCache:
         for a in result.answers:
             e = {
                 "key": sample_key(self.signature_hash, result.call.request_id, a.index, a.seed),
-                "request_id": result.call.request_id, "index": a.index, "seed": a.seed,
-                "text": a.text, "finish_reason": a.finish_reason, "refusal": a.refusal,
+                "request_id": result.call.request_id,
+                "index": a.index,
+                "seed": a.seed,
+                "text": a.text,
+                "finish_reason": a.finish_reason,
+                "refusal": a.refusal,
                 # usage and cost are per call; spread evenly over its samples
-                "tokens_in": result.tokens_in / n, "tokens_out": result.tokens_out / n,
-                "latency_ms": result.latency_ms, "cost_usd": result.cost_usd / n,
+                "tokens_in": result.tokens_in / n,
+                "tokens_out": result.tokens_out / n,
+                "latency_ms": result.latency_ms,
+                "cost_usd": result.cost_usd / n,
             }
             self.entries[e["key"]] = e
             new.append(e)

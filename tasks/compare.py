@@ -10,6 +10,7 @@ their shift (counts, Jensen-Shannon divergence, total variation); agreement on t
 both FEIDs contain (Cohen's kappa for expression, per-AU agreement, VA mean absolute
 difference); which faces changed label, entered or left; and the parameter differences.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,20 @@ from tasks.knowledge import AUS, EXPRESSIONS
 
 WORKSPACE = "workspace"
 VERDICT_COLUMNS = ["face_id", "accepted", "reasons", "confidence", "expression", "valence", "arousal", "aus"]
-FEID_COLUMNS = ["id", "source", "expression", "valence", "arousal", "aus", "confidence", "annotator", "model",
-                "prompt_version", "params_hash", "knowledge_version"]
+FEID_COLUMNS = [
+    "id",
+    "source",
+    "expression",
+    "valence",
+    "arousal",
+    "aus",
+    "confidence",
+    "annotator",
+    "model",
+    "prompt_version",
+    "params_hash",
+    "knowledge_version",
+]
 
 
 class VersionError(ValueError):
@@ -38,7 +51,7 @@ class VersionError(ValueError):
 @dataclass
 class Version:
     name: str
-    rev: str | None                # commit sha, None = workspace
+    rev: str | None  # commit sha, None = workspace
     repo: str
     params: dict
     verdicts: list[dict] = field(default_factory=list)
@@ -53,8 +66,9 @@ def resolve(repo: str, name: str) -> str | None:
     """Commit sha of a git revision/tag/branch or DVC experiment name; None for the workspace."""
     if name in (WORKSPACE, ".", ""):
         return None
-    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], cwd=repo,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], cwd=repo, capture_output=True, text=True
+    )
     if r.returncode == 0:
         return r.stdout.strip()
     try:
@@ -69,8 +83,10 @@ def resolve(repo: str, name: str) -> str | None:
         raise
     except Exception as ex:  # not a DVC repo, ambiguous name...
         raise VersionError(f"{name!r}: {ex}") from ex
-    raise VersionError(f"{name!r} is not a git revision, tag, branch or DVC experiment in {repo} "
-                       "(list experiments with `dvc exp show`, tags with `git tag`)")
+    raise VersionError(
+        f"{name!r} is not a git revision, tag, branch or DVC experiment in {repo} "
+        "(list experiments with `dvc exp show`, tags with `git tag`)"
+    )
 
 
 class Store:
@@ -85,6 +101,7 @@ class Store:
     def fs(self):
         if self._fs is None:
             from dvc.api import DVCFileSystem
+
             self._fs = DVCFileSystem(self.repo, rev=self.rev)
         return self._fs
 
@@ -98,8 +115,10 @@ class Store:
             with self.fs.open(path, "rb") as fh:
                 return fh.read()
         except Exception as ex:
-            raise VersionError(f"cannot read {path} at {self.rev[:7]}: {type(ex).__name__}: {ex}. If the data "
-                               "lives in a DVC remote, check `dvc remote list` and your credentials.") from ex
+            raise VersionError(
+                f"cannot read {path} at {self.rev[:7]}: {type(ex).__name__}: {ex}. If the data "
+                "lives in a DVC remote, check `dvc remote list` and your credentials."
+            ) from ex
 
     def ls(self, folder: str) -> list[str]:
         """Paths (relative to the repo) of the files directly in `folder`; [] if there is none."""
@@ -157,9 +176,19 @@ def load_version(repo: str, name: str, params_file: str = "params.yaml") -> Vers
     table = st.feid(folder)
     v.feid = table.select([c for c in FEID_COLUMNS if c in table.column_names]).to_pylist()
     rej = st.rejects(folder, VERDICT_COLUMNS)
-    v.verdicts = [{"face_id": r["id"], "accepted": True, "reasons": [], "confidence": r["confidence"],
-                   "expression": r["expression"], "valence": r["valence"], "arousal": r["arousal"], "aus": r["aus"]}
-                  for r in v.feid] + rej
+    v.verdicts = [
+        {
+            "face_id": r["id"],
+            "accepted": True,
+            "reasons": [],
+            "confidence": r["confidence"],
+            "expression": r["expression"],
+            "valence": r["valence"],
+            "arousal": r["arousal"],
+            "aus": r["aus"],
+        }
+        for r in v.feid
+    ] + rej
     return v
 
 
@@ -188,6 +217,7 @@ def js_divergence(p: dict[str, float], q: dict[str, float]) -> float:
 
     def kl(x):
         return sum(x[k] * math.log2(x[k] / M[k]) for k in keys if x[k] > 0)
+
     return 0.5 * kl(P) + 0.5 * kl(Q)
 
 
@@ -215,32 +245,55 @@ def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
     def sizes(v: Version) -> dict:
         n = len(v.verdicts)
         acc = sum(1 for x in v.verdicts if x["accepted"])
-        return {"faces": n, "accepted": acc, "rejected": n - acc, "acceptance_rate": _r(acc / n) if n else None,
-                "feid_rows": len(v.feid),
-                "reasons": dict(sorted(Counter(r for x in v.verdicts for r in (x["reasons"] or [])).items()))}
+        return {
+            "faces": n,
+            "accepted": acc,
+            "rejected": n - acc,
+            "acceptance_rate": _r(acc / n) if n else None,
+            "feid_rows": len(v.feid),
+            "reasons": dict(sorted(Counter(r for x in v.verdicts for r in (x["reasons"] or [])).items())),
+        }
+
     sa, sb = sizes(a), sizes(b)
     da = Counter(r["expression"] for r in a.feid)
     db = Counter(r["expression"] for r in b.feid)
     classes = [e for e in EXPRESSIONS if da[e] or db[e]]
     na, nb = sum(da.values()) or 1, sum(db.values()) or 1
-    dist = [{"expression": e, "a": da[e], "b": db[e], "a_share": _r(da[e] / na), "b_share": _r(db[e] / nb),
-             "delta": db[e] - da[e]} for e in classes]
+    dist = [
+        {
+            "expression": e,
+            "a": da[e],
+            "b": db[e],
+            "a_share": _r(da[e] / na),
+            "b_share": _r(db[e] / nb),
+            "delta": db[e] - da[e],
+        }
+        for e in classes
+    ]
     fa = {r["id"]: r for r in a.feid}
     fb = {r["id"]: r for r in b.feid}
     shared = sorted(set(fa) & set(fb))
     ea, eb = [fa[i]["expression"] for i in shared], [fb[i]["expression"] for i in shared]
-    changed = [{"face_id": i, "a": fa[i]["expression"], "b": fb[i]["expression"]} for i in shared
-               if fa[i]["expression"] != fb[i]["expression"]]
+    changed = [
+        {"face_id": i, "a": fa[i]["expression"], "b": fb[i]["expression"]}
+        for i in shared
+        if fa[i]["expression"] != fb[i]["expression"]
+    ]
     unchanged = [i for i in shared if fa[i]["expression"] == fb[i]["expression"]]
     per_au = {}
     for au in AUS:
         xs = [(au in (fa[i]["aus"] or []), au in (fb[i]["aus"] or [])) for i in shared]
         if xs and any(x or y for x, y in xs):
-            per_au[au] = {"agreement": _r(sum(x == y for x, y in xs) / len(xs)),
-                          "kappa": _r(cohen_kappa([x for x, _ in xs], [y for _, y in xs])),
-                          "a_rate": _r(sum(x for x, _ in xs) / len(xs)), "b_rate": _r(sum(y for _, y in xs) / len(xs))}
-    mad = {d: _r(sum(abs(fa[i][d] - fb[i][d]) for i in shared) / len(shared)) if shared else None
-           for d in ("valence", "arousal")}
+            per_au[au] = {
+                "agreement": _r(sum(x == y for x, y in xs) / len(xs)),
+                "kappa": _r(cohen_kappa([x for x, _ in xs], [y for _, y in xs])),
+                "a_rate": _r(sum(x for x, _ in xs) / len(xs)),
+                "b_rate": _r(sum(y for _, y in xs) / len(xs)),
+            }
+    mad = {
+        d: _r(sum(abs(fa[i][d] - fb[i][d]) for i in shared) / len(shared)) if shared else None
+        for d in ("valence", "arousal")
+    }
     va_ = {x["face_id"]: x for x in a.verdicts}
     vb_ = {x["face_id"]: x for x in b.verdicts}
     left = sorted(set(fa) - set(fb))
@@ -251,28 +304,43 @@ def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
         "b": {"name": b.name, "rev": b.rev, **sb},
         "acceptance_change": _r((sb["acceptance_rate"] or 0) - (sa["acceptance_rate"] or 0)),
         "label_distribution": dist,
-        "divergence": {"js_bits": _r(js_divergence(da, db)),
-                       "total_variation": _r(0.5 * sum(abs(da[e] / na - db[e] / nb) for e in classes))},
+        "divergence": {
+            "js_bits": _r(js_divergence(da, db)),
+            "total_variation": _r(0.5 * sum(abs(da[e] / na - db[e] / nb) for e in classes)),
+        },
         "agreement": {
             "shared_faces": len(shared),
             "expression_agreement": _r(sum(x == y for x, y in zip(ea, eb)) / len(shared)) if shared else None,
             "kappa": _r(cohen_kappa(ea, eb)),
-            "kappa_unchanged": _r(cohen_kappa([fa[i]["expression"] for i in unchanged],
-                                              [fb[i]["expression"] for i in unchanged])),
-            "kappa_all_verdicts": _r(cohen_kappa([va_[i]["expression"] for i in all_faces],
-                                                 [vb_[i]["expression"] for i in all_faces])),
+            "kappa_unchanged": _r(
+                cohen_kappa([fa[i]["expression"] for i in unchanged], [fb[i]["expression"] for i in unchanged])
+            ),
+            "kappa_all_verdicts": _r(
+                cohen_kappa([va_[i]["expression"] for i in all_faces], [vb_[i]["expression"] for i in all_faces])
+            ),
             "per_au": per_au,
             "va_mad": mad,
         },
-        "changed": {"n": len(changed), "faces": changed[:max_changed],
-                    "left": {"n": len(left), "reasons": dict(sorted(Counter(
-                        r for i in left for r in (vb_.get(i, {}).get("reasons") or ["not in B"])).items())),
-                             "faces": left[:max_changed]},
-                    "entered": {"n": len(entered), "faces": entered[:max_changed]}},
+        "changed": {
+            "n": len(changed),
+            "faces": changed[:max_changed],
+            "left": {
+                "n": len(left),
+                "reasons": dict(
+                    sorted(Counter(r for i in left for r in (vb_.get(i, {}).get("reasons") or ["not in B"])).items())
+                ),
+                "faces": left[:max_changed],
+            },
+            "entered": {"n": len(entered), "faces": entered[:max_changed]},
+        },
         "params": param_diff(a.params, b.params),
-        "provenance": {v.name: {k: sorted({str(r[k]) for r in v.feid}) for k in
-                                ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")}
-                       for v in (a, b)},
+        "provenance": {
+            v.name: {
+                k: sorted({str(r[k]) for r in v.feid})
+                for k in ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
+            }
+            for v in (a, b)
+        },
     }
 
 
@@ -284,8 +352,15 @@ def markdown(c: dict) -> str:
     L = [f"# FEID: {la} vs {lb}", "", "## Sizes", "", f"| | {la} | {lb} |", "|---|---|---|"]
     for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows"):
         L.append(f"| {k} | {A[k]} | {B[k]} |")
-    L += ["", f"Acceptance change: {c['acceptance_change']:+.4f}", "", "Rejection reasons:", "",
-          f"| reason | {la} | {lb} |", "|---|---|---|"]
+    L += [
+        "",
+        f"Acceptance change: {c['acceptance_change']:+.4f}",
+        "",
+        "Rejection reasons:",
+        "",
+        f"| reason | {la} | {lb} |",
+        "|---|---|---|",
+    ]
     for r in sorted(set(A["reasons"]) | set(B["reasons"])):
         L.append(f"| {r} | {A['reasons'].get(r, 0)} | {B['reasons'].get(r, 0)} |")
     L += ["", "## Parameter differences", ""]
@@ -293,27 +368,50 @@ def markdown(c: dict) -> str:
         L += ["| param | A | B |", "|---|---|---|"] + [f"| `{p['param']}` | {p['a']} | {p['b']} |" for p in c["params"]]
     else:
         L.append("None: both versions have the same params.yaml.")
-    L += ["", "## Label distribution", "", "| expression | A | B | A share | B share | delta |", "|---|---|---|---|---|---|"]
-    L += [f"| {d['expression']} | {d['a']} | {d['b']} | {d['a_share']} | {d['b_share']} | {d['delta']:+d} |"
-          for d in c["label_distribution"]]
+    L += [
+        "",
+        "## Label distribution",
+        "",
+        "| expression | A | B | A share | B share | delta |",
+        "|---|---|---|---|---|---|",
+    ]
+    L += [
+        f"| {d['expression']} | {d['a']} | {d['b']} | {d['a_share']} | {d['b_share']} | {d['delta']:+d} |"
+        for d in c["label_distribution"]
+    ]
     g = c["agreement"]
-    L += ["", f"Jensen-Shannon divergence {c['divergence']['js_bits']} bits; total variation "
-          f"{c['divergence']['total_variation']}.", "", "## Agreement on shared faces", "",
-          f"- shared faces: {g['shared_faces']}",
-          f"- expression agreement: {g['expression_agreement']}; Cohen's kappa: {g['kappa']} "
-          f"(faces whose label did not change: {g['kappa_unchanged']}; all faces labelled by both, accepted or not: "
-          f"{g['kappa_all_verdicts']})",
-          f"- VA mean absolute difference: valence {g['va_mad']['valence']}, arousal {g['va_mad']['arousal']}"]
+    L += [
+        "",
+        f"Jensen-Shannon divergence {c['divergence']['js_bits']} bits; total variation "
+        f"{c['divergence']['total_variation']}.",
+        "",
+        "## Agreement on shared faces",
+        "",
+        f"- shared faces: {g['shared_faces']}",
+        f"- expression agreement: {g['expression_agreement']}; Cohen's kappa: {g['kappa']} "
+        f"(faces whose label did not change: {g['kappa_unchanged']}; all faces labelled by both, accepted or not: "
+        f"{g['kappa_all_verdicts']})",
+        f"- VA mean absolute difference: valence {g['va_mad']['valence']}, arousal {g['va_mad']['arousal']}",
+    ]
     if g["per_au"]:
         L += ["", "| AU | agreement | kappa | A rate | B rate |", "|---|---|---|---|---|"]
-        L += [f"| {au} | {v['agreement']} | {v['kappa']} | {v['a_rate']} | {v['b_rate']} |" for au, v in g["per_au"].items()]
+        L += [
+            f"| {au} | {v['agreement']} | {v['kappa']} | {v['a_rate']} | {v['b_rate']} |"
+            for au, v in g["per_au"].items()
+        ]
     ch = c["changed"]
-    L += ["", "## Changes", "", f"- faces whose label changed: {ch['n']}",
-          f"- faces in A, not in B: {ch['left']['n']} (B's reasons: {ch['left']['reasons'] or '-'})",
-          f"- faces in B, not in A: {ch['entered']['n']}"]
+    L += [
+        "",
+        "## Changes",
+        "",
+        f"- faces whose label changed: {ch['n']}",
+        f"- faces in A, not in B: {ch['left']['n']} (B's reasons: {ch['left']['reasons'] or '-'})",
+        f"- faces in B, not in A: {ch['entered']['n']}",
+    ]
     if ch["faces"]:
-        L += ["", "| face | A | B |", "|---|---|---|"] + [f"| `{x['face_id'][:16]}…` | {x['a']} | {x['b']} |"
-                                                         for x in ch["faces"]]
+        L += ["", "| face | A | B |", "|---|---|---|"] + [
+            f"| `{x['face_id'][:16]}…` | {x['a']} | {x['b']} |" for x in ch["faces"]
+        ]
     return "\n".join(L) + "\n"
 
 
@@ -327,6 +425,7 @@ def plots(c: dict, out: Path, a: Version, b: Version) -> list[Path]:
     files.append(out / "label_distribution.csv")
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import numpy as np

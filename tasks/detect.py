@@ -4,6 +4,7 @@ The detector is libfacedetection's CNN as shipped (weights compiled in) by the `
 wheel (BSD-3): no download at run time. Images are downscaled to `max_side` first,
 because the model degrades on large inputs, and boxes are mapped back.
 """
+
 from __future__ import annotations
 
 import io

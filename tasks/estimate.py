@@ -5,6 +5,7 @@ Needs the prompt stage's output (ingest, crop and prompt cost no API calls: run
 response cache, at the two ends of adaptive sampling: every face stopping after `k0`
 (the floor) and every face going on to `kmax` (the ceiling).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,25 @@ def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):
     for f in io.iter_rows(io.join(p.paths.crop, "faces.parquet"), columns=["face_id", "crop", "crop_face_frac"]):
         faces[f["face_id"]] = f
     for req in io.iter_rows(io.join(p.paths.prompt, "requests.parquet")):
-        idx = [i for i in range(lo, hi) if cache.get(req["request_id"], i, seed_for(p.sample.seed, req["request_id"], i)) is None]
+        idx = [
+            i
+            for i in range(lo, hi)
+            if cache.get(req["request_id"], i, seed_for(p.sample.seed, req["request_id"], i)) is None
+        ]
         if not idx:
             continue
         f = faces[req["face_id"]]
-        yield Call(request_id=req["request_id"], face_id=req["face_id"], messages=json.loads(req["messages_json"]),
-                   schema=json.loads(req["answer_schema"]), ask=tuple(req["ask"]), image=f["crop"],
-                   indices=tuple(idx), seeds=tuple(seed_for(p.sample.seed, req["request_id"], i) for i in idx),
-                   face_frac=f["crop_face_frac"])
+        yield Call(
+            request_id=req["request_id"],
+            face_id=req["face_id"],
+            messages=json.loads(req["messages_json"]),
+            schema=json.loads(req["answer_schema"]),
+            ask=tuple(req["ask"]),
+            image=f["crop"],
+            indices=tuple(idx),
+            seeds=tuple(seed_for(p.sample.seed, req["request_id"], i) for i in idx),
+            face_frac=f["crop_face_frac"],
+        )
 
 
 def dry_run(p: Params) -> dict:
@@ -46,8 +58,15 @@ def dry_run(p: Params) -> dict:
         total: dict = {}
         for lo, hi in rs:  # adaptive sampling sends one call per request per round
             calls = list(_calls(p, cache, lo, hi))
-            est = ann.estimate(calls) if hasattr(ann, "estimate") else {  # local: costs only time
-                "calls": len(calls), "samples": sum(len(c.indices) for c in calls), "cost_usd": 0.0}
+            est = (
+                ann.estimate(calls)
+                if hasattr(ann, "estimate")
+                else {  # local: costs only time
+                    "calls": len(calls),
+                    "samples": sum(len(c.indices) for c in calls),
+                    "cost_usd": 0.0,
+                }
+            )
             for key, v in est.items():
                 total[key] = total.get(key, 0) + v
         total["k_per_request"] = rs[-1][1]
@@ -62,21 +81,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from tasks.params import load
 
-    ap = argparse.ArgumentParser(prog="python -m tasks.estimate",
-                                 description="Estimate calls, tokens and cost of the sample stage; sends nothing.")
+    ap = argparse.ArgumentParser(
+        prog="python -m tasks.estimate",
+        description="Estimate calls, tokens and cost of the sample stage; sends nothing.",
+    )
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     p = load(a.params)
     try:
         est = dry_run(p)
     except FileNotFoundError as e:
-        raise SystemExit(f"{e}\nrun `dvc repro prompt` first: ingest, crop and prompt make no annotator calls")
+        raise SystemExit(
+            f"{e}\nrun `dvc repro prompt` first: ingest, crop and prompt make no annotator calls"
+        ) from None
     print(f"annotator: {p.annotator.backend} / {p.annotator.model}; {est['cached_samples']} samples already cached")
     for name in ("floor", "ceiling"):
         e = est[name]
-        print(f"{name:8s} (k={e['k_per_request']} per request): {e['calls']} calls, {e.get('image_sends', e['calls'])} "
-              f"image sends, {e['samples']} samples, {e.get('tokens_in', 0):,} tokens in, "
-              f"{e.get('tokens_out', 0):,} out, ${e['cost_usd']:.2f}")
+        print(
+            f"{name:8s} (k={e['k_per_request']} per request): {e['calls']} calls, {e.get('image_sends', e['calls'])} "
+            f"image sends, {e['samples']} samples, {e.get('tokens_in', 0):,} tokens in, "
+            f"{e.get('tokens_out', 0):,} out, ${e['cost_usd']:.2f}"
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ Input: Verdict + FaceRecord (crop bytes). Output: FeidRecord (accepted faces) an
 rejected Verdicts, with their reasons, in a table of their own. The `image` column is a
 struct of bytes and path, which Hugging Face `datasets` decodes as an Image feature.
 """
+
 from __future__ import annotations
 
 from tasks.knowledge import AUS, Knowledge
@@ -24,11 +25,11 @@ def _va_words(v: float, a: float) -> str:
     return f"{pv} valence and {pa} arousal"
 
 
-def conversations(k: Knowledge, expression: str, valence: float | None, arousal: float | None,
-                  aus: list[str] | None) -> list[Turn]:
+def conversations(
+    k: Knowledge, expression: str, valence: float | None, arousal: float | None, aus: list[str] | None
+) -> list[Turn]:
     """Instruction turns for the granularities FEID keeps; a withheld one (None) has none."""
-    q_expr = (f"{IMAGE}\nWhat is the facial expression of this person? "
-              f"Answer with one of: {', '.join(k.expressions)}.")
+    q_expr = f"{IMAGE}\nWhat is the facial expression of this person? Answer with one of: {', '.join(k.expressions)}."
     q_va = "Estimate the valence and arousal of this face, each in [-1, 1]."
     q_au = "Which facial action units (FACS) are active in this face?"
     q_all = "Describe the emotion this face shows, with the facial evidence for it."
@@ -42,11 +43,12 @@ def conversations(k: Knowledge, expression: str, valence: float | None, arousal:
         pairs.append((q_au, _au_text(k, aus)))
         desc += " " + _au_text(k, aus)
         if shared:
-            desc += (f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'}"
-                     " that reading.")
+            desc += (
+                f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'}"
+                " that reading."
+            )
     if valence is not None and arousal is not None:
-        desc += (f" Its valence is {valence:+.2f} and its arousal {arousal:+.2f}, that is "
-                 f"{_va_words(valence, arousal)}.")
+        desc += f" Its valence is {valence:+.2f} and its arousal {arousal:+.2f}, that is {_va_words(valence, arousal)}."
     pairs.append((q_all, desc))
     out: list[Turn] = []
     for q, a in pairs:
@@ -54,8 +56,9 @@ def conversations(k: Knowledge, expression: str, valence: float | None, arousal:
     return out
 
 
-def feid_row(verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: str, prompt_version: str,
-             params_hash: str) -> FeidRecord:
+def feid_row(
+    verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: str, prompt_version: str, params_hash: str
+) -> FeidRecord:
     """An accepted verdict as a FEID row: withheld VA is null, withheld AUs are listed in
     `aus_withheld` with a null probability, and neither gets a conversation turn."""
     probs = list(verdict["au_probs"] or [None] * len(AUS))
@@ -69,12 +72,24 @@ def feid_row(verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: 
     return FeidRecord(
         id=verdict["face_id"],
         image=Image(bytes=face["crop"], path=f"{verdict['face_id']}.jpg"),
-        source=face["source"], label_set=face["label_set"] or list(k.expressions), au_set=face["au_set"] or list(AUS),
-        expression=verdict["expression"], expression_confidence=float(expr_conf),
-        expression_status=verdict["expression_status"], valence=valence, arousal=arousal,
-        va_status=verdict.get("va_status") or "missing", aus=aus, aus_withheld=sorted(withheld),
+        source=face["source"],
+        label_set=face["label_set"] or list(k.expressions),
+        au_set=face["au_set"] or list(AUS),
+        expression=verdict["expression"],
+        expression_confidence=float(expr_conf),
+        expression_status=verdict["expression_status"],
+        valence=valence,
+        arousal=arousal,
+        va_status=verdict.get("va_status") or "missing",
+        aus=aus,
+        aus_withheld=sorted(withheld),
         au_status=verdict.get("au_status") or "missing",
-        au_probabilities=dict(zip(AUS, probs)), confidence=verdict["confidence"],
+        au_probabilities=dict(zip(AUS, probs)),
+        confidence=verdict["confidence"],
         conversations=conversations(k, verdict["expression"], valence, arousal, aus if au_kept else None),
-        annotator=annotator, model=model, prompt_version=prompt_version, params_hash=params_hash,
-        knowledge_version=k.digest)
+        annotator=annotator,
+        model=model,
+        prompt_version=prompt_version,
+        params_hash=params_hash,
+        knowledge_version=k.digest,
+    )

@@ -13,6 +13,7 @@
 The JSON exports write each crop once, as `images/<face id>.jpg`, relative to the export
 folder (LLaMA-Factory's `dataset_dir` / LLaVA's `image_folder`).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,11 +36,12 @@ ROLE = {"human": "user", "gpt": "assistant"}
 @dataclass
 class CardInfo:
     """What the dataset card says beyond the rows themselves."""
+
     name: str = "FEID"
     version: str = "workspace"
     rev: str | None = None
     params: dict = field(default_factory=dict)
-    sources_text: str = ""           # licences and attributions of the input images
+    sources_text: str = ""  # licences and attributions of the input images
     metrics: dict = field(default_factory=dict)
 
 
@@ -47,18 +49,27 @@ def _hf_features(schema: pa.Schema) -> dict:
     """`datasets` feature metadata for the FEID schema; the image column is an Image feature."""
     try:
         from datasets import Features, Image
+
         f = Features.from_arrow_schema(schema)
         f["image"] = Image()
         return f.to_dict()
     except ImportError:  # hand-written equivalent (datasets >= 4 layout)
+
         def feat(t: pa.DataType) -> dict:
             if pa.types.is_struct(t):
                 return {x.name: feat(x.type) for x in t}
             if pa.types.is_list(t) or pa.types.is_large_list(t):
                 return {"feature": feat(t.value_type), "_type": "List"}
-            dtype = {"string": "string", "large_string": "large_string", "bool": "bool", "int64": "int64",
-                     "double": "float64", "binary": "binary"}[str(t)]
+            dtype = {
+                "string": "string",
+                "large_string": "large_string",
+                "bool": "bool",
+                "int64": "int64",
+                "double": "float64",
+                "binary": "binary",
+            }[str(t)]
             return {"dtype": dtype, "_type": "Value"}
+
         out = {x.name: feat(x.type) for x in schema}
         out["image"] = {"_type": "Image"}
         return out
@@ -113,14 +124,23 @@ def export_sharegpt(rows: list[dict], out: Path, name: str) -> list[Path]:
     data = []
     for r in rows:
         _check_turns(r)
-        data.append({"messages": [{"role": ROLE[t["from"]], "content": t["value"]} for t in r["conversations"]],
-                     "images": [imgs[r["id"]]], "id": r["id"]})
+        data.append(
+            {
+                "messages": [{"role": ROLE[t["from"]], "content": t["value"]} for t in r["conversations"]],
+                "images": [imgs[r["id"]]],
+                "id": r["id"],
+            }
+        )
     f = out / f"{name}_sharegpt.json"
     f.write_text(json.dumps(data, ensure_ascii=False, indent=1))
-    info = {name: {"file_name": f.name, "formatting": "sharegpt",
-                   "columns": {"messages": "messages", "images": "images"},
-                   "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
-                            "assistant_tag": "assistant"}}}
+    info = {
+        name: {
+            "file_name": f.name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+        }
+    }
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return [f, out / "dataset_info.json"]
 
@@ -130,8 +150,13 @@ def export_llava(rows: list[dict], out: Path, name: str) -> list[Path]:
     data = []
     for r in rows:
         _check_turns(r)
-        data.append({"id": r["id"], "image": imgs[r["id"]],
-                     "conversations": [{"from": t["from"], "value": t["value"]} for t in r["conversations"]]})
+        data.append(
+            {
+                "id": r["id"],
+                "image": imgs[r["id"]],
+                "conversations": [{"from": t["from"], "value": t["value"]} for t in r["conversations"]],
+            }
+        )
     f = out / f"{name}_llava.json"
     f.write_text(json.dumps(data, ensure_ascii=False, indent=1))
     return [f]
@@ -155,8 +180,13 @@ def export(table: pa.Table, fmt: str, out: str | Path, card: CardInfo, overwrite
         files = (export_sharegpt if fmt == "sharegpt" else export_llava)(rows, out, name)
     light = table.drop_columns([c for c in ("image", "conversations") if c in table.column_names]).to_pylist()
     (out / "README.md").write_text(dataset_card(light, fmt, card, [f.relative_to(out) for f in files]))
-    return {"format": fmt, "out": str(out), "rows": table.num_rows, "files": [str(f) for f in files],
-            "images": table.num_rows if fmt != "hf" else 0}
+    return {
+        "format": fmt,
+        "out": str(out),
+        "rows": table.num_rows,
+        "files": [str(f) for f in files],
+        "images": table.num_rows if fmt != "hf" else 0,
+    }
 
 
 # ---------------------------------------------------------------- dataset card
@@ -166,8 +196,11 @@ def _stats(rows: list[dict]) -> dict:
         "rows": len(rows),
         "per_expression": dict(Counter(r["expression"] for r in rows).most_common()),
         "per_source": dict(Counter(r["source"] for r in rows).most_common()),
-        "au_rate": {a: round(sum(a in (r["aus"] or []) for r in rows) / n, 3) for a in AUS
-                    if any(a in (r["aus"] or []) for r in rows)},
+        "au_rate": {
+            a: round(sum(a in (r["aus"] or []) for r in rows) / n, 3)
+            for a in AUS
+            if any(a in (r["aus"] or []) for r in rows)
+        },
         "mean_valence": round(sum(r["valence"] for r in rows) / n, 3),
         "mean_arousal": round(sum(r["arousal"] for r in rows) / n, 3),
         "mean_confidence": round(sum(r["confidence"] for r in rows) / n, 3),
@@ -181,48 +214,95 @@ def _demote(md: str) -> str:
 
 def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) -> str:
     s = _stats(rows)
-    prov = {k: sorted({str(r[k]) for r in rows}) for k in ("annotator", "model", "prompt_version", "params_hash",
-                                                           "knowledge_version") if rows and k in rows[0]}
+    prov = {
+        k: sorted({str(r[k]) for r in rows})
+        for k in ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
+        if rows and k in rows[0]
+    }
     label_sets = sorted({",".join(r["label_set"]) for r in rows})
     au_sets = sorted({",".join(r["au_set"]) for r in rows})
     p = card.params
-    front = ["---", "license: other", "task_categories:", "- image-text-to-text", "- image-classification",
-             "tags:", "- facial-expression", "- emotion", "- action-units", "- instruction-tuning", "pretty_name: FEID",
-             f"size_categories:\n- {'n<1K' if s['rows'] < 1000 else '1K<n<10K' if s['rows'] < 10000 else '10K<n<100K'}"]
+    front = [
+        "---",
+        "license: other",
+        "task_categories:",
+        "- image-text-to-text",
+        "- image-classification",
+        "tags:",
+        "- facial-expression",
+        "- emotion",
+        "- action-units",
+        "- instruction-tuning",
+        "pretty_name: FEID",
+        f"size_categories:\n- {'n<1K' if s['rows'] < 1000 else '1K<n<10K' if s['rows'] < 10000 else '10K<n<100K'}",
+    ]
     if fmt == "hf":
         front += ["configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: data/*.parquet"]
     front.append("---")
-    L = front + ["", f"# {card.name}: facial-emotion instruction data", "",
-                 f"Version `{card.version}`" + (f" (commit `{card.rev}`)" if card.rev else " (working tree)") +
-                 f", exported as **{fmt}**. Every row is one face that passed self-verification (SV-UAMC): its "
-                 "expression, valence/arousal and action units, with per-AU probabilities, a confidence and "
-                 "four instruction/answer turns.", "", "## Files", ""]
+    L = front + [
+        "",
+        f"# {card.name}: facial-emotion instruction data",
+        "",
+        f"Version `{card.version}`"
+        + (f" (commit `{card.rev}`)" if card.rev else " (working tree)")
+        + f", exported as **{fmt}**. Every row is one face that passed self-verification (SV-UAMC): its "
+        "expression, valence/arousal and action units, with per-AU probabilities, a confidence and "
+        "four instruction/answer turns.",
+        "",
+        "## Files",
+        "",
+    ]
     L += [f"- `{f}`" for f in files]
     if fmt == "hf":
-        L += ["", "```python", "from datasets import load_dataset",
-              "ds = load_dataset(\"parquet\", data_files=\"data/*.parquet\")[\"train\"]",
-              "ds[0][\"image\"]  # PIL image", "```"]
+        L += [
+            "",
+            "```python",
+            "from datasets import load_dataset",
+            'ds = load_dataset("parquet", data_files="data/*.parquet")["train"]',
+            'ds[0]["image"]  # PIL image',
+            "```",
+        ]
     elif fmt == "sharegpt":
-        L += ["", "LLaMA-Factory: copy this folder into your `dataset_dir` (or point `dataset_dir` here) and train "
-              f"with `dataset: {card.name.lower()}`; `dataset_info.json` holds the entry (merge it into yours)."]
+        L += [
+            "",
+            "LLaMA-Factory: copy this folder into your `dataset_dir` (or point `dataset_dir` here) and train "
+            f"with `dataset: {card.name.lower()}`; `dataset_info.json` holds the entry (merge it into yours).",
+        ]
     else:
         L += ["", "LLaVA: `--data_path " + f"{card.name.lower()}_llava.json --image_folder <this folder>`."]
-    L += ["", "## Statistics", "", f"- rows (accepted faces): {s['rows']}",
-          f"- mean confidence {s['mean_confidence']}; mean valence {s['mean_valence']:+.3f}, "
-          f"mean arousal {s['mean_arousal']:+.3f}", "", "| expression | rows |", "|---|---|"]
+    L += [
+        "",
+        "## Statistics",
+        "",
+        f"- rows (accepted faces): {s['rows']}",
+        f"- mean confidence {s['mean_confidence']}; mean valence {s['mean_valence']:+.3f}, "
+        f"mean arousal {s['mean_arousal']:+.3f}",
+        "",
+        "| expression | rows |",
+        "|---|---|",
+    ]
     L += [f"| {e} | {n} |" for e, n in s["per_expression"].items()]
     L += ["", "| source | rows |", "|---|---|"] + [f"| {e} | {n} |" for e, n in s["per_source"].items()]
     if s["au_rate"]:
         L += ["", "Share of rows with each AU active: " + ", ".join(f"{a} {v}" for a, v in s["au_rate"].items())]
-    L += ["", "## Label set and AU set", "", f"- expressions: {', '.join(EXPRESSIONS)}",
-          f"- action units (FACS): {', '.join(AUS)}",
-          "- per row, `label_set` / `au_set` are the classes and AUs that row's labels cover "
-          f"(found here: label sets {label_sets}; AU sets {au_sets}). Labels a source did not give were "
-          "generated by the annotator and verified; `au_probabilities` holds the occurrence rate of each AU "
-          "(null = not asked).", ""]
+    L += [
+        "",
+        "## Label set and AU set",
+        "",
+        f"- expressions: {', '.join(EXPRESSIONS)}",
+        f"- action units (FACS): {', '.join(AUS)}",
+        "- per row, `label_set` / `au_set` are the classes and AUs that row's labels cover "
+        f"(found here: label sets {label_sets}; AU sets {au_sets}). Labels a source did not give were "
+        "generated by the annotator and verified; `au_probabilities` holds the occurrence rate of each AU "
+        "(null = not asked).",
+        "",
+    ]
     L += ["## Sources and licences", ""]
-    L += [_demote(card.sources_text.strip()) or "No source description was found: add one (a README.md next to the input "
-          "images) before publishing. The images keep their original licences."]
+    L += [
+        _demote(card.sources_text.strip())
+        or "No source description was found: add one (a README.md next to the input "
+        "images) before publishing. The images keep their original licences."
+    ]
     L += ["", "## Annotation", ""]
     for k, v in prov.items():
         L.append(f"- {k}: {', '.join(f'`{x}`' for x in v)}")
@@ -230,10 +310,28 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
         if sec in p:
             L.append(f"- `{sec}`: `{json.dumps(p[sec], sort_keys=True)}`")
     if card.metrics:
-        L += ["", "Pipeline metrics of this version:", "", "```json", json.dumps(card.metrics, indent=1, sort_keys=True),
-              "```"]
-    L += ["", "## Citation", "", "Cite this dataset version and every source listed above:", "", "```bibtex",
-          "@misc{feid,", "  title  = {FEID: knowledge-enhanced, self-verified facial-emotion instruction data},",
-          f"  note   = {{version {card.version}{', commit ' + card.rev if card.rev else ''}, params "
-          f"{', '.join(prov.get('params_hash', []))}}},", "  year   = {2026}", "}", "```", ""]
+        L += [
+            "",
+            "Pipeline metrics of this version:",
+            "",
+            "```json",
+            json.dumps(card.metrics, indent=1, sort_keys=True),
+            "```",
+        ]
+    L += [
+        "",
+        "## Citation",
+        "",
+        "Cite this dataset version and every source listed above:",
+        "",
+        "```bibtex",
+        "@misc{feid,",
+        "  title  = {FEID: knowledge-enhanced, self-verified facial-emotion instruction data},",
+        f"  note   = {{version {card.version}{', commit ' + card.rev if card.rev else ''}, params "
+        f"{', '.join(prov.get('params_hash', []))}}},",
+        "  year   = {2026}",
+        "}",
+        "```",
+        "",
+    ]
     return "\n".join(L)

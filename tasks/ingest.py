@@ -5,6 +5,7 @@ Input: a folder of images, or a manifest (CSV/Parquet with `path` and optional p
 `label_set`), on a local path or any fsspec URL. Output: ImageRecord per usable image,
 QuarantineRecord (with a reason) per unusable file. The image id is the SHA-256 of the bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,6 +26,7 @@ from tasks.records import ImageRecord, QuarantineRecord
 @dataclass
 class Entry:
     """One file to ingest: its path relative to the root, plus the manifest row (if any)."""
+
     path: str
     labels: dict
 
@@ -41,8 +43,11 @@ def list_entries(root: str, manifest: str, extensions: Iterable[str]) -> Iterato
         fs, mpath = fsspec.core.url_to_fs(manifest)
         with fs.open(mpath, "rb") as fh:
             data = fh.read()
-        df = (pl.read_parquet(io.BytesIO(data)) if mpath.endswith(".parquet")
-              else pl.read_csv(io.BytesIO(data), infer_schema_length=0))  # CSV: all strings, parsed below
+        df = (
+            pl.read_parquet(io.BytesIO(data))
+            if mpath.endswith(".parquet")
+            else pl.read_csv(io.BytesIO(data), infer_schema_length=0)
+        )  # CSV: all strings, parsed below
         if "path" not in df.columns:
             raise ValueError(f"manifest {manifest} has no `path` column (columns: {df.columns})")
         for row in df.iter_rows(named=True):
@@ -68,14 +73,23 @@ def resolve(root: str, rel: str) -> str | None:
 def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
     """Prior labels of one manifest row, mapped to the project's label spaces. Raises
     UnknownLabel / ValueError with a message naming the bad value."""
-    out: dict = {"prior_expression": None, "prior_valence": None, "prior_arousal": None,
-                 "prior_aus": None, "label_set": [], "au_set": []}
+    out: dict = {
+        "prior_expression": None,
+        "prior_valence": None,
+        "prior_arousal": None,
+        "prior_aus": None,
+        "label_set": [],
+        "au_set": [],
+    }
     expr = labels.get("expression")
     if not _is_missing(expr):
         out["prior_expression"] = k.expression(expr, labels.get("label_scheme") or None)
         ls = labels.get("label_set")
-        out["label_set"] = ([k.expression(x) for x in str(ls).split(",")] if not _is_missing(ls)
-                            else list(params.label_set or k.expressions))
+        out["label_set"] = (
+            [k.expression(x) for x in str(ls).split(",")]
+            if not _is_missing(ls)
+            else list(params.label_set or k.expressions)
+        )
         if out["prior_expression"] not in out["label_set"]:
             raise ValueError(f"expression {expr!r} is not in the row's label_set {out['label_set']}")
     for key in ("valence", "arousal"):
@@ -99,8 +113,9 @@ def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
     return out
 
 
-def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
-           read=None) -> Iterator[ImageRecord | QuarantineRecord]:
+def ingest(
+    entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest, read=None
+) -> Iterator[ImageRecord | QuarantineRecord]:
     """Yield an ImageRecord or a QuarantineRecord for every entry, never dropping one."""
     seen: dict[str, str] = {}
     for e in entries:
@@ -112,8 +127,9 @@ def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
             fs, p = fsspec.core.url_to_fs(url)
             size = fs.size(p)
             if size is not None and size > params.max_bytes:
-                yield QuarantineRecord(path=e.path, reason="too_large",
-                                       detail=f"{size} bytes > ingest.max_bytes={params.max_bytes}")
+                yield QuarantineRecord(
+                    path=e.path, reason="too_large", detail=f"{size} bytes > ingest.max_bytes={params.max_bytes}"
+                )
                 continue
             data = read(url) if read else fs.cat_file(p)
         except (OSError, ValueError) as ex:
@@ -123,16 +139,20 @@ def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
             yield QuarantineRecord(path=e.path, reason="empty", detail="0 bytes")
             continue
         if len(data) > params.max_bytes:
-            yield QuarantineRecord(path=e.path, reason="too_large",
-                                   detail=f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}")
+            yield QuarantineRecord(
+                path=e.path, reason="too_large", detail=f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}"
+            )
             continue
         try:
             im = Image.open(io.BytesIO(data))
             fmt, (w, h) = im.format or "unknown", im.size
         except (UnidentifiedImageError, OSError) as ex:
             # PIL's message embeds the address of a BytesIO: keep the detail deterministic
-            yield QuarantineRecord(path=e.path, reason="not_an_image",
-                                   detail=f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}")
+            yield QuarantineRecord(
+                path=e.path,
+                reason="not_an_image",
+                detail=f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}",
+            )
             continue
         try:
             im.load()  # full decode: catches truncated and corrupt files
@@ -151,6 +171,15 @@ def ingest(entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest,
         seen[sha] = e.path
         src = e.labels.get("source")
         subj = e.labels.get("subject")
-        yield ImageRecord(id=sha, path=e.path, uri=url, source=params.source if _is_missing(src) else str(src),
-                          subject=None if _is_missing(subj) else str(subj), width=w, height=h, format=fmt,
-                          n_bytes=len(data), **labels)
+        yield ImageRecord(
+            id=sha,
+            path=e.path,
+            uri=url,
+            source=params.source if _is_missing(src) else str(src),
+            subject=None if _is_missing(subj) else str(subj),
+            width=w,
+            height=h,
+            format=fmt,
+            n_bytes=len(data),
+            **labels,
+        )

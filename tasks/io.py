@@ -4,6 +4,7 @@ Writes go to a temporary file that is renamed into place only when the stage suc
 a failed stage (or failed validation) never leaves a half-written output for DVC to cache.
 Reads stream row-group batches so memory stays flat as datasets grow.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 All of it is data in `tasks/knowledge/*.yaml` (a DVC dependency of the stages that use it);
 this module only loads it and answers questions about it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,13 +25,13 @@ class UnknownLabel(ValueError):
 class Knowledge:
     expressions: tuple[str, ...]
     aus: tuple[str, ...]
-    aliases: dict[str, str]           # lower-case alias -> project label
+    aliases: dict[str, str]  # lower-case alias -> project label
     schemes: dict[str, dict[str, str]]
     au_catalogue: dict[str, dict[str, str]]
     prototypes: dict[str, dict[str, list[str]]]
     centroids: dict[str, dict[str, float]]
     au_directions: dict[str, list[str]]
-    digest: str                       # hash of the knowledge files, recorded in provenance
+    digest: str  # hash of the knowledge files, recorded in provenance
 
     # -- labels -------------------------------------------------------------
     def expression(self, name: object, scheme: str | None = None) -> str:
@@ -67,9 +68,14 @@ class Knowledge:
         c = self.centroids[expression]
         return c["valence"], c["arousal"], c["spread"]
 
-    def consistency(self, expression: str, au_rates: dict[str, float] | None,
-                    valence: float | None, arousal: float | None,
-                    au_weights: dict[str, float] | None = None) -> float | None:
+    def consistency(
+        self,
+        expression: str,
+        au_rates: dict[str, float] | None,
+        valence: float | None,
+        arousal: float | None,
+        au_weights: dict[str, float] | None = None,
+    ) -> float | None:
         """How well expression, AUs and VA tell the same story, in [0, 1].
 
         AU part: weighted mean over the prototype's core AUs of their occurrence rate, and for

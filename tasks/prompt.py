@@ -12,6 +12,7 @@ Variants
   priors (only built for faces that have a prior label).
 - plain: `prompt.knowledge: false`: no priors' knowledge, no catalogue (ablation).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,10 @@ from tasks.answer import json_schema
 from tasks.knowledge import Knowledge
 from tasks.records import GRANULARITIES, FaceRecord, RequestRecord
 
-SYSTEM = ("You are an expert FACS coder and affective-computing annotator. You look at one "
-          "cropped face and answer only with a JSON object that follows the given schema.")
+SYSTEM = (
+    "You are an expert FACS coder and affective-computing annotator. You look at one "
+    "cropped face and answer only with a JSON object that follows the given schema."
+)
 
 
 def _catalogue(k: Knowledge, aus: Iterable[str]) -> str:
@@ -40,8 +43,10 @@ def _prototype_line(k: Knowledge, expr: str) -> str:
 
 def _va_line(k: Knowledge, expr: str) -> str:
     v, a, s = k.va_centroid(expr)
-    return (f"{expr.capitalize()} sits near valence {v:+.2f}, arousal {a:+.2f} "
-            f"(plausible within about {s:.2f} of that point).")
+    return (
+        f"{expr.capitalize()} sits near valence {v:+.2f}, arousal {a:+.2f} "
+        f"(plausible within about {s:.2f} of that point)."
+    )
 
 
 def missing(face: FaceRecord) -> tuple[str, ...]:
@@ -56,8 +61,7 @@ def missing(face: FaceRecord) -> tuple[str, ...]:
     return tuple(g for g in GRANULARITIES if g not in have)
 
 
-def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], variant: str,
-               knowledge: bool) -> str:
+def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], variant: str, knowledge: bool) -> str:
     lines: list[str] = []
     if variant == "primed" and face is not None:
         priors = []
@@ -70,8 +74,9 @@ def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], vari
         if priors:
             lines.append("Human annotators labelled this face: " + "; ".join(priors) + ".")
             if knowledge and face.prior_expression:
-                lines.append("Knowledge: " + _prototype_line(k, face.prior_expression) + " "
-                             + _va_line(k, face.prior_expression))
+                lines.append(
+                    "Knowledge: " + _prototype_line(k, face.prior_expression) + " " + _va_line(k, face.prior_expression)
+                )
     tasks = []
     if "expression" in ask:
         tasks.append(f"the facial expression, one of: {', '.join(k.expressions)}")
@@ -87,31 +92,43 @@ def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], vari
     if knowledge and "expression" in ask:
         lines.append("Knowledge: " + " ".join(_prototype_line(k, e) for e in k.expressions))
     if knowledge and "va" in ask and not (variant == "primed" and face and face.prior_expression):
-        lines.append("Knowledge: AU06 and AU12 raise valence; AU04, AU09, AU15 and AU20 lower it. "
-                     "AU05, AU26, AU01+AU02 and AU20 raise arousal.")
+        lines.append(
+            "Knowledge: AU06 and AU12 raise valence; AU04, AU09, AU15 and AU20 lower it. "
+            "AU05, AU26, AU01+AU02 and AU20 raise arousal."
+        )
     lines.append("Answer with JSON only.")
     return "\n\n".join(lines)
 
 
-def make_request(k: Knowledge, face: FaceRecord, variant: str, ask: tuple[str, ...],
-                 version: str, knowledge: bool) -> RequestRecord:
+def make_request(
+    k: Knowledge, face: FaceRecord, variant: str, ask: tuple[str, ...], version: str, knowledge: bool
+) -> RequestRecord:
     schema = json_schema(ask)
     messages = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": [
-            {"type": "text", "text": build_text(k, face, ask, variant, knowledge)},
-            {"type": "image_ref", "sha256": face.crop_sha256},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": build_text(k, face, ask, variant, knowledge)},
+                {"type": "image_ref", "sha256": face.crop_sha256},
+            ],
+        },
     ]
     canon = json.dumps({"v": version, "m": messages, "s": schema}, sort_keys=True)
     rid = hashlib.sha256(canon.encode()).hexdigest()
-    return RequestRecord(request_id=rid, face_id=face.face_id, variant=variant, ask=list(ask),
-                         prompt_version=version, messages_json=json.dumps(messages),
-                         answer_schema=json.dumps(schema), image_sha256=face.crop_sha256)
+    return RequestRecord(
+        request_id=rid,
+        face_id=face.face_id,
+        variant=variant,
+        ask=list(ask),
+        prompt_version=version,
+        messages_json=json.dumps(messages),
+        answer_schema=json.dumps(schema),
+        image_sha256=face.crop_sha256,
+    )
 
 
-def requests_for(k: Knowledge, face: FaceRecord, version: str, knowledge: bool,
-                 blind: bool) -> Iterator[RequestRecord]:
+def requests_for(k: Knowledge, face: FaceRecord, version: str, knowledge: bool, blind: bool) -> Iterator[RequestRecord]:
     ask = missing(face)
     has_priors = len(ask) < len(GRANULARITIES)
     variant = "primed" if knowledge else "plain"
@@ -128,11 +145,16 @@ VERIFY_ASK = ("verify",)
 def verification_schema(k: Knowledge) -> dict:
     """Strict JSON schema of a verification answer."""
     return {
-        "title": "Verification", "type": "object", "additionalProperties": False,
+        "title": "Verification",
+        "type": "object",
+        "additionalProperties": False,
         "properties": {
             "confirmed": {"type": "boolean", "description": "true if the proposed expression is right"},
-            "expression": {"type": "string", "enum": list(k.expressions),
-                           "description": "the proposed expression if confirmed, else the correct one"},
+            "expression": {
+                "type": "string",
+                "enum": list(k.expressions),
+                "description": "the proposed expression if confirmed, else the correct one",
+            },
             "rationale": {"type": "string", "description": "one sentence naming the visible evidence"},
         },
         "required": ["confirmed", "expression", "rationale"],
@@ -146,24 +168,30 @@ def verification_text(k: Knowledge, proposed: dict, knowledge: bool) -> str:
     lines = ["Check a proposed annotation of this face, made by an annotator who looked at it several times."]
     if knowledge:
         lines.append("Knowledge: " + _prototype_line(k, expr) + " " + _va_line(k, expr))
-    lines.append("Look at the face. If the proposed expression is right, answer confirmed=true and repeat it. "
-                 "If it is wrong, answer confirmed=false and give the correct expression from the label set "
-                 "of the schema. Add a one-sentence rationale. Answer with JSON only.")
+    lines.append(
+        "Look at the face. If the proposed expression is right, answer confirmed=true and repeat it. "
+        "If it is wrong, answer confirmed=false and give the correct expression from the label set "
+        "of the schema. Add a one-sentence rationale. Answer with JSON only."
+    )
     lines.append("Proposed answer: " + json.dumps(proposed, sort_keys=True))
     return "\n\n".join(lines)
 
 
-def verification_request(k: Knowledge, image_sha256: str, proposed: dict, version: str,
-                         knowledge: bool) -> tuple[str, list[dict], dict]:
+def verification_request(
+    k: Knowledge, image_sha256: str, proposed: dict, version: str, knowledge: bool
+) -> tuple[str, list[dict], dict]:
     """(request id, messages, schema) of one face's verification request. The id hashes the
     proposed answer too, so a different aggregate is a different (separately cached) call."""
     schema = verification_schema(k)
     messages = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": [
-            {"type": "text", "text": verification_text(k, proposed, knowledge)},
-            {"type": "image_ref", "sha256": image_sha256},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": verification_text(k, proposed, knowledge)},
+                {"type": "image_ref", "sha256": image_sha256},
+            ],
+        },
     ]
     canon = json.dumps({"v": version, "variant": "verify", "m": messages, "s": schema}, sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest(), messages, schema

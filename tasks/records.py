@@ -12,6 +12,7 @@ verify   data/verify/verdicts.parquet          Verdict
 export   data/feid/feid.parquet                FeidRecord
          data/feid/.rejects/rejects.parquet             Verdict (accepted = false)
 """
+
 from __future__ import annotations
 
 import builtins
@@ -30,8 +31,12 @@ class Record(BaseModel):
 
     @classmethod
     def arrow_schema(cls) -> pa.Schema:
-        return pa.schema([pa.field(n, _arrow_type(f.annotation), nullable=_nullable(f.annotation))
-                          for n, f in cls.model_fields.items()])
+        return pa.schema(
+            [
+                pa.field(n, _arrow_type(f.annotation), nullable=_nullable(f.annotation))
+                for n, f in cls.model_fields.items()
+            ]
+        )
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -66,16 +71,19 @@ def _arrow_type(t) -> pa.DataType:
         (inner,) = get_args(t)
         return pa.list_(_arrow_type(inner))
     if isinstance(t, type) and issubclass(t, BaseModel):
-        return pa.struct([pa.field(f.alias or n, _arrow_type(f.annotation), nullable=_nullable(f.annotation))
-                          for n, f in t.model_fields.items()])
+        return pa.struct(
+            [
+                pa.field(f.alias or n, _arrow_type(f.annotation), nullable=_nullable(f.annotation))
+                for n, f in t.model_fields.items()
+            ]
+        )
     raise TypeError(f"no Arrow type for {t!r}")
 
 
 Granularity = Literal["expression", "va", "aus"]
 GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 
-QuarantineReason = Literal["unreadable", "not_an_image", "empty", "too_large", "duplicate",
-                           "outside_root", "bad_label"]
+QuarantineReason = Literal["unreadable", "not_an_image", "empty", "too_large", "duplicate", "outside_root", "bad_label"]
 
 
 class ImageRecord(Record):
@@ -213,6 +221,7 @@ class Turn(BaseModel):
 
 class Image(BaseModel):
     """The layout Hugging Face `datasets` decodes as an Image feature."""
+
     bytes: Optional[builtins.bytes] = None
     path: Optional[str] = None
 

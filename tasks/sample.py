@@ -16,6 +16,7 @@ crash, pays for nothing that had already succeeded.
 Annotators answer verification requests if they say so (`supports_verification`); the
 OpenAI-compatible one does (any chat model can), others are skipped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,17 @@ from tasks.answer import parse
 from tasks.cache import ResponseCache
 from tasks.knowledge import AUS, Knowledge
 from tasks.params import Params
-from tasks.records import SampleRecord
 from tasks.prompt import VERIFY_ASK, parse_verification, verification_request
-from tasks.verify import MIRROR_VERIFY_VARIANT, VERIFY_VARIANT, VERIFY_VARIANTS, measure, mirror, settled, wants_verification
+from tasks.records import SampleRecord
+from tasks.verify import (
+    MIRROR_VERIFY_VARIANT,
+    VERIFY_VARIANT,
+    VERIFY_VARIANTS,
+    measure,
+    mirror,
+    settled,
+    wants_verification,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +62,42 @@ class Tally:
     verify_calls: int = 0
 
 
-def _record(ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int,
-            error: str | None, cached: bool) -> dict:
-    base = dict(face_id=face_id, request_id=req["request_id"], variant=req["variant"], sample_index=index,
-                seed=seed, annotator=ann.name, annotator_version=ann.version, model=ann.model, cached=cached)
+def _record(
+    ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int, error: str | None, cached: bool
+) -> dict:
+    base = dict(
+        face_id=face_id,
+        request_id=req["request_id"],
+        variant=req["variant"],
+        sample_index=index,
+        seed=seed,
+        annotator=ann.name,
+        annotator_version=ann.version,
+        model=ann.model,
+        cached=cached,
+    )
     if entry is None:
         return SampleRecord(**base, status="error", error=error or "no answer").model_dump()
     p = parse(entry.get("text"), tuple(req["ask"]), entry.get("finish_reason"), entry.get("refusal"))
     au_probs = None
     if p.aus is not None:
         au_probs = [1.0 if a in p.aus else 0.0 for a in AUS]
-    return SampleRecord(**base, status=p.status, error=p.error, raw=entry.get("text"), expression=p.expression,
-                        valence=p.valence, arousal=p.arousal, aus=p.aus, au_probs=au_probs,
-                        rationale=p.rationale, tokens_in=round(entry.get("tokens_in", 0)),
-                        tokens_out=round(entry.get("tokens_out", 0)), latency_ms=entry.get("latency_ms", 0.0),
-                        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
+    return SampleRecord(
+        **base,
+        status=p.status,
+        error=p.error,
+        raw=entry.get("text"),
+        expression=p.expression,
+        valence=p.valence,
+        arousal=p.arousal,
+        aus=p.aus,
+        au_probs=au_probs,
+        rationale=p.rationale,
+        tokens_in=round(entry.get("tokens_in", 0)),
+        tokens_out=round(entry.get("tokens_out", 0)),
+        latency_ms=entry.get("latency_ms", 0.0),
+        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+    ).model_dump()
 
 
 def cap(req: dict, sp, face: dict) -> int:
@@ -79,8 +109,15 @@ def cap(req: dict, sp, face: dict) -> int:
     return sp.kmax
 
 
-def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annotator, cache: ResponseCache,
-                 params: Params, k: Knowledge, tally: Tally) -> Iterator[dict]:
+def sample_batch(
+    faces: list[dict],
+    requests: dict[str, list[dict]],
+    ann: Annotator,
+    cache: ResponseCache,
+    params: Params,
+    k: Knowledge,
+    tally: Tally,
+) -> Iterator[dict]:
     """Adaptive Monte Carlo sampling for one batch of faces; yields SampleRecord dicts,
     grouped by face, in the faces' order."""
     sp = params.sample
@@ -106,18 +143,29 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
                         missing_i.append(i)
                         missing_s.append(s)
                 if missing_i:
-                    calls.append(Call(request_id=req["request_id"], face_id=f["face_id"],
-                                      messages=json.loads(req["messages_json"]), schema=json.loads(req["answer_schema"]),
-                                      ask=tuple(req["ask"]), image=f["crop"], indices=tuple(missing_i),
-                                      seeds=tuple(missing_s), face_frac=f.get("crop_face_frac")))
+                    calls.append(
+                        Call(
+                            request_id=req["request_id"],
+                            face_id=f["face_id"],
+                            messages=json.loads(req["messages_json"]),
+                            schema=json.loads(req["answer_schema"]),
+                            ask=tuple(req["ask"]),
+                            image=f["crop"],
+                            indices=tuple(missing_i),
+                            seeds=tuple(missing_s),
+                            face_frac=f.get("crop_face_frac"),
+                        )
+                    )
         by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
         for res in ann.run(calls):
             _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
         still = []
         for f in open_faces:
             got = drawn[f["face_id"]]
-            full = all(sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f)
-                       for r in requests[f["face_id"]])
+            full = all(
+                sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f)
+                for r in requests[f["face_id"]]
+            )
             if not full and not settled(f, got, k, sp):
                 still.append(f)
         open_faces = still
@@ -125,8 +173,9 @@ def sample_batch(faces: list[dict], requests: dict[str, list[dict]], ann: Annota
     _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
     for f in faces:
         got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
-        tally.per_face_k.append(max((x["sample_index"] + 1 for x in got if x["variant"] not in VERIFY_VARIANTS),
-                                    default=0))
+        tally.per_face_k.append(
+            max((x["sample_index"] + 1 for x in got if x["variant"] not in VERIFY_VARIANTS), default=0)
+        )
         yield from got
 
 
@@ -134,8 +183,16 @@ def supports_verification(ann: Annotator) -> bool:
     return bool(getattr(ann, "supports_verification", ann.name == "openai"))
 
 
-def _verification_round(faces: list[dict], requests: dict[str, list[dict]], drawn: dict[str, list[dict]],
-                        ann: Annotator, cache: ResponseCache, params: Params, k: Knowledge, tally: Tally) -> None:
+def _verification_round(
+    faces: list[dict],
+    requests: dict[str, list[dict]],
+    drawn: dict[str, list[dict]],
+    ann: Annotator,
+    cache: ResponseCache,
+    params: Params,
+    k: Knowledge,
+    tally: Tally,
+) -> None:
     sp = params.sample
     if sp.verify_round == "none" or not supports_verification(ann):
         return
@@ -161,8 +218,9 @@ def _verification_round(faces: list[dict], requests: dict[str, list[dict]], draw
             if s.au_source == "annotator":
                 proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
             version = (gen or reqs)[0]["prompt_version"]
-            vid, messages, schema = verification_request(k, f["crop_sha256"], proposed, version,
-                                                         params.prompt.knowledge)
+            vid, messages, schema = verification_request(
+                k, f["crop_sha256"], proposed, version, params.prompt.knowledge
+            )
             req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
             seed = seed_for(sp.seed, vid, 0)
             e = cache.get(vid, 0, seed)
@@ -173,8 +231,18 @@ def _verification_round(faces: list[dict], requests: dict[str, list[dict]], draw
             if vid in meta:
                 continue
             meta[vid] = (f["face_id"], s.expression, variant)
-            calls.append(Call(request_id=vid, face_id=f["face_id"], messages=messages, schema=schema, ask=VERIFY_ASK,
-                              image=f["crop"], indices=(0,), seeds=(seed,)))
+            calls.append(
+                Call(
+                    request_id=vid,
+                    face_id=f["face_id"],
+                    messages=messages,
+                    schema=schema,
+                    ask=VERIFY_ASK,
+                    image=f["crop"],
+                    indices=(0,),
+                    seeds=(seed,),
+                )
+            )
     for res in ann.run(calls):
         tally.calls += 1
         tally.verify_calls += 1
@@ -188,28 +256,55 @@ def _verification_round(faces: list[dict], requests: dict[str, list[dict]], draw
         if e is None:
             tally.failed += 1
         req = {"request_id": res.call.request_id, "variant": variant, "ask": list(VERIFY_ASK)}
-        drawn[fid].append(_verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False,
-                                         proposed_label, k))
+        drawn[fid].append(
+            _verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False, proposed_label, k)
+        )
 
 
-def _verify_record(ann: Annotator, face_id: str, req: dict, entry: dict | None, seed: int, error: str | None,
-                   cached: bool, proposed: str, k: Knowledge) -> dict:
-    base = dict(face_id=face_id, request_id=req["request_id"], variant=req["variant"], sample_index=0, seed=seed,
-                annotator=ann.name, annotator_version=ann.version, model=ann.model, cached=cached)
+def _verify_record(
+    ann: Annotator,
+    face_id: str,
+    req: dict,
+    entry: dict | None,
+    seed: int,
+    error: str | None,
+    cached: bool,
+    proposed: str,
+    k: Knowledge,
+) -> dict:
+    base = dict(
+        face_id=face_id,
+        request_id=req["request_id"],
+        variant=req["variant"],
+        sample_index=0,
+        seed=seed,
+        annotator=ann.name,
+        annotator_version=ann.version,
+        model=ann.model,
+        cached=cached,
+    )
     if entry is None:
         return SampleRecord(**base, status="error", error=error).model_dump()
     if entry.get("refusal"):
         status, label, err = "refused", None, f"refusal: {entry['refusal'][:200]}"
     else:
         status, label, err = parse_verification(entry.get("text"), proposed, k)
-    return SampleRecord(**base, status=status, error=err, raw=entry.get("text"), expression=label,
-                        tokens_in=round(entry.get("tokens_in", 0)), tokens_out=round(entry.get("tokens_out", 0)),
-                        latency_ms=entry.get("latency_ms", 0.0),
-                        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0)).model_dump()
+    return SampleRecord(
+        **base,
+        status=status,
+        error=err,
+        raw=entry.get("text"),
+        expression=label,
+        tokens_in=round(entry.get("tokens_in", 0)),
+        tokens_out=round(entry.get("tokens_out", 0)),
+        latency_ms=entry.get("latency_ms", 0.0),
+        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+    ).model_dump()
 
 
-def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,
-            drawn: dict[str, list[dict]], tally: Tally) -> None:
+def _absorb(
+    res: CallResult, req: dict, ann: Annotator, cache: ResponseCache, drawn: dict[str, list[dict]], tally: Tally
+) -> None:
     tally.calls += 1
     fid = res.call.face_id
     entries = {e["index"]: e for e in cache.put(res)}
@@ -221,5 +316,6 @@ def _absorb(res: CallResult, req: dict, ann: Annotator, cache: ResponseCache,
         e = entries.get(i)
         if e is None:
             tally.failed += 1
-        drawn[fid].append(_record(ann, fid, req, e, i, s, res.error or "the annotator returned no answer for this index",
-                                  False))
+        drawn[fid].append(
+            _record(ann, fid, req, e, i, s, res.error or "the annotator returned no answer for this index", False)
+        )

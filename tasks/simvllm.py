@@ -33,6 +33,7 @@ confirms it with probability `verify_confirm_correct` if it is the truth,
 `verify_confirm_distractor` if it is the face's distractor (when >= 0), else
 `verify_confirm_wrong`, and otherwise corrects it with a fresh answer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,36 +66,38 @@ class SimConfig:
     model: str = "sim-vllm"
     seed: int = 0
     # answer quality
-    accuracy: float = 0.75            # mean single-sample expression accuracy
-    difficulty_spread: float = 0.3    # per-face accuracy = accuracy +- this (uniform), clipped
-    systematic: float = 0.7           # share of wrong answers naming the face's fixed distractor
-    va_noise: float = 0.15            # std of Gaussian noise on valence and arousal
-    au_flip: float = 0.05             # chance that each AU's occurrence is flipped
-    follow_stated: float = 0.85       # share of AUs/VA that follow the stated expression, not the truth (real VLLMs rationalise)
+    accuracy: float = 0.75  # mean single-sample expression accuracy
+    difficulty_spread: float = 0.3  # per-face accuracy = accuracy +- this (uniform), clipped
+    systematic: float = 0.7  # share of wrong answers naming the face's fixed distractor
+    va_noise: float = 0.15  # std of Gaussian noise on valence and arousal
+    au_flip: float = 0.05  # chance that each AU's occurrence is flipped
+    follow_stated: float = (
+        0.85  # share of AUs/VA that follow the stated expression, not the truth (real VLLMs rationalise)
+    )
     # protocol behaviour
-    n_mode: str = "honour"            # honour | ignore (always 1 choice) | cap (at most n_cap)
+    n_mode: str = "honour"  # honour | ignore (always 1 choice) | cap (at most n_cap)
     n_cap: int = 4
     reject_json_schema: bool = False  # 400 on response_format json_schema
     reject_json_object: bool = False  # 400 on response_format json_object
-    reject_seed: bool = False         # 400 when `seed` is sent
-    require_key: str = ""             # if set, other bearer keys get a 401 that echoes them
+    reject_seed: bool = False  # 400 when `seed` is sent
+    require_key: str = ""  # if set, other bearer keys get a 401 that echoes them
     # timing
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
     # faults, per attempt (request level) or per choice (answer level)
     rate_429: float = 0.0
-    retry_after_s: float = 0.05       # sent as Retry-After (seconds, rounded up) and retry-after-ms
+    retry_after_s: float = 0.05  # sent as Retry-After (seconds, rounded up) and retry-after-ms
     rate_500: float = 0.0
     rate_timeout: float = 0.0
-    timeout_sleep_s: float = 30.0     # how long a "timed out" request sleeps before answering
-    fault_max_attempt: int = 0        # request-level faults only on attempts < this; 0 = any attempt
+    timeout_sleep_s: float = 30.0  # how long a "timed out" request sleeps before answering
+    fault_max_attempt: int = 0  # request-level faults only on attempts < this; 0 = any attempt
     rate_truncated: float = 0.0
     rate_refusal: float = 0.0
     rate_out_of_range: float = 0.0
     # self-verification hook (default handler)
     verify_confirm_correct: float = 0.9
     verify_confirm_wrong: float = 0.3
-    verify_confirm_distractor: float = -1.0   # confirm rate when the claim is the face's distractor; <0 = as wrong
+    verify_confirm_distractor: float = -1.0  # confirm rate when the claim is the face's distractor; <0 = as wrong
     tokens_per_image: int = 255
 
     def update(self, d: dict) -> None:
@@ -166,18 +169,22 @@ def load_manifest(path: str | Path | None) -> dict[str, Truth]:
         val = r.get("valence")
         aro = r.get("arousal")
         acc = r.get("accuracy")
-        out[sha] = Truth(expr, float(val) if val not in (None, "") else cv,
-                         float(aro) if aro not in (None, "") else ca,
-                         sorted(k.au_code(a) for a in aus),
-                         float(acc) if acc not in (None, "") else None)
+        out[sha] = Truth(
+            expr,
+            float(val) if val not in (None, "") else cv,
+            float(aro) if aro not in (None, "") else ca,
+            sorted(k.au_code(a) for a in aus),
+            float(acc) if acc not in (None, "") else None,
+        )
     return out
 
 
 class SimVLLM:
     """The simulator's state and logic; `app()` wraps it in an aiohttp application."""
 
-    def __init__(self, config: SimConfig | None = None, truth: dict[str, Truth] | None = None,
-                 log_path: str | Path | None = None):
+    def __init__(
+        self, config: SimConfig | None = None, truth: dict[str, Truth] | None = None, log_path: str | Path | None = None
+    ):
         self.config = config or SimConfig()
         self.truth = dict(truth or {})
         self.k = load_knowledge()
@@ -187,7 +194,8 @@ class SimVLLM:
         self.log_path = Path(log_path) if log_path else None
         self._log_fh = open(self.log_path, "a") if self.log_path else None
         self.handlers: list[tuple[Callable[[dict, dict], bool], Callable]] = [
-            (self._is_verification, self._answer_verification)]
+            (self._is_verification, self._answer_verification)
+        ]
 
     # -- ground truth --------------------------------------------------------------
     def truth_of(self, sha: str) -> Truth:
@@ -248,8 +256,9 @@ class SimVLLM:
             elif f == "aus":
                 out[f] = aus
             elif f == "rationale":
-                out[f] = (f"The face looks {stated}"
-                          + (f", with {', '.join(aus[:3])} visible." if aus else ", with no clear action units."))
+                out[f] = f"The face looks {stated}" + (
+                    f", with {', '.join(aus[:3])} visible." if aus else ", with no clear action units."
+                )
             else:
                 out[f] = None
         return out
@@ -318,7 +327,7 @@ class SimVLLM:
         t = self.truth_of(sha)
         m = re.findall(r'"expression":\s*"(\w+)"', text)
         if m and m[-1].lower() in self.k.expressions:
-            claimed: str | None = m[-1].lower()   # a proposed answer quoted as JSON
+            claimed: str | None = m[-1].lower()  # a proposed answer quoted as JSON
         else:
             named = [e for e in self.k.expressions if re.search(rf"\b{e}\b", text.lower())]
             claimed = named[-1] if named else None
@@ -346,7 +355,9 @@ class SimVLLM:
             elif typ == "number":
                 out[name] = round(p, 2)
             else:
-                out[name] = "The stated answer matches the face." if ok else "The stated answer does not match the face."
+                out[name] = (
+                    "The stated answer matches the face." if ok else "The stated answer does not match the face."
+                )
         return out
 
     # -- the endpoint -------------------------------------------------------------------
@@ -374,9 +385,18 @@ class SimVLLM:
         rf_type = (body.get("response_format") or {}).get("type", "text")
         text, images = self._parts(body)
         sha = hashlib.sha256(images[0]).hexdigest() if images else hashlib.sha256(text.encode()).hexdigest()
-        entry = {"t": time.time(), "fingerprint": fp, "attempt": attempt, "image_sha256": sha, "n": n,
-                 "seed": body.get("seed"), "response_format": rf_type, "status": 200, "fault": None,
-                 "choices": 0}
+        entry = {
+            "t": time.time(),
+            "fingerprint": fp,
+            "attempt": attempt,
+            "image_sha256": sha,
+            "n": n,
+            "seed": body.get("seed"),
+            "response_format": rf_type,
+            "status": 200,
+            "fault": None,
+            "choices": 0,
+        }
 
         def fail(status: int, msg: str, fault: str, headers: dict | None = None) -> web.Response:
             entry.update(status=status, fault=fault, ms=round((time.perf_counter() - t0) * 1e3, 1))
@@ -384,11 +404,17 @@ class SimVLLM:
             return _error(status, msg, headers)
 
         if rf_type == "json_schema" and c.reject_json_schema:
-            return fail(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
-                             "with this model.", "reject_json_schema")
+            return fail(
+                400,
+                "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+                "reject_json_schema",
+            )
         if rf_type == "json_object" and c.reject_json_object:
-            return fail(400, "Invalid parameter: 'response_format' of type 'json_object' is not supported "
-                             "with this model.", "reject_json_object")
+            return fail(
+                400,
+                "Invalid parameter: 'response_format' of type 'json_object' is not supported with this model.",
+                "reject_json_object",
+            )
         if "seed" in body and c.reject_seed:
             return fail(400, "Unrecognized request argument supplied: seed", "reject_seed")
 
@@ -401,8 +427,12 @@ class SimVLLM:
         x = fr.random()
         if faults_on and x < c.rate_429:
             ra = c.retry_after_s
-            return fail(429, "Rate limit reached (simulated).", "429",
-                        {"retry-after": str(max(1, math.ceil(ra))), "retry-after-ms": str(int(ra * 1000))})
+            return fail(
+                429,
+                "Rate limit reached (simulated).",
+                "429",
+                {"retry-after": str(max(1, math.ceil(ra))), "retry-after-ms": str(int(ra * 1000))},
+            )
         x -= c.rate_429
         if faults_on and x < c.rate_500:
             return fail(500, "The server had an error (simulated).", "500")
@@ -453,22 +483,40 @@ class SimVLLM:
                     obj["expression"] = "bored"
                 content = json.dumps(obj)
             tokens_out += len(content or refusal or "") // 4 + 1
-            choices.append({"index": j, "finish_reason": finish, "logprobs": None,
-                            "message": {"role": "assistant", "content": content, "refusal": refusal}})
+            choices.append(
+                {
+                    "index": j,
+                    "finish_reason": finish,
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": content, "refusal": refusal},
+                }
+            )
         tokens_in = len(text) // 4 + c.tokens_per_image * len(images)
         entry.update(choices=k, ms=round((time.perf_counter() - t0) * 1e3, 1))
         self._record(entry)
-        return web.json_response({
-            "id": f"chatcmpl-sim-{fp}-{attempt}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", c.model), "system_fingerprint": f"sim-{c.seed}",
-            "choices": choices,
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out},
-        })
+        return web.json_response(
+            {
+                "id": f"chatcmpl-sim-{fp}-{attempt}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", c.model),
+                "system_fingerprint": f"sim-{c.seed}",
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": tokens_in,
+                    "completion_tokens": tokens_out,
+                    "total_tokens": tokens_in + tokens_out,
+                },
+            }
+        )
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.config.model, "object": "model", "created": 0, "owned_by": "seke-sim"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": self.config.model, "object": "model", "created": 0, "owned_by": "seke-sim"}],
+            }
+        )
 
     async def get_log(self, request: web.Request) -> web.Response:
         return web.json_response(self.log)
@@ -503,8 +551,9 @@ class SimVLLM:
 
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
     typ = {400: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error"}.get(status, "error")
-    return web.json_response({"error": {"message": message, "type": typ, "param": None, "code": None}},
-                             status=status, headers=headers)
+    return web.json_response(
+        {"error": {"message": message, "type": typ, "param": None, "code": None}}, status=status, headers=headers
+    )
 
 
 class ServerThread:

@@ -13,6 +13,7 @@ Credentials and endpoints come only from the environment, never from params.yaml
   `--local` so they land in the git-ignored `.dvc/config.local`); `dvc_remote_commands()`
   spells those commands out for a given environment.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ from typing import Mapping
 
 import fsspec
 
-ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
+ENV_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+)
 
 
 def protocol(url: str) -> str:
@@ -79,8 +88,11 @@ def polars_options(env: Mapping[str, str] | None = None) -> dict:
     """`storage_options` for polars' native (object_store) S3 reader."""
     env = os.environ if env is None else env
     o = {}
-    for src, dst in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"), ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
-                     ("AWS_SESSION_TOKEN", "aws_session_token")):
+    for src, dst in (
+        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        ("AWS_SESSION_TOKEN", "aws_session_token"),
+    ):
         if env.get(src):
             o[dst] = env[src]
     if region(env):
@@ -105,15 +117,19 @@ def pyarrow_s3(env: Mapping[str, str] | None = None):
         scheme, _, host = ep.partition("://")
         kw.update(endpoint_override=host, scheme=scheme)
     if env.get("AWS_ACCESS_KEY_ID"):
-        kw.update(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                  session_token=env.get("AWS_SESSION_TOKEN"))
+        kw.update(
+            access_key=env["AWS_ACCESS_KEY_ID"],
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=env.get("AWS_SESSION_TOKEN"),
+        )
     if region(env):
         kw["region"] = region(env)
     return pafs.S3FileSystem(**kw)
 
 
-def dvc_remote_commands(name: str, url: str, env: Mapping[str, str] | None = None,
-                        default: bool = True) -> list[list[str]]:
+def dvc_remote_commands(
+    name: str, url: str, env: Mapping[str, str] | None = None, default: bool = True
+) -> list[list[str]]:
     """The `dvc remote` commands that configure an S3 remote for this environment. The
     endpoint goes into the project's `.dvc/config` (not secret); credentials, if any are set,
     go into `.dvc/config.local` (git-ignored). With no credentials in the environment, DVC

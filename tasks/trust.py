@@ -21,9 +21,10 @@ Threshold with a guarantee (`select_threshold`)
     bound is <= target_error and stops at the first failure. Three such walks start at
     different depths, with delta split between them; each start depends on the scores
     only, never on whether a label was right. The most lenient threshold that passed
-    is used; if none passes, no generated expression is accepted. Under exchangeability of calibration and unlabelled faces,
-    P(error among accepted unlabelled faces <= target_error) >= 1 - delta.
+    is used; if none passes, no generated expression is accepted. Under exchangeability of
+    calibration and unlabelled faces, P(error among accepted unlabelled faces <= target_error) >= 1 - delta.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,16 @@ from tasks import uamc
 
 # features of the self-fitted model: the ones an unlabelled face and a calibration face have alike
 # (prior_agreement needs a known label, so it would differ between the two)
-SELF_FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "va_spread",
-                 "au_entropy")
+SELF_FEATURES = (
+    "vote_logodds",
+    "vote_share",
+    "vote_lead",
+    "consistency",
+    "verified",
+    "refuted",
+    "va_spread",
+    "au_entropy",
+)
 GRID = tuple(round(1 - i / 400, 4) for i in range(401))  # 1.0, 0.9975, ..., 0.0
 
 
@@ -51,11 +60,11 @@ class CalRow:
 
 @dataclass(frozen=True)
 class Selection:
-    threshold: float | None     # None: no threshold meets the target; accept no generated expression
-    bound: float | None         # Clopper-Pearson upper bound on the error at the chosen threshold
-    n_accepted: int             # calibration faces accepted at the threshold
-    errors: int                 # wrong ones among them
-    coverage: float             # share of calibration faces accepted (the expected coverage)
+    threshold: float | None  # None: no threshold meets the target; accept no generated expression
+    bound: float | None  # Clopper-Pearson upper bound on the error at the chosen threshold
+    n_accepted: int  # calibration faces accepted at the threshold
+    errors: int  # wrong ones among them
+    coverage: float  # share of calibration faces accepted (the expected coverage)
     n: int
     reason: str
 
@@ -99,8 +108,14 @@ def _chain(m: np.ndarray, k: np.ndarray, u: np.ndarray, target_error: float, sta
     return best
 
 
-def select_threshold(scores: list[float], correct: list[bool], target_error: float, delta: float,
-                     gated: list[bool] | None = None, grid: tuple[float, ...] = GRID) -> Selection:
+def select_threshold(
+    scores: list[float],
+    correct: list[bool],
+    target_error: float,
+    delta: float,
+    gated: list[bool] | None = None,
+    grid: tuple[float, ...] = GRID,
+) -> Selection:
     """Learn-then-Test over `grid` (strict to lenient) with fixed-sequence testing.
 
     One walk that starts at the strictest thresholds stops at its first unlucky step (a few
@@ -128,23 +143,33 @@ def select_threshold(scores: list[float], correct: list[bool], target_error: flo
         if j is not None:
             found.append((j, float(u[j])))
     if not found:
-        why = (f"no threshold keeps the error of accepted generated labels <= {target_error} with probability "
-               f">= {1 - delta}: {n} calibration faces" + (f" (at least {need} must be accepted and nearly all right)"
-                                                          if n < 3 * need else ""))
+        why = (
+            f"no threshold keeps the error of accepted generated labels <= {target_error} with probability "
+            f">= {1 - delta}: {n} calibration faces"
+            + (f" (at least {need} must be accepted and nearly all right)" if n < 3 * need else "")
+        )
         return Selection(None, None, 0, 0, 0.0, n, why)
     j, u = max(found)
     t, m, k = grid[j], int(m[j]), int(k[j])
-    return Selection(t, u, m, k, m / n if n else 0.0, n,
-                     f"threshold {t:.4f}: {k} wrong of {m} accepted calibration faces, error <= {u:.4f} "
-                     f"with probability >= {1 - delta}")
+    return Selection(
+        t,
+        u,
+        m,
+        k,
+        m / n if n else 0.0,
+        n,
+        f"threshold {t:.4f}: {k} wrong of {m} accepted calibration faces, error <= {u:.4f} "
+        f"with probability >= {1 - delta}",
+    )
 
 
 def _matrix(rows: list[CalRow], names: tuple[str, ...]) -> np.ndarray:
     return np.array([[r.features.get(f, 0.0) for f in names] for r in rows], float).reshape(len(rows), len(names))
 
 
-def fit_platt(X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATURES, source: str = "platt"
-              ) -> uamc.Calibrator:
+def fit_platt(
+    X: np.ndarray, y: np.ndarray, names: tuple[str, ...] = uamc.FEATURES, source: str = "platt"
+) -> uamc.Calibrator:
     """Logistic fit over the evidence features; while a feature's weight has the wrong sign
     (negative for agreement, positive for spread), the worst one is dropped and the model
     refit, so more agreement never lowers confidence."""
@@ -173,8 +198,9 @@ def folds_by_subject(subjects: list[str], k: int, seed: int) -> list[int]:
     return [fold[s] for s in subjects]
 
 
-def crossfit(rows: list[CalRow], k: int, seed: int, names: tuple[str, ...] = SELF_FEATURES
-             ) -> tuple[uamc.Calibrator, list[float]]:
+def crossfit(
+    rows: list[CalRow], k: int, seed: int, names: tuple[str, ...] = SELF_FEATURES
+) -> tuple[uamc.Calibrator, list[float]]:
     """(model fitted on all rows, out-of-fold score of every row), folds split by subject."""
     X = _matrix(rows, names)
     y = np.array([r.correct for r in rows], float)
@@ -197,15 +223,15 @@ def ece(conf: list[float], correct: list[bool], bins: int = 10) -> float:
     y = np.asarray(correct, float)
     edges = np.unique(np.quantile(c, np.linspace(0, 1, bins + 1)[1:-1]))
     idx = np.searchsorted(edges, c, side="right")
-    return float(sum(abs(c[idx == b].mean() - y[idx == b].mean()) * (idx == b).sum()
-                     for b in np.unique(idx)) / len(c))
+    return float(sum(abs(c[idx == b].mean() - y[idx == b].mean()) * (idx == b).sum() for b in np.unique(idx)) / len(c))
 
 
 @dataclass
 class Trust:
     """What verify applies to every generated expression, and the report it writes."""
+
     calibrator: uamc.Calibrator
-    threshold: float | None       # None: no generated expression is accepted
+    threshold: float | None  # None: no generated expression is accepted
     report: dict = field(default_factory=dict)
 
     def accepts(self, confidence: float) -> bool:
@@ -228,9 +254,14 @@ def load_saved(path: str, run: dict) -> "Trust | None":
         return None
     m = d["model"]
     iso = m.get("isotonic") or {}
-    cal = uamc.Calibrator(float(m["intercept"]), {k: float(v) for k, v in m["coef"].items()},
-                          tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path,
-                          annotator=m.get("annotator", ""))
+    cal = uamc.Calibrator(
+        float(m["intercept"]),
+        {k: float(v) for k, v in m["coef"].items()},
+        tuple(iso.get("x") or ()),
+        tuple(iso.get("y") or ()),
+        source=path,
+        annotator=m.get("annotator", ""),
+    )
     return Trust(cal, d.get("threshold"), dict(rep))
 
 
@@ -239,23 +270,33 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
     `v`). With too few of them: the trust of an earlier run of the same annotator, model and
     prompt (`verify.trust_from`), else `verify.calibration`, else the built-in weights."""
     n = len(rows)
-    rep: dict = {"calibration_faces": n, "subjects": len({r.subject for r in rows}),
-                 "calibration_accuracy": round(float(np.mean([r.correct for r in rows])), 4) if rows else None}
+    rep: dict = {
+        "calibration_faces": n,
+        "subjects": len({r.subject for r in rows}),
+        "calibration_accuracy": round(float(np.mean([r.correct for r in rows])), 4) if rows else None,
+    }
     both = len({r.correct for r in rows}) == 2
     enough = v.self_calibrate and n >= v.min_calibration_faces and both
     if not enough and v.trust_from:
         saved = load_saved(v.trust_from, {"annotator": annotator, **(run or {})})
         if saved is not None:
-            saved.report.update(rep, source="earlier_run", why=f"only {n} labelled faces in this run; using the "
-                                f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)")
+            saved.report.update(
+                rep,
+                source="earlier_run",
+                why=f"only {n} labelled faces in this run; using the "
+                f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)",
+            )
             saved.report["confidence_model"] = saved.calibrator.to_json()
             return saved
     if enough:
         cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
         cal = uamc.Calibrator(cal.intercept, cal.coef, source="self", annotator=annotator)
-        rep.update(source="self", why=f"fitted on this run's {n} labelled faces (cross-fitted by subject, "
-                                       f"{v.calibration_folds} folds)",
-                   oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
+        rep.update(
+            source="self",
+            why=f"fitted on this run's {n} labelled faces (cross-fitted by subject, {v.calibration_folds} folds)",
+            oof_ece=round(ece(scores, [r.correct for r in rows]), 4),
+            ece_bins=10,
+        )
     else:
         cal = uamc.calibrator(v.calibration) if v.calibration else uamc.calibrator("")
         if v.calibration and cal.annotator and annotator and cal.annotator != annotator:
@@ -263,24 +304,42 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
             cal = uamc.calibrator("")
         else:
             file_note = ""
-        why = ("self-calibration is off (verify.self_calibrate)" if not v.self_calibrate else
-               f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
-               if n < v.min_calibration_faces else "all labelled faces were answered alike (right or wrong)")
-        rep.update(source="file" if cal.source != "default" else "default",
-                   why=file_note + why + ("; using " + (cal.source if cal.source != "default"
-                                                        else "the built-in, uncalibrated weights")))
+        why = (
+            "self-calibration is off (verify.self_calibrate)"
+            if not v.self_calibrate
+            else f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
+            if n < v.min_calibration_faces
+            else "all labelled faces were answered alike (right or wrong)"
+        )
+        rep.update(
+            source="file" if cal.source != "default" else "default",
+            why=file_note
+            + why
+            + ("; using " + (cal.source if cal.source != "default" else "the built-in, uncalibrated weights")),
+        )
         scores = [cal(r.features) for r in rows]
         if rows:
             rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
     rep["confidence_model"] = cal.to_json()
     if v.target_error > 0:
         sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
-        rep.update(mode="target_error", target_error=v.target_error, delta=v.delta, threshold=sel.threshold,
-                   bound=None if sel.bound is None else round(sel.bound, 4), accepted_calibration=sel.n_accepted,
-                   errors_calibration=sel.errors, expected_coverage=round(sel.coverage, 4), selection=sel.reason)
+        rep.update(
+            mode="target_error",
+            target_error=v.target_error,
+            delta=v.delta,
+            threshold=sel.threshold,
+            bound=None if sel.bound is None else round(sel.bound, 4),
+            accepted_calibration=sel.n_accepted,
+            errors_calibration=sel.errors,
+            expected_coverage=round(sel.coverage, 4),
+            selection=sel.reason,
+        )
         if sel.threshold is None:
             rep["warning"] = "no generated expression is accepted: " + sel.reason
         return Trust(cal, sel.threshold, rep)
-    rep.update(mode="min_confidence", threshold=v.min_confidence,
-               selection="verify.min_confidence (a plain threshold: no error guarantee)")
+    rep.update(
+        mode="min_confidence",
+        threshold=v.min_confidence,
+        selection="verify.min_confidence (a plain threshold: no error guarantee)",
+    )
     return Trust(cal, v.min_confidence, rep)

@@ -23,6 +23,7 @@ Confidence
     `benchmarks/quality_study.py`) it is a Platt/logistic fit, optionally followed by an
     isotonic map, and measured for calibration (ECE) on data it was not fit on.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-FEATURES = ("vote_logodds", "vote_share", "vote_lead", "consistency", "verified", "refuted", "prior_agreement",
-            "va_spread", "au_entropy")
+FEATURES = (
+    "vote_logodds",
+    "vote_share",
+    "vote_lead",
+    "consistency",
+    "verified",
+    "refuted",
+    "prior_agreement",
+    "va_spread",
+    "au_entropy",
+)
 # features that more agreeing evidence can only raise: their weights must be >= 0, so that
 # adding samples that agree never lowers a face's confidence (a tested property)
 MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agreement")
@@ -40,8 +50,17 @@ MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agr
 ANTITONE = ("va_spread", "au_entropy")
 
 # hand-set, uncalibrated weights (used when no calibration file is given)
-DEFAULT = {"intercept": -0.5, "coef": {"vote_logodds": 0.8, "vote_share": 1.0, "consistency": 1.0,
-                                       "verified": 0.8, "refuted": -1.5, "prior_agreement": 2.0}}
+DEFAULT = {
+    "intercept": -0.5,
+    "coef": {
+        "vote_logodds": 0.8,
+        "vote_share": 1.0,
+        "consistency": 1.0,
+        "verified": 0.8,
+        "refuted": -1.5,
+        "prior_agreement": 2.0,
+    },
+}
 
 
 def majority_posterior(top: int, n: int) -> float:
@@ -50,7 +69,7 @@ def majority_posterior(top: int, n: int) -> float:
         return 0.5
     top = max(0, min(top, n))
     m = n + 1
-    return sum(math.comb(m, i) for i in range(top + 1)) / 2 ** m
+    return sum(math.comb(m, i) for i in range(top + 1)) / 2**m
 
 
 def logodds(p: float, clip: float = 8.0) -> float:
@@ -58,9 +77,16 @@ def logodds(p: float, clip: float = 8.0) -> float:
     return max(-clip, min(clip, math.log(p / (1 - p))))
 
 
-def stop_now(top: int, n: int, min_samples: int, confidence: float, futility: float = 0.0,
-             futility_after: int = 5, consistency: float | None = None, min_consistency: float = 0.0
-             ) -> tuple[bool, str]:
+def stop_now(
+    top: int,
+    n: int,
+    min_samples: int,
+    confidence: float,
+    futility: float = 0.0,
+    futility_after: int = 5,
+    consistency: float | None = None,
+    min_consistency: float = 0.0,
+) -> tuple[bool, str]:
     """The sequential rule for one face's expression votes. Returns (stop?, why)."""
     if n < min_samples:
         return False, "too_few"
@@ -74,8 +100,9 @@ def stop_now(top: int, n: int, min_samples: int, confidence: float, futility: fl
     return False, "uncertain"
 
 
-def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: int, futility: float = 0.0,
-              futility_after: int = 5) -> tuple[bool, str]:
+def stop_lead(
+    top: int, second: int, n: int, min_samples: int, lead: int, cap: int, futility: float = 0.0, futility_after: int = 5
+) -> tuple[bool, str]:
     """The lead rule: stop once the top answer leads the runner-up by `lead` votes, or once it
     can no longer reach that lead within `cap` answers (hopeless: more samples are wasted).
 
@@ -99,19 +126,20 @@ def stop_lead(top: int, second: int, n: int, min_samples: int, lead: int, cap: i
 
 @dataclass(frozen=True)
 class Evidence:
-    top: int                       # votes for the top answer
-    n: int                         # votes in all
-    second: int = 0                # votes for the runner-up
+    top: int  # votes for the top answer
+    n: int  # votes in all
+    second: int = 0  # votes for the runner-up
     consistency: float | None = None
     consistency_margin: float | None = None
-    verified: bool | None = None   # None: no verification round
+    verified: bool | None = None  # None: no verification round
     prior_agreement: float | None = None
-    va_spread: float | None = None    # the larger of the valence and arousal std across samples
-    au_entropy: float | None = None   # mean binary entropy of the sampled AUs
+    va_spread: float | None = None  # the larger of the valence and arousal std across samples
+    au_entropy: float | None = None  # mean binary entropy of the sampled AUs
 
 
-def features(e: Evidence, use_consistency: bool = True, use_verification: bool = True,
-             use_priors: bool = True) -> dict[str, float]:
+def features(
+    e: Evidence, use_consistency: bool = True, use_verification: bool = True, use_priors: bool = True
+) -> dict[str, float]:
     """Evidence as numbers; a switched-off or missing signal is 0 (its neutral value)."""
     f = {name: 0.0 for name in FEATURES}
     if e.n > 0:
@@ -149,9 +177,14 @@ class Calibrator:
         return min(1.0, max(0.0, p))
 
     def to_json(self) -> dict:
-        return {"intercept": self.intercept, "coef": self.coef, "isotonic": {"x": list(self.iso_x),
-                "y": list(self.iso_y)}, "source": self.source, "annotator": self.annotator,
-                "features": list(FEATURES)}
+        return {
+            "intercept": self.intercept,
+            "coef": self.coef,
+            "isotonic": {"x": list(self.iso_x), "y": list(self.iso_y)},
+            "source": self.source,
+            "annotator": self.annotator,
+            "features": list(FEATURES),
+        }
 
 
 def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
@@ -185,6 +218,11 @@ def calibrator(path: str = "") -> Calibrator:
     if neg:
         raise ValueError(f"{path}: weights of {neg} have the wrong sign (more agreement may never lower confidence)")
     iso = d.get("isotonic") or {}
-    return Calibrator(float(d["intercept"]), {k: float(v) for k, v in d["coef"].items()},
-                      tuple(iso.get("x") or ()), tuple(iso.get("y") or ()), source=path,
-                      annotator=d.get("annotator", ""))
+    return Calibrator(
+        float(d["intercept"]),
+        {k: float(v) for k, v in d["coef"].items()},
+        tuple(iso.get("x") or ()),
+        tuple(iso.get("y") or ()),
+        source=path,
+        annotator=d.get("annotator", ""),
+    )

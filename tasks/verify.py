@@ -17,6 +17,7 @@ The expression's confidence is P(right | evidence) from `tasks.uamc` (calibrated
 older certainty score of their generated granularities (VA spread, AU entropy), scaled by
 prior agreement and consistency.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,15 +26,26 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from tasks import uamc
-from tasks.trust import CalRow, Trust
 from tasks.knowledge import AUS, Knowledge
 from tasks.params import Sample as SampleParams
 from tasks.params import Verify
 from tasks.records import Verdict
+from tasks.trust import CalRow, Trust
 
-REASONS = ("api_failure", "no_samples", "uncertain_expression", "va_spread", "au_entropy",
-           "prior_disagreement", "knowledge_conflict", "failed_verification", "low_confidence", "no_guarantee",
-           "expression_withheld", "incomplete")
+REASONS = (
+    "api_failure",
+    "no_samples",
+    "uncertain_expression",
+    "va_spread",
+    "au_entropy",
+    "prior_disagreement",
+    "knowledge_conflict",
+    "failed_verification",
+    "low_confidence",
+    "no_guarantee",
+    "expression_withheld",
+    "incomplete",
+)
 VERIFY_VARIANT = "verify"
 # the verification round on a labelled face's blind answers (its calibration mirror, see `mirror`)
 MIRROR_VERIFY_VARIANT = "verify_blind"
@@ -60,6 +72,7 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
 @dataclass
 class Stats:
     """Everything measured on one face's samples (before any decision)."""
+
     n_samples: int = 0
     n_ok: int = 0
     n_failed: int = 0
@@ -82,16 +95,23 @@ class Stats:
     n_votes: int = 0
     votes: dict = field(default_factory=dict)
     consistency_margin: float | None = None
-    verified: bool | None = None          # None: no verification round answered
+    verified: bool | None = None  # None: no verification round answered
     n_verify: int = 0
 
     def evidence(self) -> uamc.Evidence:
         second = sorted(self.votes.values(), reverse=True)[1] if len(self.votes) > 1 else 0
         spread = max(self.valence_std, self.arousal_std or 0.0) if self.valence_std is not None else None
-        return uamc.Evidence(top=self.top_votes, n=self.n_votes, second=second, consistency=self.consistency,
-                             va_spread=spread, au_entropy=self.au_entropy,
-                             consistency_margin=self.consistency_margin, verified=self.verified,
-                             prior_agreement=self.prior_agreement)
+        return uamc.Evidence(
+            top=self.top_votes,
+            n=self.n_votes,
+            second=second,
+            consistency=self.consistency,
+            va_spread=spread,
+            au_entropy=self.au_entropy,
+            consistency_margin=self.consistency_margin,
+            verified=self.verified,
+            prior_agreement=self.prior_agreement,
+        )
 
 
 def au_agreement(answered: set[str], prior: set[str]) -> float:
@@ -180,8 +200,9 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     return s
 
 
-def uncertainty_reasons(s: Stats, min_vote_share: float, max_entropy: float, max_va_std: float,
-                        max_au_entropy: float) -> list[str]:
+def uncertainty_reasons(
+    s: Stats, min_vote_share: float, max_entropy: float, max_va_std: float, max_au_entropy: float
+) -> list[str]:
     """Reasons that say 'the samples disagree' (the ones more samples can fix)."""
     r = []
     if s.vote_share is not None and (s.vote_share < min_vote_share or (s.entropy or 0) > max_entropy):
@@ -199,12 +220,21 @@ def mirror(face: dict, samples: list[dict]) -> tuple[dict, list[dict]] | None:
     prior removed. None if the face has no known expression or no blind answers."""
     if not face.get("prior_expression"):
         return None
-    ms = [{**x, "variant": "primed"} if x["variant"] == "blind" else {**x, "variant": VERIFY_VARIANT}
-          for x in samples if x["variant"] in ("blind", MIRROR_VERIFY_VARIANT)]
+    ms = [
+        {**x, "variant": "primed"} if x["variant"] == "blind" else {**x, "variant": VERIFY_VARIANT}
+        for x in samples
+        if x["variant"] in ("blind", MIRROR_VERIFY_VARIANT)
+    ]
     if not any(x["variant"] == "primed" for x in ms):
         return None
-    mf = {**face, "prior_expression": None, "prior_valence": None, "prior_arousal": None, "prior_aus": None,
-          "au_set": []}
+    mf = {
+        **face,
+        "prior_expression": None,
+        "prior_valence": None,
+        "prior_arousal": None,
+        "prior_aus": None,
+        "au_set": [],
+    }
     return mf, ms
 
 
@@ -224,8 +254,9 @@ def expression_gates(s: Stats, v: Verify) -> list[str]:
 
 def expression_confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
     """P(the generated expression is right | evidence), from `tasks.uamc` (or `cal`)."""
-    f = uamc.features(s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification,
-                      use_priors=v.use_priors)
+    f = uamc.features(
+        s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
+    )
     return (cal or uamc.calibrator(v.calibration))(f)
 
 
@@ -238,10 +269,15 @@ def calibration_row(face: dict, samples: list[dict], k: Knowledge, v: Verify) ->
     s = measure(m[0], m[1], k)
     if s.expression_source != "annotator" or not s.n_votes:
         return None
-    f = uamc.features(s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification,
-                      use_priors=v.use_priors)
-    return CalRow(subject=face.get("subject") or face["face_id"], features=f,
-                  correct=s.expression == face["prior_expression"], gated=bool(expression_gates(s, v)))
+    f = uamc.features(
+        s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
+    )
+    return CalRow(
+        subject=face.get("subject") or face["face_id"],
+        features=f,
+        correct=s.expression == face["prior_expression"],
+        gated=bool(expression_gates(s, v)),
+    )
 
 
 def fallback_trust(v: Verify) -> Trust:
@@ -303,8 +339,10 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
         e_status = "missing"
     e_kept = e_status in ("prior", "accepted")
     taint = ([] if e_kept else ["expression_withheld"]) + (
-        ["prior_disagreement"] if v.use_priors and s.prior_agreement is not None
-        and s.prior_agreement < v.min_prior_agreement else [])
+        ["prior_disagreement"]
+        if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement
+        else []
+    )
     # valence-arousal
     if s.va_source == "annotator":
         why = list(taint)
@@ -324,7 +362,7 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
             au_withheld.append(a)
     n_gen_aus = sum(1 for a, p in zip(AUS, s.au_probs) if p is not None and a not in au_set)
     if s.au_source == "annotator":
-        au_status = ("withheld" if len(au_withheld) == n_gen_aus else "partial" if au_withheld else "accepted")
+        au_status = "withheld" if len(au_withheld) == n_gen_aus else "partial" if au_withheld else "accepted"
         if au_withheld:
             withheld += [f"aus:{r}" for r in (taint or ["au_entropy"])]
     else:
@@ -337,15 +375,34 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
         reasons.append("incomplete")
     active = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
     return Verdict(
-        face_id=face["face_id"], accepted=not reasons, reasons=reasons, withheld=withheld, confidence=conf,
-        expression=s.expression, expression_source=s.expression_source, expression_status=e_status,
-        expression_confidence=expr_conf, vote_share=s.vote_share,
-        entropy=s.entropy, n_samples=s.n_samples, n_failed=s.n_failed, valence=s.valence,
-        arousal=s.arousal, valence_std=s.valence_std, arousal_std=s.arousal_std, va_source=s.va_source,
-        va_status=va_status, aus=active if any(p is not None for p in s.au_probs) else None,
-        au_probs=s.au_probs, au_withheld=au_withheld, au_status=au_status,
-        au_entropy=s.au_entropy, au_source=s.au_source, prior_agreement=s.prior_agreement,
-        consistency=s.consistency)
+        face_id=face["face_id"],
+        accepted=not reasons,
+        reasons=reasons,
+        withheld=withheld,
+        confidence=conf,
+        expression=s.expression,
+        expression_source=s.expression_source,
+        expression_status=e_status,
+        expression_confidence=expr_conf,
+        vote_share=s.vote_share,
+        entropy=s.entropy,
+        n_samples=s.n_samples,
+        n_failed=s.n_failed,
+        valence=s.valence,
+        arousal=s.arousal,
+        valence_std=s.valence_std,
+        arousal_std=s.arousal_std,
+        va_source=s.va_source,
+        va_status=va_status,
+        aus=active if any(p is not None for p in s.au_probs) else None,
+        au_probs=s.au_probs,
+        au_withheld=au_withheld,
+        au_status=au_status,
+        au_entropy=s.au_entropy,
+        au_source=s.au_source,
+        prior_agreement=s.prior_agreement,
+        consistency=s.consistency,
+    )
 
 
 def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
@@ -386,13 +443,30 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
             return not spread
         if sp.stop_rule == "lead":
             e = s.evidence()
-            return uamc.stop_lead(e.top, e.second, e.n, sp.stop_min_samples, sp.stop_lead, sp.kmax,
-                                  sp.stop_futility, sp.stop_futility_after)[0]
-        stop, why = uamc.stop_now(s.top_votes, s.n_votes, sp.stop_min_samples, sp.stop_confidence,
-                                  sp.stop_futility, sp.stop_futility_after, s.consistency, sp.stop_min_consistency)
+            return uamc.stop_lead(
+                e.top,
+                e.second,
+                e.n,
+                sp.stop_min_samples,
+                sp.stop_lead,
+                sp.kmax,
+                sp.stop_futility,
+                sp.stop_futility_after,
+            )[0]
+        stop, why = uamc.stop_now(
+            s.top_votes,
+            s.n_votes,
+            sp.stop_min_samples,
+            sp.stop_confidence,
+            sp.stop_futility,
+            sp.stop_futility_after,
+            s.consistency,
+            sp.stop_min_consistency,
+        )
         return stop
-    return not uncertainty_reasons(s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std,
-                                   sp.stop_max_au_entropy)
+    return not uncertainty_reasons(
+        s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std, sp.stop_max_au_entropy
+    )
 
 
 def wants_verification(s: Stats, sp: SampleParams) -> bool:

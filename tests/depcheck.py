@@ -1,4 +1,5 @@
 """Which project files a stage read that its dvc.yaml `deps` do not cover."""
+
 from __future__ import annotations
 
 

@@ -1,6 +1,7 @@
 """Small real copies of the project for the operations tests (S3, incremental, deployments,
 Dask): code, dvc.yaml, params.yaml, a few images, its own git + DVC repository, and an
 environment whose Prefect and DVC state live inside it."""
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,12 @@ SAMPLE = ROOT / "data" / "sample"
 
 def london(n: int, start: int = 0) -> list[dict]:
     """`n` manifest rows of single-face London images (neutral and happy alternating)."""
-    rows = [r for r in csv.DictReader(open(SAMPLE / "manifest.csv"))
-            if r["path"].startswith("images/london_") and "copy" not in r["path"]]
-    return rows[start:start + n]
+    rows = [
+        r
+        for r in csv.DictReader(open(SAMPLE / "manifest.csv"))
+        if r["path"].startswith("images/london_") and "copy" not in r["path"]
+    ]
+    return rows[start : start + n]
 
 
 def put_images(dest: Path, rows: list[dict], manifest: bool = True) -> None:
@@ -58,10 +62,15 @@ def make_project(tmp: Path, rows: list[dict], params: dict | None = None, git: b
     (proj / ".gitignore").write_text(".seke/\n__pycache__/\n")
     if git:
         e = env(proj)
-        for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.org"],
-                    ["git", "config", "user.name", "test"], [str(BIN / "dvc"), "init", "-q"],
-                    [str(BIN / "dvc"), "config", "core.analytics", "false"],
-                    ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        for cmd in (
+            ["git", "init", "-q"],
+            ["git", "config", "user.email", "t@example.org"],
+            ["git", "config", "user.name", "test"],
+            [str(BIN / "dvc"), "init", "-q"],
+            [str(BIN / "dvc"), "config", "core.analytics", "false"],
+            ["git", "add", "-A"],
+            ["git", "commit", "-qm", "init"],
+        ):
             subprocess.run(cmd, cwd=proj, env=e, check=True, capture_output=True)
     return proj
 
@@ -75,19 +84,31 @@ def set_params(proj: Path, **sections: dict) -> None:
 
 def env(proj: Path, **extra: str) -> dict:
     e = dict(os.environ)
-    e.update(PATH=f"{BIN}:{e.get('PATH', '')}", PYTHONPATH=str(proj), DVC_NO_ANALYTICS="1",
-             PREFECT_HOME=str(proj / ".seke" / "prefect"), DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"),
-             PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_LOGGING_LEVEL="WARNING",
-             PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", AWS_EC2_METADATA_DISABLED="true",
-             NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
+    e.update(
+        PATH=f"{BIN}:{e.get('PATH', '')}",
+        PYTHONPATH=str(proj),
+        DVC_NO_ANALYTICS="1",
+        PREFECT_HOME=str(proj / ".seke" / "prefect"),
+        DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
+        AWS_EC2_METADATA_DISABLED="true",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        **extra,
+    )
     return e
 
 
-def run(proj: Path, *args: str, env_: dict | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    proj: Path, *args: str, env_: dict | None = None, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     exe = str(BIN / args[0]) if (BIN / args[0]).exists() else args[0]
-    r = subprocess.run([exe, *args[1:]], cwd=proj, env=env_ or env(proj), capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run(
+        [exe, *args[1:]], cwd=proj, env=env_ or env(proj), capture_output=True, text=True, timeout=timeout
+    )
     if check:
         assert r.returncode == 0, f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r

@@ -1,5 +1,6 @@
 """Project copies for the pipeline's own end-to-end tests, built by `opsproj` (one builder
 for every e2e test) from a chosen part of the sample set, with the real face detector."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,9 @@ def make_project(tmp: Path, *, london: int = 4, extra: tuple[str, ...] = (), par
     rows, count = [], {}
     for r in csv.DictReader(open(SAMPLE / "manifest.csv")):
         e = r.get("expression") or ""
-        if (r["path"].startswith("images/london_") and "copy" not in r["path"] and count.get(e, 0) < london) \
-                or r["path"] in extra:
+        if (r["path"].startswith("images/london_") and "copy" not in r["path"] and count.get(e, 0) < london) or r[
+            "path"
+        ] in extra:
             count[e] = count.get(e, 0) + 1
             rows.append(r)
     merged: dict = {"crop": {"detector": "yuface"}}  # opsproj's default is `none`

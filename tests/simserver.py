@@ -1,4 +1,5 @@
 """Helpers for tests and benchmarks that talk to the simulated VLLM (`tasks.simvllm`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ TEST_KEY = "test-key-NOT-A-SECRET-0123456789abcdef"  # fake; tests check it neve
 def face_image(i: int, size: int = 64) -> bytes:
     """A small, distinct JPEG per `i` (not a face; the simulator only hashes it)."""
     from PIL import Image
+
     r = random.Random(i)
     img = Image.new("RGB", (size, size), (r.randrange(256), r.randrange(256), r.randrange(256)))
     for _ in range(20):
@@ -28,8 +30,14 @@ def face_image(i: int, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def make_call(i: int, ask: tuple[str, ...] = ("expression", "va", "aus"), k: int = 3,
-              first_index: int = 0, seed: int = 1234, image: bytes | None = None) -> Call:
+def make_call(
+    i: int,
+    ask: tuple[str, ...] = ("expression", "va", "aus"),
+    k: int = 3,
+    first_index: int = 0,
+    seed: int = 1234,
+    image: bytes | None = None,
+) -> Call:
     """A Call shaped like the ones tasks.prompt + tasks.sample build."""
     from tasks.answer import json_schema
     from tasks.knowledge import load
@@ -39,34 +47,52 @@ def make_call(i: int, ask: tuple[str, ...] = ("expression", "va", "aus"), k: int
     sha = hashlib.sha256(img).hexdigest()
     messages = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": [
-            {"type": "text", "text": build_text(load(), None, ask, "blind", True)},
-            {"type": "image_ref", "sha256": sha},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": build_text(load(), None, ask, "blind", True)},
+                {"type": "image_ref", "sha256": sha},
+            ],
+        },
     ]
     idx = tuple(range(first_index, first_index + k))
-    return Call(request_id=f"req-{i}-{'-'.join(ask)}", face_id=sha, messages=messages,
-                schema=json_schema(ask), ask=ask, image=img, indices=idx,
-                seeds=tuple(seed + j for j in idx))
+    return Call(
+        request_id=f"req-{i}-{'-'.join(ask)}",
+        face_id=sha,
+        messages=messages,
+        schema=json_schema(ask),
+        ask=ask,
+        image=img,
+        indices=idx,
+        seeds=tuple(seed + j for j in idx),
+    )
 
 
 def params(model: str = "sim-vllm", temperature: float = 1.0, **runtime) -> tuple[Annotator, Runtime]:
-    a_keys = {"max_n", "price_in_per_mtok", "price_out_per_mtok", "budget_usd", "max_output_tokens",
-              "image_detail"}
+    a_keys = {"max_n", "price_in_per_mtok", "price_out_per_mtok", "budget_usd", "max_output_tokens", "image_detail"}
     a_kw = {k: runtime.pop(k) for k in list(runtime) if k in a_keys}
-    rt = {"concurrency": 8, "timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2,
-          "progress_every_s": 0.5}
+    rt = {
+        "concurrency": 8,
+        "timeout_s": 5,
+        "max_retries": 2,
+        "retry_base_s": 0.01,
+        "retry_max_s": 0.2,
+        "progress_every_s": 0.5,
+    }
     rt.update(runtime)
     return (Annotator(backend="openai", model=model, temperature=temperature, **a_kw), Runtime(**rt))
 
 
 @contextlib.contextmanager
-def sim_server(config: SimConfig | None = None, truth: dict[str, Truth] | None = None,
-               set_env: bool = True) -> Iterator[ServerThread]:
+def sim_server(
+    config: SimConfig | None = None, truth: dict[str, Truth] | None = None, set_env: bool = True
+) -> Iterator[ServerThread]:
     """A simulated VLLM on a free port; with `set_env`, OPENAI_* point the SDK at it."""
     server = ServerThread(SimVLLM(config or SimConfig(), truth)).start()
-    saved = {k: os.environ.get(k) for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "NO_PROXY", "no_proxy",
-                                            "AZURE_OPENAI_ENDPOINT")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "NO_PROXY", "no_proxy", "AZURE_OPENAI_ENDPOINT")
+    }
     if set_env:
         os.environ["OPENAI_BASE_URL"] = server.base_url
         os.environ["OPENAI_API_KEY"] = TEST_KEY

@@ -1,5 +1,6 @@
 """FEAB metrics against scikit-learn / scipy, the split's guarantees, and `seke bench` end to end
 on the labelled sets in ../shared/data (a small fixed subset, local annotator)."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,8 @@ from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_squared_error, recall_score
 
 from tasks import bench
-from tasks.knowledge import AUS, EXPRESSIONS, load as load_knowledge
+from tasks.knowledge import AUS, EXPRESSIONS
+from tasks.knowledge import load as load_knowledge
 from tasks.params import BenchSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +36,13 @@ def _synthetic(n=300, seed=0):
         row = {"id": f"i{i}", "source": src, "subject": f"s{i // 2}", "truth_expression": t, "pred_expression": p}
         if i % 3:
             tv, ta = rng.uniform(-1, 1, 2)
-            row.update(truth_valence=tv, truth_arousal=ta, pred_valence=float(np.clip(tv + rng.normal(0, .3), -1, 1)),
-                       pred_arousal=float(np.clip(0.5 * ta + rng.normal(0, .3), -1, 1)))
-        if src == "a":   # source a annotates AU04, AU06, AU12; b annotates none
+            row.update(
+                truth_valence=tv,
+                truth_arousal=ta,
+                pred_valence=float(np.clip(tv + rng.normal(0, 0.3), -1, 1)),
+                pred_arousal=float(np.clip(0.5 * ta + rng.normal(0, 0.3), -1, 1)),
+            )
+        if src == "a":  # source a annotates AU04, AU06, AU12; b annotates none
             truth = [a for a in ("AU04", "AU06", "AU12") if rng.random() < 0.4]
             row.update(au_set=["AU04", "AU06", "AU12"], truth_aus=truth)
         pred = [a for a in AUS if (a in (row.get("truth_aus") or []) and rng.random() < 0.7) or rng.random() < 0.1]
@@ -53,10 +59,12 @@ def test_expression_metrics_match_sklearn():
     present = sorted(set(t))
     assert m["expression"]["accuracy"]["value"] == pytest.approx(accuracy_score(t, p), abs=1e-4)
     assert m["expression"]["macro_f1"]["value"] == pytest.approx(
-        f1_score(t, p, labels=present, average="macro", zero_division=0), abs=1e-4)
+        f1_score(t, p, labels=present, average="macro", zero_division=0), abs=1e-4
+    )
     assert m["expression"]["uar"]["value"] == pytest.approx(
-        recall_score(t, p, labels=present, average="macro", zero_division=0), abs=1e-4)
-    cm = confusion_matrix(t, p, labels=list(EXPRESSIONS) + ["none"])[:len(EXPRESSIONS)]
+        recall_score(t, p, labels=present, average="macro", zero_division=0), abs=1e-4
+    )
+    cm = confusion_matrix(t, p, labels=list(EXPRESSIONS) + ["none"])[: len(EXPRESSIONS)]
     assert m["confusion"]["matrix"] == cm.tolist()
     assert m["expression"]["unanswered"] == sum(r["pred_expression"] is None for r in rows)
 
@@ -93,7 +101,7 @@ def test_va_metrics_match_reference():
         assert m["va"][d]["rmse"]["value"] == pytest.approx(math.sqrt(mean_squared_error(t, p)), abs=1e-4)
         assert m["va"][d]["pearson_r"]["value"] == pytest.approx(pearsonr(t, p)[0], abs=1e-4)
         assert m["va"][d]["ccc"]["value"] == pytest.approx(_ccc_ref(t, p), abs=1e-4)
-    assert bench.ccc(np.array([.1, .5, .9]), np.array([.1, .5, .9])) == pytest.approx(1.0)
+    assert bench.ccc(np.array([0.1, 0.5, 0.9]), np.array([0.1, 0.5, 0.9])) == pytest.approx(1.0)
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_estimate():
@@ -117,25 +125,31 @@ def test_split_is_subject_disjoint_and_excludes_feid(tmp_path):
     for person in range(12):
         for j, lab in enumerate(("neutral", "happy")):
             f = imgs / f"p{person}_{j}.jpg"
-            f.write_bytes(f"fake image {person} {j}".encode())   # the split hashes bytes, never decodes
+            f.write_bytes(f"fake image {person} {j}".encode())  # the split hashes bytes, never decodes
             rows.append({"path": f.name, "who": str(person), "label": lab})
-    rows.append({"path": "p0_0.jpg", "who": "0", "label": "neutral"})          # duplicate bytes
+    rows.append({"path": "p0_0.jpg", "who": "0", "label": "neutral"})  # duplicate bytes
     rows.append({"path": "missing.jpg", "who": "99", "label": "neutral"})
-    rows.append({"path": "p1_0.jpg", "who": "1", "label": "elated"})           # unknown label
+    rows.append({"path": "p1_0.jpg", "who": "1", "label": "elated"})  # unknown label
     with (imgs / "labels.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "who", "label"])
         w.writeheader()
         w.writerows(rows)
     import hashlib
+
     in_feid = hashlib.sha256(b"fake image 3 0").hexdigest()
     src = BenchSource(name="toy", labels=str(imgs / "labels.csv"), subject_column="who", label_set=["neutral", "happy"])
     out, summary = bench.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
     bench.check_disjoint(out, {in_feid}, {"toy_5"})
     subjects = {r["subject"] for r in out}
-    assert "toy_5" not in subjects and "toy_3" in subjects            # person 3 keeps their other image
+    assert "toy_5" not in subjects and "toy_3" in subjects  # person 3 keeps their other image
     assert in_feid not in {r["image_id"] for r in out}
-    assert summary["excluded"] == {"toy:bad_label": 1, "toy:duplicate": 1, "toy:image_in_feid": 1,
-                                   "toy:missing_file": 1, "toy:subject_in_feid": 2}
+    assert summary["excluded"] == {
+        "toy:bad_label": 1,
+        "toy:duplicate": 1,
+        "toy:image_in_feid": 1,
+        "toy:missing_file": 1,
+        "toy:subject_in_feid": 2,
+    }
     assert {r["split"] for r in out} == {"dev", "test"}
     again, _ = bench.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
     assert again == out
@@ -146,19 +160,40 @@ def test_split_is_subject_disjoint_and_excludes_feid(tmp_path):
 
 
 def test_quality_rows_use_only_labels_the_annotator_was_not_shown():
-    truth = {"img1": {"truth_expression": "happy", "truth_valence": .5, "truth_arousal": .2, "source": "t"},
-             "img2": {"truth_expression": "sad", "source": "t"}, "img3": {"truth_expression": "sad", "source": "t"}}
+    truth = {
+        "img1": {"truth_expression": "happy", "truth_valence": 0.5, "truth_arousal": 0.2, "source": "t"},
+        "img2": {"truth_expression": "sad", "source": "t"},
+        "img3": {"truth_expression": "sad", "source": "t"},
+    }
     verdicts = [
-        {"face_id": "img1_0", "accepted": True, "expression": "happy", "expression_source": "annotator",
-         "valence": .4, "arousal": .1, "va_source": "annotator", "aus": ["AU12"], "au_source": "annotator"},
-        {"face_id": "img2_0", "accepted": False, "expression": "sad", "expression_source": "prior",
-         "valence": .0, "arousal": .0, "va_source": "annotator", "aus": [], "au_source": "annotator"},
+        {
+            "face_id": "img1_0",
+            "accepted": True,
+            "expression": "happy",
+            "expression_source": "annotator",
+            "valence": 0.4,
+            "arousal": 0.1,
+            "va_source": "annotator",
+            "aus": ["AU12"],
+            "au_source": "annotator",
+        },
+        {
+            "face_id": "img2_0",
+            "accepted": False,
+            "expression": "sad",
+            "expression_source": "prior",
+            "valence": 0.0,
+            "arousal": 0.0,
+            "va_source": "annotator",
+            "aus": [],
+            "au_source": "annotator",
+        },
         {"face_id": "img3_0", "accepted": True, "expression": "sad", "expression_source": "annotator"},
         {"face_id": "img3_1", "accepted": True, "expression": "sad", "expression_source": "annotator"},
     ]
     rows = bench.quality_rows(verdicts, truth)
-    assert [r["id"] for r in rows] == ["img1_0", "img2_0"]          # img3 has two faces: skipped
-    assert rows[1]["truth_expression"] is None                       # its label was the prior it was shown
+    assert [r["id"] for r in rows] == ["img1_0", "img2_0"]  # img3 has two faces: skipped
+    assert rows[1]["truth_expression"] is None  # its label was the prior it was shown
     m = bench.evaluate(rows, n_boot=0)
     assert m["expression"]["n"] == 1 and m["expression"]["accuracy"]["value"] == 1.0
 
@@ -175,8 +210,15 @@ def test_seke_bench_on_shared_data_matches_sklearn(tmp_path):
     for s in params["bench"]["sources"]:
         s["labels"] = str((ROOT / s["labels"]).resolve())
     b = params["bench"]
-    b.update(split=str(tmp_path / "split.csv"), metrics=str(tmp_path / "feab.json"), plots=str(tmp_path / "plots"),
-             report=str(tmp_path / "feab.md"), work=str(tmp_path / "work"), limit=6, bootstrap=100)
+    b.update(
+        split=str(tmp_path / "split.csv"),
+        metrics=str(tmp_path / "feab.json"),
+        plots=str(tmp_path / "plots"),
+        report=str(tmp_path / "feab.md"),
+        work=str(tmp_path / "work"),
+        limit=6,
+        bootstrap=100,
+    )
     params["runtime"]["cache"] = str(tmp_path / "cache")
     for key in ("ingest", "feid"):
         params["paths"][key] = str(ROOT / params["paths"][key])
@@ -186,8 +228,9 @@ def test_seke_bench_on_shared_data_matches_sklearn(tmp_path):
     cli = [sys.executable, "-m", "flows.cli"]
     r = subprocess.run(cli + ["split", "--params", str(pfile)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(cli + ["bench", "--params", str(pfile)], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(
+        cli + ["bench", "--params", str(pfile)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads((tmp_path / "feab.json").read_text())
     assert (tmp_path / "feab.md").read_text().startswith("# FEAB")
@@ -199,6 +242,7 @@ def test_seke_bench_on_shared_data_matches_sklearn(tmp_path):
     assert len(pairs) == m["expression"]["n"] == m["n"] > 0
     assert m["expression"]["accuracy"]["value"] == pytest.approx(accuracy_score(t, p), abs=1e-4)
     assert m["expression"]["macro_f1"]["value"] == pytest.approx(
-        f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0), abs=1e-4)
+        f1_score(t, p, labels=sorted(set(t)), average="macro", zero_division=0), abs=1e-4
+    )
     assert set(m["per_source"]) == {"london", "muxspace", "namba"}
     assert m["meta"]["annotator"] == "local"

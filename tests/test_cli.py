@@ -1,5 +1,6 @@
 """`seke` smoke tests: --help for every command (found from the app, so new commands are
 covered without editing this file), examples in every help, and clear errors."""
+
 from __future__ import annotations
 
 import subprocess

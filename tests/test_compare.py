@@ -2,6 +2,7 @@
 project: two DVC experiments that differ in one verify threshold, then a fresh clone that
 reads two tagged versions from a DVC remote only. The same clone also exercises
 `seke quality` (held-out labels) and `seke export --rev`."""
+
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ from sklearn.metrics import cohen_kappa_score
 from tasks import compare as C
 
 ROOT = Path(__file__).resolve().parents[1]
-N_PER_CLASS = 5          # London images per class (neutral, happy)
+N_PER_CLASS = 5  # London images per class (neutral, happy)
 
 
 # ---------------------------------------------------------------- unit
@@ -27,7 +28,7 @@ def test_kappa_matches_sklearn_and_handles_one_class():
     a = ["happy", "neutral", "sad", "happy", "neutral", "happy", "sad", "sad"]
     b = ["happy", "neutral", "happy", "happy", "sad", "happy", "sad", "neutral"]
     assert C.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
-    assert C.cohen_kappa(["happy"] * 4, ["happy"] * 4) == 1.0   # perfect agreement, one class
+    assert C.cohen_kappa(["happy"] * 4, ["happy"] * 4) == 1.0  # perfect agreement, one class
 
 
 def test_divergence_and_param_diff():
@@ -38,20 +39,56 @@ def test_divergence_and_param_diff():
 
 
 def _v(name, verdicts, params):
-    feid = [{"id": v["face_id"], "source": "s", "expression": v["expression"], "valence": v["valence"],
-             "arousal": v["arousal"], "aus": v["aus"], "confidence": 1.0, "annotator": "x", "model": "m",
-             "prompt_version": "p", "params_hash": "h", "knowledge_version": "k"} for v in verdicts if v["accepted"]]
+    feid = [
+        {
+            "id": v["face_id"],
+            "source": "s",
+            "expression": v["expression"],
+            "valence": v["valence"],
+            "arousal": v["arousal"],
+            "aus": v["aus"],
+            "confidence": 1.0,
+            "annotator": "x",
+            "model": "m",
+            "prompt_version": "p",
+            "params_hash": "h",
+            "knowledge_version": "k",
+        }
+        for v in verdicts
+        if v["accepted"]
+    ]
     return C.Version(name=name, rev=None, repo=".", params=params, verdicts=verdicts, feid=feid)
 
 
 def test_compare_on_constructed_versions():
     def ver(i, expr, acc, reasons=()):
-        return {"face_id": f"f{i}", "accepted": acc, "reasons": list(reasons), "confidence": 1.0, "expression": expr,
-                "valence": 0.1 * i, "arousal": 0.0, "aus": ["AU12"] if expr == "happy" else []}
-    a = _v("A", [ver(0, "happy", True), ver(1, "neutral", True), ver(2, "happy", True), ver(3, "sad", True)],
-           {"verify": {"t": 0.5}})
-    b = _v("B", [ver(0, "happy", True), ver(1, "happy", True), ver(2, "happy", False, ["uncertain_expression"]),
-                 ver(3, "sad", True), ver(4, "neutral", True)], {"verify": {"t": 0.9}})
+        return {
+            "face_id": f"f{i}",
+            "accepted": acc,
+            "reasons": list(reasons),
+            "confidence": 1.0,
+            "expression": expr,
+            "valence": 0.1 * i,
+            "arousal": 0.0,
+            "aus": ["AU12"] if expr == "happy" else [],
+        }
+
+    a = _v(
+        "A",
+        [ver(0, "happy", True), ver(1, "neutral", True), ver(2, "happy", True), ver(3, "sad", True)],
+        {"verify": {"t": 0.5}},
+    )
+    b = _v(
+        "B",
+        [
+            ver(0, "happy", True),
+            ver(1, "happy", True),
+            ver(2, "happy", False, ["uncertain_expression"]),
+            ver(3, "sad", True),
+            ver(4, "neutral", True),
+        ],
+        {"verify": {"t": 0.9}},
+    )
     c = C.compare(a, b)
     assert c["a"]["acceptance_rate"] == 1.0 and c["b"]["acceptance_rate"] == 0.8
     assert c["agreement"]["shared_faces"] == 3
@@ -59,8 +96,9 @@ def test_compare_on_constructed_versions():
     assert c["changed"]["left"] == {"n": 1, "reasons": {"uncertain_expression": 1}, "faces": ["f2"]}
     assert c["changed"]["entered"]["faces"] == ["f4"]
     assert c["agreement"]["kappa_unchanged"] == 1.0
-    assert c["agreement"]["kappa"] == pytest.approx(cohen_kappa_score(["happy", "neutral", "sad"],
-                                                                      ["happy", "happy", "sad"]), abs=1e-4)
+    assert c["agreement"]["kappa"] == pytest.approx(
+        cohen_kappa_score(["happy", "neutral", "sad"], ["happy", "happy", "sad"]), abs=1e-4
+    )
     assert c["params"] == [{"param": "verify.t", "a": 0.5, "b": 0.9}]
     assert "verify.t" in C.markdown(c)
 
@@ -68,11 +106,19 @@ def test_compare_on_constructed_versions():
 # ---------------------------------------------------------------- end to end
 def _env(proj: Path) -> dict:
     env = dict(os.environ)
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(proj),
-               PREFECT_HOME=str(proj / ".seke" / "prefect"), DVC_NO_ANALYTICS="1",
-               DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               DO_NOT_TRACK="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(proj),
+        PREFECT_HOME=str(proj / ".seke" / "prefect"),
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     return env
 
 
@@ -95,7 +141,7 @@ def project(tmp_path_factory):
     proj = tmp / "proj"
     env = _env(proj)
     _sh(tmp, env, "git", "clone", "-q", str(ROOT), str(proj))
-    for d in ("tasks", "flows", "expectations"):   # the code as it is now, committed or not
+    for d in ("tasks", "flows", "expectations"):  # the code as it is now, committed or not
         shutil.rmtree(proj / d)
         shutil.copytree(ROOT / d, proj / d, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("dvc.yaml", "params.yaml"):
@@ -110,13 +156,13 @@ def project(tmp_path_factory):
             keep.append(r)
     sample = proj / "data" / "sample"
     for f in (sample / "images").iterdir():
-        if f"images/{f.name}" not in {r['path'] for r in keep}:
+        if f"images/{f.name}" not in {r["path"] for r in keep}:
             f.unlink()
     with (sample / "manifest.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "subject", "source"])
         w.writeheader()
         w.writerows([{k: r[k] for k in ("path", "subject", "source")} for r in keep])
-    with (tmp / "truth.csv").open("w", newline="") as fh:      # the held-out labels
+    with (tmp / "truth.csv").open("w", newline="") as fh:  # the held-out labels
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(keep)
@@ -141,10 +187,17 @@ def project(tmp_path_factory):
 
 def _verdicts(proj: Path, env: dict, rev: str) -> list[dict]:
     import io
+
     import pyarrow.parquet as pq
 
-    out = _sh(proj, env, sys.executable, "-c", "import dvc.api,sys; sys.stdout.buffer.write("
-              f"dvc.api.read('data/verify/verdicts.parquet', rev='{rev}', mode='rb').hex().encode())")
+    out = _sh(
+        proj,
+        env,
+        sys.executable,
+        "-c",
+        "import dvc.api,sys; sys.stdout.buffer.write("
+        f"dvc.api.read('data/verify/verdicts.parquet', rev='{rev}', mode='rb').hex().encode())",
+    )
     return pq.read_table(io.BytesIO(bytes.fromhex(out))).to_pylist()
 
 
@@ -205,11 +258,24 @@ def test_compare_in_a_fresh_clone_reads_from_the_dvc_remote(project):
 def test_quality_and_export_of_an_experiment(project):
     proj, tmp = project
     env = _env(proj)
-    _seke(proj, env, "quality", "--truth", str(tmp / "truth.csv"), "--root", str(ROOT / "data" / "sample"),
-          "--rev", "vs-050", "--out", str(tmp / "q"), "-S", "bench.bootstrap=50")
+    _seke(
+        proj,
+        env,
+        "quality",
+        "--truth",
+        str(tmp / "truth.csv"),
+        "--root",
+        str(ROOT / "data" / "sample"),
+        "--rev",
+        "vs-050",
+        "--out",
+        str(tmp / "q"),
+        "-S",
+        "bench.bootstrap=50",
+    )
     q = json.loads((tmp / "q" / "quality_all.json").read_text())
     assert q["meta"]["matched_faces"] == 2 * N_PER_CLASS
-    assert q["expression"]["n"] == 2 * N_PER_CLASS               # every label came from the annotator
+    assert q["expression"]["n"] == 2 * N_PER_CLASS  # every label came from the annotator
     assert 0 <= q["expression"]["accuracy"]["value"] <= 1
     assert (tmp / "q" / "quality.md").exists()
     _seke(proj, env, "export", "--format", "llava", "--rev", "vs-100", "--out", str(tmp / "llava"))

@@ -1,4 +1,5 @@
 """crop: real detector on real images; one row per face; no-face images recorded."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,18 @@ SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 def _img(name: str) -> tuple[ImageRecord, bytes]:
     data = (SAMPLE / name).read_bytes()
     im = decode(data)
-    return ImageRecord(id=hashlib.sha256(data).hexdigest(), path=name, uri=str(SAMPLE / name), source="t",
-                       width=im.width, height=im.height, format="JPEG", n_bytes=len(data),
-                       label_set=[], au_set=[]), data
+    return ImageRecord(
+        id=hashlib.sha256(data).hexdigest(),
+        path=name,
+        uri=str(SAMPLE / name),
+        source="t",
+        width=im.width,
+        height=im.height,
+        format="JPEG",
+        n_bytes=len(data),
+        label_set=[],
+        au_set=[],
+    ), data
 
 
 def test_every_face_of_a_group_photo_becomes_a_row():

@@ -1,16 +1,19 @@
 """crop and sample on a `distributed.LocalCluster` with two workers (Prefect's Dask task
 runner, `runtime.task_runner: dask` + `runtime.dask_address`) give the same FEID as one
 process."""
+
 from __future__ import annotations
 
+import opsproj
 import pyarrow.parquet as pq
 import pytest
 
-import opsproj
-
 pytestmark = pytest.mark.e2e
-PARAMS = {"expectations": {"max_class_share": 1.0, "min_classes": 1}, "verify": {"use_priors": False},
-          "runtime": {"batch_size": 2}}   # several batches for four images
+PARAMS = {
+    "expectations": {"max_class_share": 1.0, "min_classes": 1},
+    "verify": {"use_priors": False},
+    "runtime": {"batch_size": 2},
+}  # several batches for four images
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +21,7 @@ def prefect_quiet():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90), \
-            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
@@ -29,6 +31,7 @@ def _feid(proj) -> list[dict]:
 
 def _run(proj, monkeypatch) -> list[dict]:
     from flows import stages
+
     monkeypatch.chdir(proj)
     for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
         stages.STAGES[name](params_path="params.yaml")
@@ -53,5 +56,8 @@ def test_crop_and_sample_on_a_local_cluster_match_one_process(tmp_path, monkeypa
     assert len(single) >= 1
     assert distributed == single
     assert (proj / "data/crop/faces.parquet").read_bytes() != b""
-    assert pq.read_table(proj / "data/sample_runs/samples.parquet").drop(["latency_ms", "cached"]).equals(
-        pq.read_table(tmp_path / "single/proj/data/sample_runs/samples.parquet").drop(["latency_ms", "cached"]))
+    assert (
+        pq.read_table(proj / "data/sample_runs/samples.parquet")
+        .drop(["latency_ms", "cached"])
+        .equals(pq.read_table(tmp_path / "single/proj/data/sample_runs/samples.parquet").drop(["latency_ms", "cached"]))
+    )

@@ -1,4 +1,5 @@
 """The dependency check itself: a stage that reads a file its deps omit is reported."""
+
 from depcheck import uncovered
 
 

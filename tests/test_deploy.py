@@ -4,6 +4,7 @@ deployment is triggered with `prefect deployment run` and must complete.
 
 Skipped only when the server cannot start on this machine (the reason is printed).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import opsproj
 import pytest
 import yaml
-
-import opsproj
 from simserver import TEST_KEY, sim_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,7 @@ def test_prefect_yaml_declares_the_deployment_with_schedule_and_parameters():
 
 def test_deployment_builds_with_schedule_and_parameters_without_a_server():
     from flows.deploy import deployments
+
     inc = deployments(str(ROOT / "params.yaml"))[0]
     assert set(inc.parameters) >= {"input", "annotator", "budget_usd"} and inc.schedules
 
@@ -57,11 +58,22 @@ def test_deployment_builds_with_schedule_and_parameters_without_a_server():
 def prefect_server(tmp_path):
     port = _free_port()
     home = tmp_path / "prefect-server"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-           "PREFECT_API_URL": "", "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_URL": "",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.time() + 180
     try:
@@ -81,24 +93,47 @@ def prefect_server(tmp_path):
 
 
 def test_triggered_deployment_run_completes(tmp_path, prefect_server):
-    proj = opsproj.make_project(tmp_path, opsproj.london(2), git=False, params={
-        "verify": {"use_priors": False}, "expectations": {"max_class_share": 1.0, "min_classes": 1},
-        "annotator": {"model": "sim-vllm"}, "deploy": {"interval_s": 0},
-        "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2}})
+    proj = opsproj.make_project(
+        tmp_path,
+        opsproj.london(2),
+        git=False,
+        params={
+            "verify": {"use_priors": False},
+            "expectations": {"max_class_share": 1.0, "min_classes": 1},
+            "annotator": {"model": "sim-vllm"},
+            "deploy": {"interval_s": 0},
+            "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2},
+        },
+    )
     with sim_server(set_env=False) as sim:
         env = opsproj.env(proj, PREFECT_API_URL=prefect_server, OPENAI_BASE_URL=sim.base_url, OPENAI_API_KEY=TEST_KEY)
         log = open(tmp_path / "serve.log", "w")
-        serve = subprocess.Popen([sys.executable, "-m", "flows.deploy", "serve"], cwd=proj, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.deploy", "serve"], cwd=proj, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.time() + 180
             while "being served" not in (tmp_path / "serve.log").read_text():
                 assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(2)
             # the annotator is a deployment parameter: this run uses the OpenAI-compatible one
-            r = opsproj.run(proj, "prefect", "deployment", "run", "feid-incremental/feid-incremental",
-                            "-p", "annotator=openai", "-p", "budget_usd=1.0", "--watch", "--watch-timeout", "600",
-                            env_=env, check=False, timeout=700)
+            r = opsproj.run(
+                proj,
+                "prefect",
+                "deployment",
+                "run",
+                "feid-incremental/feid-incremental",
+                "-p",
+                "annotator=openai",
+                "-p",
+                "budget_usd=1.0",
+                "--watch",
+                "--watch-timeout",
+                "600",
+                env_=env,
+                check=False,
+                timeout=700,
+            )
             out = r.stdout + r.stderr
             assert r.returncode == 0 and "Completed" in out, out[-3000:] + (tmp_path / "serve.log").read_text()[-3000:]
         finally:

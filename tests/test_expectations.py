@@ -1,4 +1,5 @@
 """Great Expectations suites: one schema source, and a bad value fails with a readable message."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -13,12 +14,35 @@ P = Params(paths=Paths(input="x"))
 
 
 def _verdicts(**over):
-    row = dict(face_id="a_0", accepted=True, reasons=[], confidence=0.9, expression="happy",
-               expression_source="annotator", vote_share=1.0, entropy=0.0, n_samples=3, n_failed=0,
-               valence=0.5, arousal=0.2, valence_std=0.0, arousal_std=0.0, va_source="annotator",
-               aus=["AU12"], au_probs=None, au_entropy=0.0, au_source="annotator", prior_agreement=None,
-               consistency=0.8, withheld=[], expression_status="accepted", expression_confidence=0.9,
-               va_status="accepted", au_withheld=[], au_status="accepted")
+    row = dict(
+        face_id="a_0",
+        accepted=True,
+        reasons=[],
+        confidence=0.9,
+        expression="happy",
+        expression_source="annotator",
+        vote_share=1.0,
+        entropy=0.0,
+        n_samples=3,
+        n_failed=0,
+        valence=0.5,
+        arousal=0.2,
+        valence_std=0.0,
+        arousal_std=0.0,
+        va_source="annotator",
+        aus=["AU12"],
+        au_probs=None,
+        au_entropy=0.0,
+        au_source="annotator",
+        prior_agreement=None,
+        consistency=0.8,
+        withheld=[],
+        expression_status="accepted",
+        expression_confidence=0.9,
+        va_status="accepted",
+        au_withheld=[],
+        au_status="accepted",
+    )
     row.update(over)
     return pd.DataFrame([row, {**row, "face_id": "b_0"}])
 
@@ -29,8 +53,10 @@ def test_good_verdicts_pass():
     assert s["success"] and s["evaluated"] > 5 and s["failed"] == 0
 
 
-@pytest.mark.parametrize("over,needle", [({"valence": 1.5}, "valence"), ({"expression": "bored"}, "expression"),
-                                         ({"confidence": -0.1}, "confidence")])
+@pytest.mark.parametrize(
+    "over,needle",
+    [({"valence": 1.5}, "valence"), ({"expression": "bored"}, "expression"), ({"confidence": -0.1}, "confidence")],
+)
 def test_out_of_range_values_fail_readably(over, needle):
     df = _verdicts(**over)
     with pytest.raises(ExpectationsFailed) as e:
@@ -56,15 +82,19 @@ def test_label_distribution_bound_is_a_parameter():
     dist = label_distribution(fe)
     assert dict(zip(dist.expression, dist.share)) == {"happy": 0.9, "sad": 0.1}
     strict = P.model_copy(update={"expectations": P.expectations.model_copy(update={"max_class_share": 0.8})})
-    from expectations.suites import SUITES
     import great_expectations.expectations as gxe
+
+    from expectations.suites import SUITES
+
     suite = SUITES["export"](gxe, strict, {"faces": 1, "accepted": 1})["label_distribution"]
     assert any(getattr(e, "max_value", None) == 0.8 for e in suite)
 
 
 def test_suites_take_their_columns_from_the_records():
     import great_expectations.expectations as gxe
+
     from expectations.suites import SUITES
+
     feid = SUITES["export"](gxe, P, {"faces": 1, "accepted": 1})["feid"][0]
     assert set(feid.column_set) == {c for c in FeidRecord.columns() if c not in HEAVY}
     ver = SUITES["verify"](gxe, P, {"faces": 1})["verdicts"][0]

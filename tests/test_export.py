@@ -1,4 +1,5 @@
 """export: FEID rows, their conversations, and the Parquet layout Hugging Face reads."""
+
 from __future__ import annotations
 
 import io
@@ -22,11 +23,24 @@ def _crop() -> bytes:
 
 
 def _verdict(**over):
-    v = dict(face_id="abc_0", accepted=True, reasons=[], confidence=0.8, expression="happy",
-             expression_source="annotator", vote_share=0.75, valence=0.6, arousal=0.3,
-             aus=["AU06", "AU12"], au_probs=[0.5 if a in ("AU06", "AU12") else 0.0 for a in AUS],
-             expression_status="accepted", expression_confidence=0.75, va_status="accepted", au_status="accepted",
-             au_withheld=[])
+    v = dict(
+        face_id="abc_0",
+        accepted=True,
+        reasons=[],
+        confidence=0.8,
+        expression="happy",
+        expression_source="annotator",
+        vote_share=0.75,
+        valence=0.6,
+        arousal=0.3,
+        aus=["AU06", "AU12"],
+        au_probs=[0.5 if a in ("AU06", "AU12") else 0.0 for a in AUS],
+        expression_status="accepted",
+        expression_confidence=0.75,
+        va_status="accepted",
+        au_status="accepted",
+        au_withheld=[],
+    )
     v.update(over)
     return v
 
@@ -53,8 +67,15 @@ def test_row_takes_labels_from_the_verdict_and_provenance_from_the_run():
 
 
 def test_prior_expression_has_full_expression_confidence():
-    r = feid_row(_verdict(expression_source="prior", expression_status="prior", vote_share=None), FACE, K, annotator="local", model="m",
-                 prompt_version="v1", params_hash="h")
+    r = feid_row(
+        _verdict(expression_source="prior", expression_status="prior", vote_share=None),
+        FACE,
+        K,
+        annotator="local",
+        model="m",
+        prompt_version="v1",
+        params_hash="h",
+    )
     assert r.expression_confidence == 1.0
 
 
@@ -87,6 +108,13 @@ def test_withheld_granularities_are_null_and_have_no_turns():
     asked = " ".join(t.value for t in r.conversations if t.from_ == "human")
     assert "valence" not in asked.lower() and "action units" in asked
     assert "valence" not in r.conversations[-1].value
-    r = feid_row(_verdict(au_status="withheld", au_withheld=list(AUS)), FACE, K, annotator="local", model="m",
-                 prompt_version="v1", params_hash="h")
+    r = feid_row(
+        _verdict(au_status="withheld", au_withheld=list(AUS)),
+        FACE,
+        K,
+        annotator="local",
+        model="m",
+        prompt_version="v1",
+        params_hash="h",
+    )
     assert r.aus == [] and not any("action units (FACS)" in t.value for t in r.conversations)

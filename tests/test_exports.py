@@ -1,6 +1,7 @@
 """Each export loads with its consumer: `datasets` for hf; for ShareGPT (LLaMA-Factory) and
 LLaVA a loader that checks the documented layouts. Every image decodes and no accepted face
 is lost."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,8 @@ from PIL import Image
 
 from tasks import exports as X
 from tasks.export import feid_row
-from tasks.knowledge import AUS, load as load_knowledge
+from tasks.knowledge import AUS
+from tasks.knowledge import load as load_knowledge
 from tasks.records import FeidRecord
 
 N = 12
@@ -32,28 +34,55 @@ def feid() -> pa.Table:
     rows = []
     for i in range(N):
         expr = ("neutral", "happy", "sad")[i % 3]
-        v = {"face_id": f"{i:064x}_0", "expression": expr, "expression_source": "annotator", "vote_share": 0.8,
-             "valence": 0.1 * (i % 5) - 0.2, "arousal": 0.05 * i - 0.3, "aus": ["AU06", "AU12"] if expr == "happy" else [],
-             "au_probs": [0.9 if a in ("AU06", "AU12") and expr == "happy" else 0.1 for a in AUS], "confidence": 0.7,
-             "expression_status": "accepted", "expression_confidence": 0.7, "va_status": "accepted",
-             "au_status": "accepted", "au_withheld": []}
+        v = {
+            "face_id": f"{i:064x}_0",
+            "expression": expr,
+            "expression_source": "annotator",
+            "vote_share": 0.8,
+            "valence": 0.1 * (i % 5) - 0.2,
+            "arousal": 0.05 * i - 0.3,
+            "aus": ["AU06", "AU12"] if expr == "happy" else [],
+            "au_probs": [0.9 if a in ("AU06", "AU12") and expr == "happy" else 0.1 for a in AUS],
+            "confidence": 0.7,
+            "expression_status": "accepted",
+            "expression_confidence": 0.7,
+            "va_status": "accepted",
+            "au_status": "accepted",
+            "au_withheld": [],
+        }
         face = {"crop": _jpeg(i), "source": "london" if i % 2 else "demo", "label_set": [], "au_set": []}
-        rows.append(feid_row(v, face, k, annotator="local", model="local-ensemble-v1", prompt_version="seke-v1",
-                             params_hash="abc").model_dump(by_alias=True))
+        rows.append(
+            feid_row(
+                v, face, k, annotator="local", model="local-ensemble-v1", prompt_version="seke-v1", params_hash="abc"
+            ).model_dump(by_alias=True)
+        )
     return pa.Table.from_pylist(rows, schema=FeidRecord.arrow_schema())
 
 
 def _card(tmp: Path) -> X.CardInfo:
-    return X.CardInfo(version="v-test", rev="0" * 40, params={"verify": {"min_vote_share": 0.6}},
-                      sources_text="# Sample\n\n| files | licence |\n|---|---|\n| london | CC BY 4.0 |")
+    return X.CardInfo(
+        version="v-test",
+        rev="0" * 40,
+        params={"verify": {"min_vote_share": 0.6}},
+        sources_text="# Sample\n\n| files | licence |\n|---|---|\n| london | CC BY 4.0 |",
+    )
 
 
 def _check_card(out: Path, fmt: str) -> None:
     card = (out / "README.md").read_text()
     assert card.startswith("---\n")
-    for needle in ("## Statistics", "## Label set and AU set", "## Sources and licences", "CC BY 4.0",
-                   "## Annotation", "local-ensemble-v1", "min_vote_share", "## Citation", "@misc{feid",
-                   f"rows (accepted faces): {N}"):
+    for needle in (
+        "## Statistics",
+        "## Label set and AU set",
+        "## Sources and licences",
+        "CC BY 4.0",
+        "## Annotation",
+        "local-ensemble-v1",
+        "min_vote_share",
+        "## Citation",
+        "@misc{feid",
+        f"rows (accepted faces): {N}",
+    ):
         assert needle in card, (fmt, needle)
 
 
@@ -62,8 +91,9 @@ def test_hf_export_loads_with_datasets(feid, tmp_path):
     out = tmp_path / "hf"
     res = X.export(feid, "hf", out, _card(tmp_path))
     assert res["rows"] == N
-    ds = datasets.load_dataset("parquet", data_files=str(out / "data" / "*.parquet"),
-                               cache_dir=str(tmp_path / "hf_cache"))["train"]
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(out / "data" / "*.parquet"), cache_dir=str(tmp_path / "hf_cache")
+    )["train"]
     assert isinstance(ds.features["image"], datasets.Image)
     assert sorted(ds["id"]) == sorted(feid["id"].to_pylist())
     for row in ds:
@@ -126,7 +156,7 @@ def test_llava_export_loads(feid, tmp_path):
     rows = load_llava(out / "feid_llava.json", out)
     assert sorted(r["id"] for r in rows) == sorted(feid["id"].to_pylist())
     src = {r["id"]: r["image"]["bytes"] for r in feid.to_pylist()}
-    for r in rows:   # the exported crop is the FEID crop, byte for byte
+    for r in rows:  # the exported crop is the FEID crop, byte for byte
         assert (out / f"images/{r['id']}.jpg").read_bytes() == src[r["id"]]
     _check_card(out, "llava")
 

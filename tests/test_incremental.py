@@ -6,20 +6,22 @@ Then +M images: exactly M faces are annotated, FEID grows by their accepted face
 stage's version in dvc.lock changes and is pushed. A third run with nothing new makes no
 call and writes nothing.
 """
+
 from __future__ import annotations
 
+import opsproj
 import pytest
 import yaml
-
-import opsproj
 from simserver import sim_server
 
 pytestmark = pytest.mark.e2e
 N, M = 3, 2
-PARAMS = {"annotator": {"backend": "openai", "model": "sim-vllm"},
-          "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2},
-          "verify": {"use_priors": False},
-          "expectations": {"max_class_share": 1.0, "min_classes": 1}}
+PARAMS = {
+    "annotator": {"backend": "openai", "model": "sim-vllm"},
+    "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2},
+    "verify": {"use_priors": False},
+    "expectations": {"max_class_share": 1.0, "min_classes": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,7 @@ def prefect_quiet():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90), \
-            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
@@ -38,13 +39,17 @@ def faces_annotated(sim, since: int = 0) -> set[str]:
 
 def feid_rows(proj) -> int:
     import pyarrow.parquet as pq
-    return sum(pq.read_metadata(f).num_rows for f in [proj / "data/feid/feid.parquet",
-                                                      *sorted((proj / "data/feid").glob("part-*.parquet"))]
-               if f.exists())
+
+    return sum(
+        pq.read_metadata(f).num_rows
+        for f in [proj / "data/feid/feid.parquet", *sorted((proj / "data/feid").glob("part-*.parquet"))]
+        if f.exists()
+    )
 
 
 def base_pipeline(proj) -> None:
     from flows import stages
+
     for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
         stages.STAGES[name](params_path="params.yaml")
 
@@ -75,8 +80,10 @@ def test_incremental_annotates_only_new_faces_and_records_a_version(tmp_path, mo
         assert r["recorded"] and r["pushed"]
         lock1 = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]["export"]["outs"][0]["md5"]
         assert lock1 != lock0
-        assert opsproj.run(proj, "dvc", "status", "-c").stdout.strip().endswith("up to date.") or \
-            "new" not in opsproj.run(proj, "dvc", "status", "-c").stdout
+        assert (
+            opsproj.run(proj, "dvc", "status", "-c").stdout.strip().endswith("up to date.")
+            or "new" not in opsproj.run(proj, "dvc", "status", "-c").stdout
+        )
 
         mark = len(sim.log)
         files = sorted(p.name for p in (proj / "data/feid").rglob("*"))
@@ -95,12 +102,13 @@ def test_feid_directory_loads_with_datasets(tmp_path, monkeypatch, prefect_quiet
     proj = opsproj.make_project(tmp_path, opsproj.london(2), params=PARAMS, git=False)
     monkeypatch.chdir(proj)
     with sim_server():
-        r1 = incremental_flow(root=str(proj), record=False)     # no base: the first part
+        r1 = incremental_flow(root=str(proj), record=False)  # no base: the first part
         opsproj.put_images(proj / "data" / "sample", opsproj.london(2, start=2))
         r2 = incremental_flow(root=str(proj), record=False)
     assert r1["new_images"] == 2 and r2["new_images"] == 2
-    ds = datasets.load_dataset("parquet", data_dir=str(proj / "data/feid"), split="train",
-                               cache_dir=str(tmp_path / "hf"))
+    ds = datasets.load_dataset(
+        "parquet", data_dir=str(proj / "data/feid"), split="train", cache_dir=str(tmp_path / "hf")
+    )
     assert len(ds) == r1["accepted"] + r2["accepted"] == feid_rows(proj)
     assert len(set(ds["id"])) == len(ds)
 

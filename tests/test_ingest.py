@@ -1,4 +1,5 @@
 """ingest: the alias table, prior labels, quarantine reasons, content ids, fsspec inputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,16 +24,34 @@ def _jpeg(color=(200, 120, 90), size=(64, 64)) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,label", [
-    ("Happiness", "happy"), ("angry", "anger"), ("ANGER", "anger"), ("sadness", "sad"), ("Surprised", "surprise"),
-    ("fearful", "fear"), ("disgusted", "disgust"), ("contemptuous", "contempt"), ("neutral", "neutral")])
+@pytest.mark.parametrize(
+    "name,label",
+    [
+        ("Happiness", "happy"),
+        ("angry", "anger"),
+        ("ANGER", "anger"),
+        ("sadness", "sad"),
+        ("Surprised", "surprise"),
+        ("fearful", "fear"),
+        ("disgusted", "disgust"),
+        ("contemptuous", "contempt"),
+        ("neutral", "neutral"),
+    ],
+)
 def test_alias_table_maps_dataset_names(name, label):
     assert K.expression(name) == label
 
 
-@pytest.mark.parametrize("scheme,code,label", [("rafdb", 1, "surprise"), ("rafdb", "7", "neutral"),
-                                                ("fer2013", 0, "anger"), ("affectnet", 7, "contempt"),
-                                                ("ckplus", 2, "contempt")])
+@pytest.mark.parametrize(
+    "scheme,code,label",
+    [
+        ("rafdb", 1, "surprise"),
+        ("rafdb", "7", "neutral"),
+        ("fer2013", 0, "anger"),
+        ("affectnet", 7, "contempt"),
+        ("ckplus", 2, "contempt"),
+    ],
+)
 def test_numbered_schemes(scheme, code, label):
     assert K.expression(code, scheme) == label
 
@@ -58,20 +77,30 @@ def test_au_outside_the_17_is_rejected():
 
 
 def test_parse_labels_records_label_and_au_sets():
-    out = parse_labels(K, {"expression": "Happiness", "valence": "0.5", "arousal": "0.1", "AU12": "1", "AU06": "0"},
-                       Ingest())
+    out = parse_labels(
+        K, {"expression": "Happiness", "valence": "0.5", "arousal": "0.1", "AU12": "1", "AU06": "0"}, Ingest()
+    )
     assert out["prior_expression"] == "happy"
     assert out["label_set"] == list(K.expressions)  # Ingest().label_set is empty: the full label set
     assert out["au_set"] == ["AU06", "AU12"] and out["prior_aus"] == ["AU12"]
     assert (out["prior_valence"], out["prior_arousal"]) == (0.5, 0.1)
-    seven = parse_labels(K, {"expression": "1", "label_scheme": "rafdb",
-                             "label_set": "surprise,fear,disgust,happy,sad,anger,neutral"}, Ingest())
+    seven = parse_labels(
+        K,
+        {"expression": "1", "label_scheme": "rafdb", "label_set": "surprise,fear,disgust,happy,sad,anger,neutral"},
+        Ingest(),
+    )
     assert "contempt" not in seven["label_set"] and seven["prior_expression"] == "surprise"
     assert parse_labels(K, {}, Ingest())["label_set"] == []
 
 
-@pytest.mark.parametrize("labels,msg", [({"valence": "1.5", "arousal": "0"}, "outside"),
-                                        ({"valence": "0.2"}, "together"), ({"expression": "bored"}, "alias")])
+@pytest.mark.parametrize(
+    "labels,msg",
+    [
+        ({"valence": "1.5", "arousal": "0"}, "outside"),
+        ({"valence": "0.2"}, "together"),
+        ({"expression": "bored"}, "alias"),
+    ],
+)
 def test_bad_prior_labels(labels, msg):
     with pytest.raises(ValueError, match=msg):
         parse_labels(K, labels, Ingest())
@@ -94,8 +123,10 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     whole = noise.getvalue()
     (tmp_path / "trunc.jpg").write_bytes(whole[: len(whole) // 2])  # header intact, data cut
     (tmp_path / "big.jpg").write_bytes(whole)
-    entries = [Entry(p, {}) for p in ("ok.jpg", "dup.jpg", "empty.png", "text.jpg", "trunc.jpg", "missing.jpg",
-                                      "../outside.jpg")]
+    entries = [
+        Entry(p, {})
+        for p in ("ok.jpg", "dup.jpg", "empty.png", "text.jpg", "trunc.jpg", "missing.jpg", "../outside.jpg")
+    ]
     entries.append(Entry("big.jpg", {}))
     (tmp_path / "label.jpg").write_bytes(_jpeg((50, 60, 70)))
     entries.append(Entry("label.jpg", {"expression": "bored"}))
@@ -103,9 +134,16 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     out = list(ingest(entries, str(tmp_path), K, params))
     assert len(out) == len(entries), "no entry may be dropped silently"
     reasons = {r.path: r.reason for r in out if isinstance(r, QuarantineRecord)}
-    assert reasons == {"dup.jpg": "duplicate", "empty.png": "empty", "text.jpg": "not_an_image",
-                       "trunc.jpg": "unreadable", "missing.jpg": "unreadable", "../outside.jpg": "outside_root",
-                       "big.jpg": "too_large", "label.jpg": "bad_label"}
+    assert reasons == {
+        "dup.jpg": "duplicate",
+        "empty.png": "empty",
+        "text.jpg": "not_an_image",
+        "trunc.jpg": "unreadable",
+        "missing.jpg": "unreadable",
+        "../outside.jpg": "outside_root",
+        "big.jpg": "too_large",
+        "label.jpg": "bad_label",
+    }
     assert all(r.detail for r in out if isinstance(r, QuarantineRecord))
     (img,) = [r for r in out if isinstance(r, ImageRecord)]
     assert img.id == hashlib.sha256(good).hexdigest() and (img.width, img.height) == (64, 64)

@@ -1,4 +1,5 @@
 """Knowledge data: sources recorded, consistency inputs, and the VA refit."""
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,10 @@ def test_refit_centroids_and_spreads(tmp_path):
     r = random.Random(0)
     rows = [{"expression": "happiness", "valence": 0.5 + r.choice([-0.1, 0.1]), "arousal": 0.2} for _ in range(40)]
     rows += [{"expression": "sad", "valence": -0.5, "arousal": -0.5} for _ in range(3)]  # too few: kept
-    rows += [{"expression": "bogus", "valence": 0.0, "arousal": 0.0}, {"expression": "anger", "valence": 3, "arousal": 0}]
+    rows += [
+        {"expression": "bogus", "valence": 0.0, "arousal": 0.0},
+        {"expression": "anger", "valence": 3, "arousal": 0},
+    ]
     m = tmp_path / "m.csv"
     with open(m, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["expression", "valence", "arousal"])
@@ -40,7 +44,7 @@ def test_refit_centroids_and_spreads(tmp_path):
     assert s == pytest.approx(0.1, abs=0.01)
     d = yaml.safe_load(out.read_text())
     assert "refit from" in d["centroids"]["happy"]["source"]
-    assert d["centroids"]["sad"]["valence"] == load().centroids["sad"]["valence"]   # kept
+    assert d["centroids"]["sad"]["valence"] == load().centroids["sad"]["valence"]  # kept
     assert "2 skipped" in d["source"]
     assert d["au_directions"] == load().au_directions
 

@@ -2,6 +2,7 @@
 
 Fast (a few seconds): a handful of crops, K <= 8 samples per call.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,7 +19,8 @@ from tasks.annotators.base import Call, CallResult
 from tasks.answer import json_schema, parse
 from tasks.detect import decode, detect_faces, encode_crop, square_crop
 from tasks.knowledge import AUS, EXPRESSIONS, load
-from tasks.params import Annotator as AnnotatorParams, LocalAnnotator as LocalParams
+from tasks.params import Annotator as AnnotatorParams
+from tasks.params import LocalAnnotator as LocalParams
 from tasks.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
 
 local = pytest.importorskip("tasks.annotators.local")
@@ -41,8 +43,16 @@ def crop_of(name: str) -> bytes:
 
 def make_call(image: bytes, ask=ALL, seeds=(1, 2, 3), indices=None) -> Call:
     indices = tuple(range(len(seeds))) if indices is None else tuple(indices)
-    return Call(request_id="req", face_id="face", messages=[], schema=json_schema(ask), ask=tuple(ask),
-                image=image, indices=indices, seeds=tuple(seeds))
+    return Call(
+        request_id="req",
+        face_id="face",
+        messages=[],
+        schema=json_schema(ask),
+        ask=tuple(ask),
+        image=image,
+        indices=indices,
+        seeds=tuple(seeds),
+    )
 
 
 def run_one(ann, call: Call) -> CallResult:
@@ -100,15 +110,31 @@ def test_bad_image_is_an_error_not_an_exception(ann):
 
 
 def test_unknown_granularity_is_an_error(ann, crops):
-    call = Call(request_id="v", face_id="f", messages=[], schema={}, ask=("gaze",),
-                image=crops[NEUTRAL], indices=(0,), seeds=(1,))
+    call = Call(
+        request_id="v",
+        face_id="f",
+        messages=[],
+        schema={},
+        ask=("gaze",),
+        image=crops[NEUTRAL],
+        indices=(0,),
+        seeds=(1,),
+    )
     res = run_one(ann, call)
     assert res.error and "gaze" in res.error
 
 
 def test_verification_without_a_proposal_is_an_error(ann, crops):
-    call = Call(request_id="v", face_id="f", messages=[], schema={}, ask=("verify",),
-                image=crops[NEUTRAL], indices=(0,), seeds=(1,))
+    call = Call(
+        request_id="v",
+        face_id="f",
+        messages=[],
+        schema={},
+        ask=("verify",),
+        image=crops[NEUTRAL],
+        indices=(0,),
+        seeds=(1,),
+    )
     res = run_one(ann, call)
     assert res.error and "Proposed answer" in res.error and not res.answers
 
@@ -133,7 +159,7 @@ def test_same_seed_same_answer_whatever_the_batch(ann, crops):
 def test_different_seeds_vary(ann, crops):
     res = run_one(ann, make_call(crops[NEUTRAL], seeds=tuple(range(100, 108))))
     parsed = [parse(a.text, ALL) for a in res.answers]
-    assert len({(p.valence, p.arousal) for p in parsed}) > 1      # TTA moves the probabilities
+    assert len({(p.valence, p.arousal) for p in parsed}) > 1  # TTA moves the probabilities
     assert len({p.rationale for p in parsed}) > 1
 
 
@@ -165,13 +191,39 @@ def test_neutral_face_comes_out_neutral_without_au12(ann, crops):
 
 # -- blendshape -> AU mapping, on constructed blendshapes -------------------------------------------
 def blend(**kw) -> dict[str, float]:
-    names = ["browInnerUp", "browOuterUpLeft", "browOuterUpRight", "browDownLeft", "browDownRight",
-             "eyeWideLeft", "eyeWideRight", "cheekSquintLeft", "cheekSquintRight", "eyeSquintLeft",
-             "eyeSquintRight", "noseSneerLeft", "noseSneerRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-             "mouthSmileLeft", "mouthSmileRight", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
-             "mouthFrownRight", "mouthShrugLower", "mouthStretchLeft", "mouthStretchRight",
-             "mouthRollLower", "mouthRollUpper", "mouthPressLeft", "mouthPressRight", "jawOpen",
-             "mouthLowerDownLeft", "mouthLowerDownRight"]
+    names = [
+        "browInnerUp",
+        "browOuterUpLeft",
+        "browOuterUpRight",
+        "browDownLeft",
+        "browDownRight",
+        "eyeWideLeft",
+        "eyeWideRight",
+        "cheekSquintLeft",
+        "cheekSquintRight",
+        "eyeSquintLeft",
+        "eyeSquintRight",
+        "noseSneerLeft",
+        "noseSneerRight",
+        "mouthUpperUpLeft",
+        "mouthUpperUpRight",
+        "mouthSmileLeft",
+        "mouthSmileRight",
+        "mouthDimpleLeft",
+        "mouthDimpleRight",
+        "mouthFrownLeft",
+        "mouthFrownRight",
+        "mouthShrugLower",
+        "mouthStretchLeft",
+        "mouthStretchRight",
+        "mouthRollLower",
+        "mouthRollUpper",
+        "mouthPressLeft",
+        "mouthPressRight",
+        "jawOpen",
+        "mouthLowerDownLeft",
+        "mouthLowerDownRight",
+    ]
     d = dict.fromkeys(names, 0.0)
     for k, v in kw.items():
         assert k in d, k
@@ -191,9 +243,8 @@ def test_relaxed_face_has_no_aus():
 def test_smile_maps_to_au12_and_duchenne_proxy_to_au06():
     inten = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6))
     assert local.active_aus(inten) == ["AU12"] and inten["AU12"] == 1.0
-    inten = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6,
-                                       eyeSquintLeft=0.4, eyeSquintRight=0.4))
-    assert local.active_aus(inten) == ["AU06", "AU12"]      # 0.4 * 0.6 = 0.24 >= 0.08
+    inten = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6, eyeSquintLeft=0.4, eyeSquintRight=0.4))
+    assert local.active_aus(inten) == ["AU06", "AU12"]  # 0.4 * 0.6 = 0.24 >= 0.08
     # a one-sided, weak smile averages below the threshold
     assert "AU12" not in local.active_aus(local.au_intensities(blend(mouthSmileLeft=0.3)))
 
@@ -204,18 +255,27 @@ def test_threshold_is_inclusive_and_intensity_scales():
     assert local.au_intensities(blend(browInnerUp=0.2))["AU01"] == pytest.approx(0.5 * 0.2 / 0.45)
 
 
-@pytest.mark.parametrize("kw,expected", [
-    ({"browInnerUp": 0.6, "browOuterUpLeft": 0.5, "browOuterUpRight": 0.5}, ["AU01", "AU02"]),
-    ({"browDownLeft": 0.7, "browDownRight": 0.7, "eyeSquintLeft": 0.7, "eyeSquintRight": 0.7}, ["AU04", "AU07"]),
-    ({"eyeWideLeft": 0.1, "eyeWideRight": 0.1}, ["AU05"]),
-    ({"noseSneerLeft": 0.5, "noseSneerRight": 0.5, "mouthUpperUpLeft": 0.1, "mouthUpperUpRight": 0.1}, ["AU09", "AU10"]),
-    ({"mouthDimpleLeft": 0.2, "mouthDimpleRight": 0.2}, ["AU14"]),
-    ({"mouthFrownLeft": 0.2, "mouthFrownRight": 0.2, "mouthShrugLower": 0.5}, ["AU15", "AU17"]),
-    ({"mouthStretchLeft": 0.3, "mouthStretchRight": 0.3}, ["AU20"]),
-    ({"mouthRollLower": 0.3, "mouthRollUpper": 0.3, "mouthPressLeft": 0.3, "mouthPressRight": 0.3}, ["AU23", "AU24"]),
-    ({"jawOpen": 0.3}, ["AU25", "AU26"]),
-    ({"mouthLowerDownLeft": 0.3, "mouthLowerDownRight": 0.3}, ["AU25"]),
-])
+@pytest.mark.parametrize(
+    "kw,expected",
+    [
+        ({"browInnerUp": 0.6, "browOuterUpLeft": 0.5, "browOuterUpRight": 0.5}, ["AU01", "AU02"]),
+        ({"browDownLeft": 0.7, "browDownRight": 0.7, "eyeSquintLeft": 0.7, "eyeSquintRight": 0.7}, ["AU04", "AU07"]),
+        ({"eyeWideLeft": 0.1, "eyeWideRight": 0.1}, ["AU05"]),
+        (
+            {"noseSneerLeft": 0.5, "noseSneerRight": 0.5, "mouthUpperUpLeft": 0.1, "mouthUpperUpRight": 0.1},
+            ["AU09", "AU10"],
+        ),
+        ({"mouthDimpleLeft": 0.2, "mouthDimpleRight": 0.2}, ["AU14"]),
+        ({"mouthFrownLeft": 0.2, "mouthFrownRight": 0.2, "mouthShrugLower": 0.5}, ["AU15", "AU17"]),
+        ({"mouthStretchLeft": 0.3, "mouthStretchRight": 0.3}, ["AU20"]),
+        (
+            {"mouthRollLower": 0.3, "mouthRollUpper": 0.3, "mouthPressLeft": 0.3, "mouthPressRight": 0.3},
+            ["AU23", "AU24"],
+        ),
+        ({"jawOpen": 0.3}, ["AU25", "AU26"]),
+        ({"mouthLowerDownLeft": 0.3, "mouthLowerDownRight": 0.3}, ["AU25"]),
+    ],
+)
 def test_mapping_table(kw, expected):
     assert local.active_aus(local.au_intensities(blend(**kw), lip_gap=0.0)) == expected
 
@@ -226,7 +286,7 @@ def test_lip_gap_alone_means_lips_part_not_jaw_drop():
 
 # -- expression, VA ------------------------------------------------------------------------------
 def test_class_mapping_puts_zero_on_contempt():
-    for name, spec in local.CLASSIFIERS.items():
+    for spec in local.CLASSIFIERS.values():
         p = local.to_project(np.eye(7), spec["classes"])
         assert p.shape == (7, 8) and np.all(p[:, EXPRESSIONS.index("contempt")] == 0)
         assert sorted(EXPRESSIONS[j] for j in p.argmax(1)) == sorted(spec["classes"])
@@ -273,8 +333,16 @@ def test_signature_changes_with_what_changes_answers():
 def verify_call(image: bytes, proposed: dict, seeds=(1,), knowledge=True) -> Call:
     k = load()
     vid, messages, schema = verification_request(k, "sha", proposed, "seke-v1", knowledge)
-    return Call(request_id=vid, face_id="face", messages=messages, schema=schema, ask=VERIFY_ASK,
-                image=image, indices=tuple(range(len(seeds))), seeds=tuple(seeds))
+    return Call(
+        request_id=vid,
+        face_id="face",
+        messages=messages,
+        schema=schema,
+        ask=VERIFY_ASK,
+        image=image,
+        indices=tuple(range(len(seeds))),
+        seeds=tuple(seeds),
+    )
 
 
 def verdict(ann, image: bytes, proposed: dict, seeds=(1,)) -> tuple[list[str], list[tuple]]:
@@ -287,6 +355,7 @@ def verdict(ann, image: bytes, proposed: dict, seeds=(1,)) -> tuple[list[str], l
 
 def test_supports_verification():
     from tasks.sample import supports_verification
+
     assert supports_verification(local.LocalAnnotator(AnnotatorParams()))
 
 
@@ -312,7 +381,7 @@ def test_smile_proposed_as_sad_is_corrected(ann, crops):
     texts, parsed = verdict(ann, crops[HAPPY[0]], {"expression": "sad"})
     obj = json.loads(texts[0])
     assert obj["confirmed"] is False and obj["expression"] == "happy"
-    assert parsed[0] == ("ok", "happy", None)       # a correction: the corrected label
+    assert parsed[0] == ("ok", "happy", None)  # a correction: the corrected label
 
 
 def test_neutral_face_proposed_as_happy_is_refuted(ann, crops):
@@ -326,7 +395,7 @@ def test_verification_is_deterministic_per_seed(ann, crops):
     b, _ = verdict(ann, crops[HAPPY[1]], proposed, seeds=(6,))
     c, _ = verdict(ann, crops[HAPPY[1]], proposed, seeds=(5, 6, 7))
     assert a == c and b[0] == a[1]
-    assert len(set(a)) == 1                           # no randomness in the verifier at all
+    assert len(set(a)) == 1  # no randomness in the verifier at all
 
 
 def test_verification_ignores_the_knowledge_text(ann, crops):
@@ -342,14 +411,15 @@ def test_verify_scores_on_constructed_signals():
         for e, v in kw.items():
             p[EXPRESSIONS.index(e)] = v
         return p
+
     smile = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6), lip_gap=0.0)
     still = local.au_intensities(blend(), lip_gap=0.0)
     # the dissenting classifier is the one backing the proposal least
     per = {"fer": onehot(happy=0.4, neutral=0.6), "facex": onehot(happy=0.9, neutral=0.1)}
     dissent, sc = local.verify_scores("happy", per, smile)
-    assert dissent == "fer" and max(sc, key=sc.get) == "happy"     # AU12 outweighs fer's doubt
+    assert dissent == "fer" and max(sc, key=sc.get) == "happy"  # AU12 outweighs fer's doubt
     dissent, sc = local.verify_scores("happy", per, still)
-    assert max(sc, key=sc.get) == "neutral"                         # no AU12 and fer says neutral
+    assert max(sc, key=sc.get) == "neutral"  # no AU12 and fer says neutral
     assert "contempt" not in sc
     # AU09 is dead: disgust's support rests on AU15 alone; None without AUs
     assert local.au_support("disgust", still) == 0.0 and local.au_support("happy", None) is None

@@ -1,4 +1,5 @@
 """OpenAIAnnotator against the simulated VLLM, through the real `openai` client."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import logging
 import time
 
 import pytest
-
 from simserver import TEST_KEY, make_call, params, sim_server
+
 from tasks.annotators.base import AnnotatorStop
 from tasks.annotators.openai_compat import OpenAIAnnotator
 from tasks.answer import parse
@@ -54,9 +55,9 @@ def test_fallback_json_schema_to_json_object_to_text_is_remembered():
         assert all(r.error is None for r in res) and set(ok_statuses(res)) == {"ok"}
         kinds = [e["response_format"] for e in s.sim.log]
         assert kinds[:3] == ["json_schema", "json_object", "text"]
-        assert kinds[3:] == ["text"] * 3          # remembered for the rest of the process
+        assert kinds[3:] == ["text"] * 3  # remembered for the rest of the process
         n_before = len(s.sim.log)
-        _, res = run([make_call(9, k=2)])          # a new annotator in the same process
+        _, res = run([make_call(9, k=2)])  # a new annotator in the same process
         assert [e["response_format"] for e in s.sim.log[n_before:]] == ["text"]
     with sim_server(SimConfig(reject_json_schema=True)) as s:
         _, res = run([make_call(1, k=2)])
@@ -94,11 +95,11 @@ def test_429_retry_after_is_honoured_within_max_retries():
         assert res[0].error is None and len(res[0].answers) == 3
         assert [e["status"] for e in s.sim.log] == [429, 429, 200]
         assert ann.stats["retries"] == 2
-        assert took >= 0.6                          # waited Retry-After (0.3 s) twice
+        assert took >= 0.6  # waited Retry-After (0.3 s) twice
     with sim_server(SimConfig(rate_429=1.0, retry_after_s=0.01)) as s:
         ann, res = run([make_call(1)], max_retries=2)
         assert res[0].error and "RateLimitError 429" in res[0].error
-        assert len(s.sim.log) == 3 and ann.stats["retries"] == 2   # 1 try + max_retries, no SDK retries
+        assert len(s.sim.log) == 3 and ann.stats["retries"] == 2  # 1 try + max_retries, no SDK retries
 
 
 def test_500_and_timeouts_become_call_errors():
@@ -114,11 +115,12 @@ def test_500_and_timeouts_become_call_errors():
         assert s.sim.attempts and max(s.sim.attempts.values()) == 2
 
 
-@pytest.mark.parametrize("fault,status", [("rate_refusal", "refused"), ("rate_truncated", "truncated"),
-                                          ("rate_out_of_range", "invalid")])
+@pytest.mark.parametrize(
+    "fault,status", [("rate_refusal", "refused"), ("rate_truncated", "truncated"), ("rate_out_of_range", "invalid")]
+)
 @pytest.mark.parametrize("reject_schema", [False, True])
 def test_bad_answers_come_back_raw_and_parse_to_a_status(fault, status, reject_schema):
-    with sim_server(SimConfig(**{fault: 1.0}, reject_json_schema=reject_schema)) as s:
+    with sim_server(SimConfig(**{fault: 1.0}, reject_json_schema=reject_schema)):
         _, res = run([make_call(1, k=3)])
         assert res[0].error is None and len(res[0].answers) == 3
         assert set(ok_statuses(res)) == {status}
@@ -133,7 +135,7 @@ def test_key_never_in_signature_results_or_logs(caplog):
         sig = json.dumps(ann.signature()) + ann.signature_hash()
         assert TEST_KEY not in sig and s.base_url not in sig and "127.0.0.1" not in sig
         assert set(ann.signature()) >= {"model", "temperature"}
-        s.sim.config.require_key = "another-key"           # the server echoes the wrong key in a 401
+        s.sim.config.require_key = "another-key"  # the server echoes the wrong key in a 401
         with pytest.raises(AnnotatorStop, match="credentials"):
             list(ann.run([make_call(20)]))
         blob = caplog.text + json.dumps([[r.error, [a.__dict__ for a in r.answers]] for r in res])
@@ -148,7 +150,7 @@ def test_budget_stops_before_exceeding():
         ann = OpenAIAnnotator(a, rt)
         est = ann.estimate(calls)
         assert est["calls"] == 40 and est["requests"] == 40 and est["cost_usd"] > 5
-        assert s.sim.log == []                               # estimate sends nothing
+        assert s.sim.log == []  # estimate sends nothing
         got = []
         with pytest.raises(AnnotatorStop, match="budget"):
             for r in ann.run(calls):
@@ -156,7 +158,7 @@ def test_budget_stops_before_exceeding():
         assert 0 < len(got) < 40 and all(r.error is None for r in got)
         spent = sum(r.cost_usd for r in got)
         assert spent <= 5.0 and ann.spent_usd == pytest.approx(spent)
-        assert len(s.sim.log) == len(got)                    # nothing sent that was not yielded
+        assert len(s.sim.log) == len(got)  # nothing sent that was not yielded
 
 
 def test_consecutive_failures_stop_cleanly():
@@ -178,7 +180,7 @@ def test_mixed_faults_every_call_answered_once():
         assert sorted(r.call.request_id for r in res) == sorted(c.request_id for c in calls)
         assert sum(r.error is not None for r in res) <= 2
         ok_fps = [e["fingerprint"] for e in s.sim.log if e["status"] == 200]
-        assert len(ok_fps) == len(set(ok_fps))              # no successful request repeated
+        assert len(ok_fps) == len(set(ok_fps))  # no successful request repeated
 
 
 def test_missing_key_and_early_close(monkeypatch):
@@ -189,7 +191,7 @@ def test_missing_key_and_early_close(monkeypatch):
     with sim_server(SimConfig(latency_ms=20)) as s:
         gen = OpenAIAnnotator(*params(concurrency=2)).run([make_call(i) for i in range(50)])
         next(gen)
-        gen.close()                                          # the consumer stops: the run is cancelled
+        gen.close()  # the consumer stops: the run is cancelled
         time.sleep(0.2)
         assert len(s.sim.log) < 20
 
@@ -200,12 +202,13 @@ def test_rate_limit_requests_per_minute():
     from tasks.annotators.openai_compat import _Bucket
 
     async def take(n):
-        b = _Bucket(120)          # 120/min: a burst of 120, then 2 per second
-        b.level = 0               # burst spent
+        b = _Bucket(120)  # 120/min: a burst of 120, then 2 per second
+        b.level = 0  # burst spent
         t = time.monotonic()
         for _ in range(n):
             await b.take(1)
         return time.monotonic() - t
+
     assert 0.9 < asyncio.run(take(2)) < 1.5
     with sim_server() as s:
         t0 = time.monotonic()

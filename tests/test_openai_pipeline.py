@@ -6,6 +6,7 @@ pointed at the simulated VLLM through OPENAI_BASE_URL.
 - with ~20% mixed faults, every face ends accepted or rejected with a reason, and no
   request that had succeeded is sent again.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,16 +18,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from simserver import TEST_KEY
-from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
+
 from tasks.knowledge import load as load_knowledge
+from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not (ROOT / "dvc.yaml").exists()
-                                                  or not (ROOT / "tasks" / "sample.py").exists(),
-                                                  reason="pipeline (dvc.yaml, tasks/sample.py) not there yet")]
-N_PER_CLASS = 4   # London images: neutral and happy
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not (ROOT / "dvc.yaml").exists() or not (ROOT / "tasks" / "sample.py").exists(),
+        reason="pipeline (dvc.yaml, tasks/sample.py) not there yet",
+    ),
+]
+N_PER_CLASS = 4  # London images: neutral and happy
 
 
 def _project(tmp: Path) -> Path:
@@ -51,28 +56,50 @@ def _project(tmp: Path) -> Path:
         w.writeheader()
         w.writerows(keep)
     p = yaml.safe_load((proj / "params.yaml").read_text())
-    p["annotator"].update(backend="openai", model="sim-vllm", temperature=1.0,
-                          price_in_per_mtok=2.5, price_out_per_mtok=10.0)
-    p["runtime"].update(cache=".seke/cache", concurrency=8, timeout_s=1.0, max_retries=4,
-                        retry_base_s=0.02, retry_max_s=0.2, max_consecutive_failures=50)
+    p["annotator"].update(
+        backend="openai", model="sim-vllm", temperature=1.0, price_in_per_mtok=2.5, price_out_per_mtok=10.0
+    )
+    p["runtime"].update(
+        cache=".seke/cache",
+        concurrency=8,
+        timeout_s=1.0,
+        max_retries=4,
+        retry_base_s=0.02,
+        retry_max_s=0.2,
+        max_consecutive_failures=50,
+    )
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return proj
 
 
 def _env(proj: Path, base_url: str) -> dict:
     env = dict(os.environ)
-    env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY=TEST_KEY, NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
-               PREFECT_HOME=str(proj / ".seke" / "prefect"), DVC_NO_ANALYTICS="1",
-               DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"), PYTHONPATH=str(proj),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    env.update(
+        OPENAI_BASE_URL=base_url,
+        OPENAI_API_KEY=TEST_KEY,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+        PREFECT_HOME=str(proj / ".seke" / "prefect"),
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"),
+        PYTHONPATH=str(proj),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+    )
     env.pop("AZURE_OPENAI_ENDPOINT", None)
     return env
 
 
 def _dvc(proj: Path, env: dict, *args: str) -> str:
-    r = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=proj, env=env,
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, f"dvc {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
@@ -88,8 +115,9 @@ def test_dvc_repro_with_openai_backend(tmp_path):
     sim = SimVLLM(SimConfig(accuracy=0.9, difficulty_spread=0.1, va_noise=0.05, au_flip=0.02, follow_stated=0.8))
     with ServerThread(sim) as server:
         env = _env(proj, server.base_url)
-        subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=proj, env=env,
-                       check=True)
+        subprocess.run(
+            [str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=proj, env=env, check=True
+        )
         _dvc(proj, env, "repro", "crop")
         # the sim's truth: each crop's prior label (the London set's posed expression)
         k = load_knowledge()
@@ -113,8 +141,18 @@ def test_dvc_repro_with_openai_backend(tmp_path):
         assert len(sim.log) == first
 
         # 20% mixed faults, fresh samples (new seed): every face ends accepted or rejected
-        sim.config.update(dict(rate_429=0.05, rate_500=0.05, rate_timeout=0.02, timeout_sleep_s=3.0,
-                               retry_after_s=0.02, rate_truncated=0.03, rate_refusal=0.03, rate_out_of_range=0.02))
+        sim.config.update(
+            dict(
+                rate_429=0.05,
+                rate_500=0.05,
+                rate_timeout=0.02,
+                timeout_sleep_s=3.0,
+                retry_after_s=0.02,
+                rate_truncated=0.03,
+                rate_refusal=0.03,
+                rate_out_of_range=0.02,
+            )
+        )
         p = yaml.safe_load((proj / "params.yaml").read_text())
         p["sample"]["seed"] = 99
         (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
@@ -126,7 +164,7 @@ def test_dvc_repro_with_openai_backend(tmp_path):
             assert v["accepted"] or v["reasons"], v
         assert any(e["status"] in (429, 500) or e["fault"] for e in sim.log)
         ok = _ok_keys(sim)
-        assert len(ok) == len(set(ok))                    # no successful request repeated
+        assert len(ok) == len(set(ok))  # no successful request repeated
         # and nothing is sent again once everything that succeeded is cached
         n = len(sim.log)
         sim.config.update(dict(rate_429=0.0, rate_500=0.0, rate_timeout=0.0))

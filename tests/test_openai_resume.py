@@ -1,5 +1,6 @@
 """`kill -9` in the middle of `sample`, then `dvc repro` again: the final FEID equals an
 uninterrupted run's, and no request that had succeeded is sent again (issue 3)."""
+
 from __future__ import annotations
 
 import os
@@ -9,17 +10,19 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from project import BIN, make_project, project_env, run
 from simserver import TEST_KEY
+
 from tasks.simvllm import ServerThread, SimConfig, SimVLLM
 
 pytestmark = pytest.mark.e2e
 
-PARAMS = {"annotator": {"backend": "openai", "model": "sim-vllm", "temperature": 1.0},
-          "runtime": {"cache": ".seke/cache", "concurrency": 3, "timeout_s": 10, "max_retries": 2},
-          # six faces may all land in one class; the label-distribution bound is not under test here
-          "expectations": {"max_class_share": 1.0}}
+PARAMS = {
+    "annotator": {"backend": "openai", "model": "sim-vllm", "temperature": 1.0},
+    "runtime": {"cache": ".seke/cache", "concurrency": 3, "timeout_s": 10, "max_retries": 2},
+    # six faces may all land in one class; the label-distribution bound is not under test here
+    "expectations": {"max_class_share": 1.0},
+}
 
 
 def _ok(sim: SimVLLM, since: float = 0.0, until: float = float("inf")) -> list[tuple]:
@@ -43,8 +46,14 @@ def test_kill_9_mid_sample_then_resume(tmp_path):
     with ServerThread(sim) as server:
         env = project_env(proj, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=TEST_KEY)
         run(proj, "dvc", "repro", "prompt", env=env)
-        proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=proj, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro"],
+            cwd=proj,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 300
         while len(_ok(sim, until=time.time() - IN_FLIGHT_S)) < 3 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)

@@ -1,4 +1,5 @@
 """params.yaml is read once into typed, frozen sections."""
+
 from __future__ import annotations
 
 from pathlib import Path

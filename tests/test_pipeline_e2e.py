@@ -1,5 +1,6 @@
 """End to end on a tiny copy of the project: a real `dvc repro` of the six Prefect-flow
 stages with the local annotator, then the properties the foundation issue asks for."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,19 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
-
 from project import make_project, project_env, run
+
 from tasks.knowledge import AUS, EXPRESSIONS
 
 pytestmark = pytest.mark.e2e
 
-EXTRA = ("images/demo_multi_face_london_collage_CCBY.jpg", "images/demo_no_face_rocket_skimage_PD.jpg",
-         "images/broken_truncated.jpg", "images/empty.png", "../README.md")
+EXTRA = (
+    "images/demo_multi_face_london_collage_CCBY.jpg",
+    "images/demo_no_face_rocket_skimage_PD.jpg",
+    "images/broken_truncated.jpg",
+    "images/empty.png",
+    "../README.md",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,6 @@ def test_every_project_file_a_stage_reads_is_one_of_its_dvc_deps(built):
     project file it opened (knowledge, calibration) is covered by a `deps` entry, so editing
     any of them re-runs the stage. Found from what the processes really read, not a list."""
     import yaml
-
     from depcheck import uncovered
 
     proj, _ = built
@@ -68,8 +73,11 @@ def test_counts_add_up_and_every_quarantined_file_has_a_reason(built):
     assert feid + len(rejects) == faces == 3 * 2 + 4  # six London faces + the four-face collage
     assert all(r["reasons"] for r in rejects)
     q = {r["path"]: r for r in pq.read_table(proj / "data/ingest/quarantine.parquet").to_pylist()}
-    assert {p: r["reason"] for p, r in q.items()} == {"images/broken_truncated.jpg": "unreadable",
-                                                     "images/empty.png": "empty", "../README.md": "outside_root"}
+    assert {p: r["reason"] for p, r in q.items()} == {
+        "images/broken_truncated.jpg": "unreadable",
+        "images/empty.png": "empty",
+        "../README.md": "outside_root",
+    }
     assert all(r["detail"] for r in q.values())
     crop = json.loads((proj / "metrics/crop.json").read_text())
     assert crop["status"] == {"ok": 7, "no_face": 1}
@@ -92,8 +100,9 @@ def test_metrics_and_plots_show(built):
 def test_a_verify_threshold_experiment_reruns_only_verify_and_export(built):
     proj, _ = built
     before = json.loads((proj / "metrics/verify.json").read_text())
-    conf = sorted(r["confidence"] for r in pq.read_table(proj / "data/verify/verdicts.parquet").to_pylist()
-                  if r["accepted"])
+    conf = sorted(
+        r["confidence"] for r in pq.read_table(proj / "data/verify/verdicts.parquet").to_pylist() if r["accepted"]
+    )
     assert len(conf) >= 2 and conf[0] < conf[-1], "need spread confidences to move a threshold between"
     threshold = round((conf[0] + conf[-1]) / 2, 4)  # strictly between the lowest and highest accepted
     out = run(proj, "dvc", "exp", "run", "-S", f"verify.min_confidence={threshold}").stdout

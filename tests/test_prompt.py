@@ -1,19 +1,36 @@
 """Prompts: knowledge only where priors make it relevant, plain/blind variants, verification."""
+
 from __future__ import annotations
 
 import json
 
 from tasks.knowledge import load
-from tasks.prompt import (missing, parse_verification, requests_for, verification_request, verification_schema)
+from tasks.prompt import missing, parse_verification, requests_for, verification_request, verification_schema
 from tasks.records import FaceRecord
 
 K = load()
 
 
 def face(**kw) -> FaceRecord:
-    d = dict(face_id="f", image_id="i", face_index=0, n_faces=1, path="p", source="s", box_x=0, box_y=0, box_w=1,
-             box_h=1, score=1, detector="none", crop=b"", crop_sha256="abc", crop_face_frac=1.0, label_set=[],
-             au_set=[])
+    d = dict(
+        face_id="f",
+        image_id="i",
+        face_index=0,
+        n_faces=1,
+        path="p",
+        source="s",
+        box_x=0,
+        box_y=0,
+        box_w=1,
+        box_h=1,
+        score=1,
+        detector="none",
+        crop=b"",
+        crop_sha256="abc",
+        crop_face_frac=1.0,
+        label_set=[],
+        au_set=[],
+    )
     d.update(kw)
     return FaceRecord(**d)
 
@@ -29,7 +46,7 @@ def test_primed_asks_only_the_missing_with_relevant_knowledge():
     assert primed.variant == "primed" and primed.ask == ["va", "aus"] and blind.ask == ["expression", "va", "aus"]
     t = text(primed)
     assert "labelled this face: expression: happy" in t and "AU06" in t and "Happy sits near valence" in t
-    assert "A sad face" not in t          # only the knowledge the prior makes relevant
+    assert "A sad face" not in t  # only the knowledge the prior makes relevant
     assert "labelled" not in text(blind)  # the blind variant states no priors
     assert list(json.loads(primed.answer_schema)["properties"]) == ["valence", "arousal", "aus", "rationale"]
 
@@ -56,13 +73,22 @@ def test_verification_request_quotes_the_proposal_last_and_is_hashed():
 
 
 def test_parse_verification():
-    assert parse_verification('{"confirmed": true, "expression": "sad", "rationale": "x"}', "fear", K) == \
-        ("ok", "fear", None)
-    assert parse_verification('{"confirmed": false, "expression": "Surprised", "rationale": "x"}', "fear", K) == \
-        ("ok", "surprise", None)
-    assert parse_verification('{"confirmed": false, "expression": "fear", "rationale": "x"}', "fear", K) == \
-        ("ok", None, None)
-    assert parse_verification("```json\n{\"confirmed\": \"yes\"}\n```", "fear", K)[:2] == ("ok", "fear")
+    assert parse_verification('{"confirmed": true, "expression": "sad", "rationale": "x"}', "fear", K) == (
+        "ok",
+        "fear",
+        None,
+    )
+    assert parse_verification('{"confirmed": false, "expression": "Surprised", "rationale": "x"}', "fear", K) == (
+        "ok",
+        "surprise",
+        None,
+    )
+    assert parse_verification('{"confirmed": false, "expression": "fear", "rationale": "x"}', "fear", K) == (
+        "ok",
+        None,
+        None,
+    )
+    assert parse_verification('```json\n{"confirmed": "yes"}\n```', "fear", K)[:2] == ("ok", "fear")
     assert parse_verification("no idea", "fear", K)[0] == "invalid"
     assert parse_verification(None, "fear", K)[0] == "invalid"
     assert parse_verification('{"confirmed": false, "expression": "bored"}', "fear", K)[0] == "invalid"

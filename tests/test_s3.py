@@ -6,14 +6,15 @@ remote's own config.
 - `dvc push` to an S3 remote, then deleting the outputs and the cache, then `dvc pull`
   restores every stage's artifacts byte for byte.
 """
+
 from __future__ import annotations
 
 import hashlib
 import shutil
 
+import opsproj
 import pytest
 
-import opsproj
 from tasks import storage
 
 pytestmark = pytest.mark.e2e
@@ -31,8 +32,13 @@ def moto():
 
 @pytest.fixture
 def aws_env(moto, monkeypatch):
-    for k, v in dict(AWS_ENDPOINT_URL=moto, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                     AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true").items():
+    for k, v in dict(
+        AWS_ENDPOINT_URL=moto,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    ).items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return moto
@@ -43,8 +49,7 @@ def prefect_quiet():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90), \
-            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 
@@ -55,6 +60,7 @@ def _bucket(name: str):
     """s3fs for the moto server (plain: with an explicit us-east-1 region, s3fs would send a
     LocationConstraint that S3 rejects for that region)."""
     import fsspec
+
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.mkdir(name)
     return fs
@@ -62,6 +68,7 @@ def _bucket(name: str):
 
 def _run_stages():
     from flows import stages
+
     for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
         stages.STAGES[name](params_path="params.yaml")
 
@@ -83,23 +90,36 @@ def test_ingest_from_s3_and_feid_to_s3(tmp_path, monkeypatch, aws_env, prefect_q
     rows = opsproj.london(3)
     opsproj.put_images(local, rows)
     fs.put(str(local) + "/", "seke-in/incoming/", recursive=True)
-    proj = opsproj.make_project(tmp_path, [], git=False, params={
-        **PARAMS, "paths": {"input": "s3://seke-in/incoming", "manifest": "s3://seke-in/incoming/manifest.csv",
-                            "feid": "s3://seke-out/feid"}})
+    proj = opsproj.make_project(
+        tmp_path,
+        [],
+        git=False,
+        params={
+            **PARAMS,
+            "paths": {
+                "input": "s3://seke-in/incoming",
+                "manifest": "s3://seke-in/incoming/manifest.csv",
+                "feid": "s3://seke-out/feid",
+            },
+        },
+    )
     monkeypatch.chdir(proj)
     _run_stages()
     images = pq.read_table(proj / "data/ingest/images.parquet").to_pylist()
     assert len(images) == 3 and all(r["uri"].startswith("s3://seke-in/incoming/images/") for r in images)
-    assert {r["id"] for r in images} == {hashlib.sha256((local / r["path"]).read_bytes()).hexdigest()
-                                         for r in rows}
+    assert {r["id"] for r in images} == {hashlib.sha256((local / r["path"]).read_bytes()).hexdigest() for r in rows}
     assert fs.exists("seke-out/feid/feid.parquet") and not (proj / "data/feid").exists()
     feid = pl.read_parquet("s3://seke-out/feid/feid.parquet", storage_options=storage.polars_options())
     assert feid.height >= 1 and set(feid["id"].str.slice(0, 64)) <= {r["id"] for r in images}
 
 
 def _digests(root, dirs) -> dict:
-    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for d in dirs for f in sorted((root / d).rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for d in dirs
+        for f in sorted((root / d).rglob("*"))
+        if f.is_file()
+    }
 
 
 def test_dvc_push_then_pull_restores_every_artifact(tmp_path, monkeypatch, aws_env, prefect_quiet):

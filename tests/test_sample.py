@@ -1,4 +1,5 @@
 """Adaptive sampling and the verification round, with a scripted in-process annotator."""
+
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ K = load()
 class Scripted(Annotator):
     """Answers face 'easy' always happy, face 'hard' alternating happy/sad; verification
     answers confirm happy and reject anything else."""
+
     name, version, model = "scripted", "1", "scripted"
     supports_verification = True
 
@@ -42,9 +44,25 @@ class Scripted(Annotator):
 
 
 def face(fid: str) -> dict:
-    return FaceRecord(face_id=fid, image_id=fid, face_index=0, n_faces=1, path=fid, source="t", box_x=0, box_y=0,
-                      box_w=1, box_h=1, score=1, detector="none", crop=fid.encode(), crop_sha256=fid * 4,
-                      crop_face_frac=1, label_set=[], au_set=[]).model_dump()
+    return FaceRecord(
+        face_id=fid,
+        image_id=fid,
+        face_index=0,
+        n_faces=1,
+        path=fid,
+        source="t",
+        box_x=0,
+        box_y=0,
+        box_w=1,
+        box_h=1,
+        score=1,
+        detector="none",
+        crop=fid.encode(),
+        crop_sha256=fid * 4,
+        crop_face_frac=1,
+        label_set=[],
+        au_set=[],
+    ).model_dump()
 
 
 def run(tmp_path, ann, **sample):
@@ -60,18 +78,36 @@ def run(tmp_path, ann, **sample):
 
 def test_adaptive_stops_early_and_verifies(tmp_path):
     ann = Scripted()
-    out, tally = run(tmp_path, ann, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
-                     verify_round="all", stop_rule="bayes")
+    out, tally = run(
+        tmp_path,
+        ann,
+        k0=2,
+        dk=2,
+        kmax=6,
+        stop_min_samples=2,
+        stop_confidence=0.87,
+        verify_round="all",
+        stop_rule="bayes",
+    )
     gen = lambda fid: [s for s in out if s["face_id"] == fid and s["variant"] == "primed"]
-    assert len(gen("easy")) == 2          # 2 of 2 agree: stop
-    assert len(gen("hard")) == 6          # split votes: up to kmax
+    assert len(gen("easy")) == 2  # 2 of 2 agree: stop
+    assert len(gen("hard")) == 6  # split votes: up to kmax
     ver = {s["face_id"]: s for s in out if s["variant"] == "verify"}
-    assert ver["easy"]["expression"] == "happy"        # confirmed
+    assert ver["easy"]["expression"] == "happy"  # confirmed
     assert tally.per_face_k == [2, 6] and tally.verify_calls == 2
     # a re-run is answered by the cache: no calls at all
     ann2 = Scripted()
-    out2, tally2 = run(tmp_path, ann2, k0=2, dk=2, kmax=6, stop_min_samples=2, stop_confidence=0.87,
-                       verify_round="all", stop_rule="bayes")
+    out2, tally2 = run(
+        tmp_path,
+        ann2,
+        k0=2,
+        dk=2,
+        kmax=6,
+        stop_min_samples=2,
+        stop_confidence=0.87,
+        verify_round="all",
+        stop_rule="bayes",
+    )
     key = lambda rows: [(s["face_id"], s["variant"], s["sample_index"], s["expression"]) for s in rows]
     assert key(out2) == key(out) and all(s["cached"] for s in out2)
     assert ann2.calls == []
@@ -86,9 +122,19 @@ def test_fixed_k_and_no_verification(tmp_path):
 
 def test_uncertain_round_skips_certain_faces(tmp_path):
     ann = Scripted()
-    out, _ = run(tmp_path, ann, k0=3, dk=2, kmax=5, stop_min_samples=3, stop_confidence=0.9,
-                 verify_round="uncertain", verify_below=0.9, stop_rule="bayes")
-    assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}   # easy: 3/3 = 0.9375
+    out, _ = run(
+        tmp_path,
+        ann,
+        k0=3,
+        dk=2,
+        kmax=5,
+        stop_min_samples=3,
+        stop_confidence=0.9,
+        verify_round="uncertain",
+        verify_below=0.9,
+        stop_rule="bayes",
+    )
+    assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}  # easy: 3/3 = 0.9375
 
 
 def test_annotators_without_verification_are_not_asked(tmp_path):

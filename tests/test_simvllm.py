@@ -1,4 +1,5 @@
 """The simulated VLLM: protocol, determinism, noise model, faults, request log."""
+
 from __future__ import annotations
 
 import base64
@@ -10,34 +11,44 @@ import urllib.request
 from collections import Counter
 
 import pytest
-
 from simserver import face_image, make_call, sim_server
+
 from tasks.answer import json_schema
 from tasks.simvllm import SimConfig, SimVLLM, Truth, load_manifest
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 
 
-def body_for(i: int, ask=("expression", "va", "aus"), n: int = 1, seed: int | None = 7, schema: bool = True,
-             image: bytes | None = None) -> dict:
+def body_for(
+    i: int,
+    ask=("expression", "va", "aus"),
+    n: int = 1,
+    seed: int | None = 7,
+    schema: bool = True,
+    image: bytes | None = None,
+) -> dict:
     call = make_call(i, ask, image=image)
     url = "data:image/jpeg;base64," + base64.b64encode(call.image).decode()
-    msgs = [{"role": "system", "content": call.messages[0]["content"]},
-            {"role": "user", "content": [call.messages[1]["content"][0],
-                                         {"type": "image_url", "image_url": {"url": url}}]}]
+    msgs = [
+        {"role": "system", "content": call.messages[0]["content"]},
+        {"role": "user", "content": [call.messages[1]["content"][0], {"type": "image_url", "image_url": {"url": url}}]},
+    ]
     b = {"model": "sim-vllm", "messages": msgs, "n": n, "temperature": 1.0}
     if seed is not None:
         b["seed"] = seed
     if schema:
-        b["response_format"] = {"type": "json_schema",
-                                "json_schema": {"name": "a", "schema": json_schema(ask), "strict": True}}
+        b["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "a", "schema": json_schema(ask), "strict": True},
+        }
     return b
 
 
 def post(server, body: dict, path: str = "/chat/completions"):
     url = server.base_url.removesuffix("/v1") + path if path.startswith("/sim") else server.base_url + path
-    req = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json", "Authorization": "Bearer x"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", "Authorization": "Bearer x"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, dict(r.headers), json.loads(r.read())
@@ -58,8 +69,10 @@ def server():
 def test_models_and_schema_fields(server):
     with urllib.request.urlopen(server.base_url + "/models", timeout=5) as r:
         assert json.loads(r.read())["data"][0]["id"] == "sim-vllm"
-    for ask, keys in [(("expression",), {"expression", "rationale"}),
-                      (("va", "aus"), {"valence", "arousal", "aus", "rationale"})]:
+    for ask, keys in [
+        (("expression",), {"expression", "rationale"}),
+        (("va", "aus"), {"valence", "arousal", "aus", "rationale"}),
+    ]:
         st, _, resp = post(server, body_for(1, ask, n=3))
         assert st == 200 and len(resp["choices"]) == 3
         assert all(set(c) == keys for c in contents(resp))
@@ -82,14 +95,16 @@ def test_same_request_and_seed_same_answers(server):
 def test_noise_model_accuracy_and_systematic_distractor():
     img = face_image(99)
     sha = hashlib.sha256(img).hexdigest()
-    sim = SimVLLM(SimConfig(accuracy=0.7, difficulty_spread=0, systematic=1.0),
-                  {sha: Truth("happy", 0.7, 0.4, ["AU06", "AU12"])})
+    sim = SimVLLM(
+        SimConfig(accuracy=0.7, difficulty_spread=0, systematic=1.0), {sha: Truth("happy", 0.7, 0.4, ["AU06", "AU12"])}
+    )
     import random
+
     draws = [sim.draw(sha, ["expression", "valence", "arousal", "aus"], None, random.Random(i)) for i in range(2000)]
     labels = Counter(d["expression"] for d in draws)
     assert 0.66 < labels["happy"] / 2000 < 0.74
     wrong = {k for k in labels if k != "happy"}
-    assert wrong == {sim.distractor(sha, sim.truth_of(sha))}   # all wrong answers name one distractor
+    assert wrong == {sim.distractor(sha, sim.truth_of(sha))}  # all wrong answers name one distractor
     happy_va = [d["valence"] for d in draws if d["expression"] == "happy"]
     wrong_va = [d["valence"] for d in draws if d["expression"] != "happy"]
     # VA follows the stated expression partly: wrong answers drag valence away from the truth
@@ -106,8 +121,10 @@ def test_manifest_by_path(tmp_path):
     assert t[sha] == Truth("sad", -0.6, -0.3, ["AU01", "AU04", "AU15"], None)
     with sim_server(SimConfig(accuracy=1.0, difficulty_spread=0, va_noise=0, au_flip=0, follow_stated=0), t) as s:
         resp = post(s, body_for(5, n=3, image=img))[2]
-        assert all(c["expression"] == "sad" and c["valence"] == -0.6 and c["aus"] == ["AU01", "AU04", "AU15"]
-                   for c in contents(resp))
+        assert all(
+            c["expression"] == "sad" and c["valence"] == -0.6 and c["aus"] == ["AU01", "AU04", "AU15"]
+            for c in contents(resp)
+        )
 
 
 @pytest.mark.parametrize("mode,want", [("honour", 6), ("ignore", 1), ("cap", 4)])
@@ -125,7 +142,7 @@ def test_rejections_and_faults():
         st1, h1, _ = post(s, b)
         st2, _, _ = post(s, b)
         st3, _, _ = post(s, b)
-        assert (st1, st2, st3) == (429, 429, 200)   # faults only on the first 2 attempts
+        assert (st1, st2, st3) == (429, 429, 200)  # faults only on the first 2 attempts
         assert h1["retry-after-ms"] == "250" and h1["retry-after"] == "1"
         assert [e["status"] for e in s.sim.log] == [400, 429, 429, 200]
 
@@ -149,8 +166,14 @@ def test_verification_hook(server):
     img = face_image(7)
     sha = hashlib.sha256(img).hexdigest()
     server.sim.truth[sha] = Truth("fear", -0.6, 0.6, ["AU01", "AU02"])
-    schema = {"type": "object", "properties": {"confirmed": {"type": "boolean"}, "expression": {"type": "string"},
-                                               "rationale": {"type": "string"}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "confirmed": {"type": "boolean"},
+            "expression": {"type": "string"},
+            "rationale": {"type": "string"},
+        },
+    }
     b = body_for(7, image=img, n=8)
     b["messages"][1]["content"][0]["text"] = "Our aggregated answer: the expression is fear. Confirm or correct it."
     b["response_format"] = {"type": "json_schema", "json_schema": {"name": "v", "schema": schema}}

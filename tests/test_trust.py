@@ -1,4 +1,5 @@
 """Trust: self-calibration on labelled faces and a threshold with a guaranteed error rate."""
+
 from __future__ import annotations
 
 import random
@@ -80,8 +81,13 @@ def _rows(n: int, seed: int = 0) -> list[CalRow]:
         top = r.randint(2, 6)
         nv = 6
         right = r.random() < min(0.995, 0.25 + 0.15 * top)
-        rows.append(CalRow(subject=f"s{i // 2}", features={"vote_logodds": top - 3.0, "vote_share": top / nv,
-                                                           "consistency": r.random() - 0.5}, correct=right))
+        rows.append(
+            CalRow(
+                subject=f"s{i // 2}",
+                features={"vote_logodds": top - 3.0, "vote_share": top / nv, "consistency": r.random() - 0.5},
+                correct=right,
+            )
+        )
     return rows
 
 
@@ -117,10 +123,15 @@ def test_equal_mass_ece():
 
 def test_an_earlier_runs_trust_is_reused_only_for_the_same_run_kind(tmp_path):
     import json
+
     first = build(_rows(400), Verify(target_error=0.1), annotator="openai")
     f = tmp_path / "trust.json"
-    rep = {**{k: v for k, v in first.report.items() if k != "confidence_model"}, "annotator": "openai", "model": "m",
-           "prompt_version": "v1"}
+    rep = {
+        **{k: v for k, v in first.report.items() if k != "confidence_model"},
+        "annotator": "openai",
+        "model": "m",
+        "prompt_version": "v1",
+    }
     f.write_text(json.dumps({"model": first.calibrator.to_json(), "threshold": first.threshold, "report": rep}))
     v = Verify(target_error=0.1, trust_from=str(f))
     again = build(_rows(10), v, annotator="openai", run={"model": "m", "prompt_version": "v1"})

@@ -2,15 +2,16 @@
 that labels part of the faces, and no calibration file. verify fits the confidence on the
 run's labelled faces, picks the threshold for `verify.target_error`, and says so in
 `metrics/verify.json`."""
+
 from __future__ import annotations
 
 import json
 
 import polars as pl
 import pytest
-
 from opsproj import env, london, make_project, run
 from simserver import TEST_KEY
+
 from tasks.knowledge import load as load_knowledge
 from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
 
@@ -21,11 +22,13 @@ def test_self_calibrated_run_reports_its_calibration_and_bound(tmp_path):
     rows = london(120)
     truth_of = {r["path"]: r["expression"] for r in rows}
     subjects = sorted({r["subject"] for r in rows})
-    hidden = set(subjects[: len(subjects) * 3 // 10])        # 30% of the people are unlabelled
+    hidden = set(subjects[: len(subjects) * 3 // 10])  # 30% of the people are unlabelled
     rows = [{**r, "expression": "" if r["subject"] in hidden else r["expression"]} for r in rows]
-    params = {"annotator": {"backend": "openai", "model": "sim-vllm", "temperature": 1.0},
-              "runtime": {"concurrency": 8, "timeout_s": 5.0, "max_retries": 2, "retry_base_s": 0.02},
-              "verify": {"calibration": "", "min_calibration_faces": 50, "target_error": 0.1, "delta": 0.1}}
+    params = {
+        "annotator": {"backend": "openai", "model": "sim-vllm", "temperature": 1.0},
+        "runtime": {"concurrency": 8, "timeout_s": 5.0, "max_retries": 2, "retry_base_s": 0.02},
+        "verify": {"calibration": "", "min_calibration_faces": 50, "target_error": 0.1, "delta": 0.1},
+    }
     proj = make_project(tmp_path, rows, params)
     sim = SimVLLM(SimConfig(accuracy=0.85, difficulty_spread=0.15))
     with ServerThread(sim) as server:

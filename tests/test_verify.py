@@ -1,5 +1,6 @@
 """SV-UAMC on constructed samples with known answers: every uncertainty measure, the
 stopping rule, the consistency scores, the decision rule, and the monotonicity property."""
+
 from __future__ import annotations
 
 import math
@@ -11,23 +12,48 @@ from hypothesis import strategies as st
 from tasks import uamc
 from tasks.knowledge import AUS, EXPRESSIONS, load
 from tasks.params import Sample, Verify
-from tasks.verify import (au_agreement, binary_entropy, calibration_row, confidence, decide, entropy_bits, mean_std, measure, mirror,
-                          settled, uncertainty_reasons, wants_verification)
+from tasks.verify import (
+    au_agreement,
+    binary_entropy,
+    calibration_row,
+    confidence,
+    decide,
+    entropy_bits,
+    mean_std,
+    measure,
+    mirror,
+    settled,
+    uncertainty_reasons,
+    wants_verification,
+)
 
 K = load()
 
 
 def face(**kw) -> dict:
-    d = dict(face_id="f", prior_expression=None, prior_valence=None, prior_arousal=None, prior_aus=None,
-             au_set=[], label_set=[])
+    d = dict(
+        face_id="f",
+        prior_expression=None,
+        prior_valence=None,
+        prior_arousal=None,
+        prior_aus=None,
+        au_set=[],
+        label_set=[],
+    )
     d.update(kw)
     return d
 
 
 def smp(expr="happy", va=(0.76, 0.48), aus=("AU06", "AU12"), variant="primed", rid="r1", status="ok") -> dict:
-    return dict(request_id=rid, variant=variant, status=status, expression=expr,
-                valence=None if va is None else va[0], arousal=None if va is None else va[1],
-                aus=None if aus is None else list(aus))
+    return dict(
+        request_id=rid,
+        variant=variant,
+        status=status,
+        expression=expr,
+        valence=None if va is None else va[0],
+        arousal=None if va is None else va[1],
+        aus=None if aus is None else list(aus),
+    )
 
 
 # ------------------------------------------------------------------ measures
@@ -123,9 +149,10 @@ def test_majority_posterior_closed_form():
     # against numerical integration of the Beta(t+1, n-t+1) density over (1/2, 1)
     t, n = 5, 8
     grid = [(i + 0.5) / 20000 for i in range(20000)]
-    dens = [x ** t * (1 - x) ** (n - t) for x in grid]
-    assert uamc.majority_posterior(t, n) == pytest.approx(sum(d for x, d in zip(grid, dens) if x > 0.5) / sum(dens),
-                                                          abs=1e-4)
+    dens = [x**t * (1 - x) ** (n - t) for x in grid]
+    assert uamc.majority_posterior(t, n) == pytest.approx(
+        sum(d for x, d in zip(grid, dens) if x > 0.5) / sum(dens), abs=1e-4
+    )
 
 
 def test_stop_now():
@@ -138,9 +165,9 @@ def test_stop_now():
 
 def test_settled_bayes_and_naive():
     sp = Sample(k0=2, kmax=6, stop_min_samples=2, stop_confidence=0.87, stop_rule="bayes")
-    assert settled(face(), [smp(), smp()], K, sp)                       # 2 of 2: 7/8
+    assert settled(face(), [smp(), smp()], K, sp)  # 2 of 2: 7/8
     assert not settled(face(), [smp(), smp("sad")], K, sp)
-    assert not settled(face(), [smp()], K, sp)                          # too few
+    assert not settled(face(), [smp()], K, sp)  # too few
     assert settled(face(), [smp(status="error", expr=None)] * 2, K, sp)  # all failing: stop
     naive = Sample(stop_rule="naive", stop_min_samples=2, stop_vote_share=0.8)
     assert settled(face(), [smp(), smp()], K, naive)
@@ -153,9 +180,9 @@ def test_settled_bayes_and_naive():
 def test_stop_lead():
     assert uamc.stop_lead(2, 0, 2, 3, 3, 5) == (False, "too_few")
     assert uamc.stop_lead(3, 0, 3, 3, 3, 5) == (True, "certain")
-    assert uamc.stop_lead(4, 1, 5, 3, 3, 5) == (True, "certain")       # 4-1: the lead, not the share
-    assert uamc.stop_lead(2, 1, 3, 3, 3, 5) == (False, "uncertain")    # can still reach 4-1
-    assert uamc.stop_lead(1, 1, 3, 3, 3, 5) == (True, "hopeless")      # 1-1-1 cannot lead by 3 in 5
+    assert uamc.stop_lead(4, 1, 5, 3, 3, 5) == (True, "certain")  # 4-1: the lead, not the share
+    assert uamc.stop_lead(2, 1, 3, 3, 3, 5) == (False, "uncertain")  # can still reach 4-1
+    assert uamc.stop_lead(1, 1, 3, 3, 3, 5) == (True, "hopeless")  # 1-1-1 cannot lead by 3 in 5
     assert uamc.stop_lead(3, 2, 5, 3, 3, 5) == (True, "hopeless")
 
 
@@ -163,7 +190,7 @@ def test_settled_lead_and_the_calibration_mirror():
     sp = Sample(k0=3, kmax=5, stop_min_samples=3, stop_lead=3)
     assert settled(face(), [smp()] * 3, K, sp)
     assert not settled(face(), [smp(), smp(), smp("sad")], K, sp)
-    assert settled(face(), [smp(), smp("sad"), smp("anger")], K, sp)    # hopeless
+    assert settled(face(), [smp(), smp("sad"), smp("anger")], K, sp)  # hopeless
     # a labelled face: its blind request must settle by the same rule as an unlabelled face
     f = face(prior_expression="happy")
     own = [smp(expr=None, rid="p")] * 3
@@ -174,8 +201,11 @@ def test_settled_lead_and_the_calibration_mirror():
 
 def test_mirror_measures_a_labelled_face_as_unlabelled():
     f = face(prior_expression="happy", au_set=["AU12"], prior_aus=["AU12"])
-    sm = [smp(expr=None, rid="p")] * 2 + [smp("sad", variant="blind", rid="b")] * 3 + [
-        smp("sad", variant="verify_blind", rid="vb")]
+    sm = (
+        [smp(expr=None, rid="p")] * 2
+        + [smp("sad", variant="blind", rid="b")] * 3
+        + [smp("sad", variant="verify_blind", rid="vb")]
+    )
     mf, ms = mirror(f, sm)
     assert mf["prior_expression"] is None and mf["au_set"] == [] and len(ms) == 4
     s = measure(mf, ms, K)
@@ -190,13 +220,14 @@ def test_wants_verification():
     s = measure(face(), [smp(), smp()], K)
     assert wants_verification(s, Sample(verify_round="all"))
     assert not wants_verification(s, Sample(verify_round="none"))
-    assert wants_verification(s, Sample(verify_round="uncertain", verify_below=0.9))   # 0.875 < 0.9
+    assert wants_verification(s, Sample(verify_round="uncertain", verify_below=0.9))  # 0.875 < 0.9
     assert not wants_verification(s, Sample(verify_round="uncertain", verify_below=0.8))
-    assert not wants_verification(measure(face(prior_expression="happy"), [smp(variant="blind")], K),
-                                  Sample(verify_round="all"))
+    assert not wants_verification(
+        measure(face(prior_expression="happy"), [smp(variant="blind")], K), Sample(verify_round="all")
+    )
     leaders = Sample(verify_round="leaders", stop_lead=3)
-    assert not wants_verification(s, leaders)                                       # 2-0
-    assert wants_verification(measure(face(), [smp()] * 3, K), leaders)              # 3-0
+    assert not wants_verification(s, leaders)  # 2-0
+    assert wants_verification(measure(face(), [smp()] * 3, K), leaders)  # 3-0
     assert not wants_verification(measure(face(), [smp(), smp("sad"), smp("anger")], K), leaders)
 
 
@@ -218,17 +249,18 @@ def test_decide_rejects_with_reasons():
     # a knowledge conflict: happy said with sad's AUs and VA
     v = decide(face(), [smp("happy", va=(-0.63, -0.27), aus=("AU01", "AU04", "AU15"))] * 3, K, Verify())
     assert "knowledge_conflict" in v.reasons
-    assert decide(face(), [smp("happy", va=(-0.63, -0.27), aus=("AU01", "AU04", "AU15"))] * 3, K,
-                  Verify(use_consistency=False)).accepted
+    assert decide(
+        face(), [smp("happy", va=(-0.63, -0.27), aus=("AU01", "AU04", "AU15"))] * 3, K, Verify(use_consistency=False)
+    ).accepted
     # blind samples contradicting a known label
     f = face(prior_expression="happy")
-    v = decide(f, [smp(expr=None, va=(0.7, 0.5), aus=("AU06", "AU12"))] * 2 + [smp("sad", variant="blind")] * 3,
-               K, Verify())
+    v = decide(
+        f, [smp(expr=None, va=(0.7, 0.5), aus=("AU06", "AU12"))] * 2 + [smp("sad", variant="blind")] * 3, K, Verify()
+    )
     # the source's label is kept; what the annotator generated for a face it misreads is not
     assert v.accepted and v.expression_status == "prior" and "va:prior_disagreement" in v.withheld
     assert v.va_status == "withheld" and v.au_status == "withheld"
-    assert not decide(f, [smp(expr=None)] * 2 + [smp("sad", variant="blind")] * 3, K,
-                      Verify(use_priors=False)).withheld
+    assert not decide(f, [smp(expr=None)] * 2 + [smp("sad", variant="blind")] * 3, K, Verify(use_priors=False)).withheld
 
 
 # ------------------------------------------------------------------ per-granularity acceptance
@@ -255,8 +287,9 @@ def test_a_withheld_expression_withholds_what_follows_it():
 
 
 def test_no_threshold_means_no_generated_expression():
-    from tasks.trust import Trust
     from tasks import uamc
+    from tasks.trust import Trust
+
     none = Trust(uamc.calibrator(""), None, {})
     v = decide(face(), [smp()] * 5, K, Verify(), none)
     assert not v.accepted and v.reasons == ["no_guarantee"]
@@ -292,18 +325,25 @@ def test_uncertainty_reasons_thresholds():
 
 # ------------------------------------------------------------------ property
 AGREE = dict(expr="happy", va=(0.76, 0.48), aus=("AU06", "AU12"))
-answers = st.builds(lambda e, v, a, au: smp(e, (v, a), au), st.sampled_from(EXPRESSIONS),
-                    st.floats(-1, 1), st.floats(-1, 1), st.sets(st.sampled_from(AUS), max_size=5).map(sorted))
+answers = st.builds(
+    lambda e, v, a, au: smp(e, (v, a), au),
+    st.sampled_from(EXPRESSIONS),
+    st.floats(-1, 1),
+    st.floats(-1, 1),
+    st.sets(st.sampled_from(AUS), max_size=5).map(sorted),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(answers, min_size=1, max_size=8), st.integers(1, 5), st.sampled_from(["", "sim", "local"]),
-       st.booleans())
+@given(
+    st.lists(answers, min_size=1, max_size=8), st.integers(1, 5), st.sampled_from(["", "sim", "local"]), st.booleans()
+)
 def test_adding_agreeing_samples_never_lowers_confidence(base, extra, cal, verified):
     """Samples that agree with the face's current answer (same expression, its prototype AUs,
     its VA centroid) never lower the confidence, whatever came before and with any shipped
     calibration."""
     from pathlib import Path
+
     path = "" if not cal else str(Path(__file__).resolve().parents[1] / "tasks" / "calibration" / f"{cal}.json")
     if path and not Path(path).exists():
         path = ""

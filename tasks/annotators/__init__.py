@@ -1,4 +1,5 @@
 """Annotators answer requests. `build(params)` returns the one `params.annotator.backend` names."""
+
 from __future__ import annotations
 
 from tasks.annotators.base import Annotator, Call, CallResult, RawAnswer
@@ -9,9 +10,11 @@ def build(params) -> Annotator:
     backend = params.annotator.backend
     if backend == "local":
         from tasks.annotators.local import LocalAnnotator
+
         return LocalAnnotator(params.annotator)
     if backend == "openai":
         from tasks.annotators.openai_compat import OpenAIAnnotator
+
         return OpenAIAnnotator(params.annotator, params.runtime)
     raise ValueError(f"unknown annotator backend {backend!r}")
 

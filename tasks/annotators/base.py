@@ -10,6 +10,7 @@ results arrive. A failed call is a `CallResult` with `error` set (never an excep
 unless the annotator decides the whole run must stop (e.g. a budget or a persistent
 outage), in which case it raises `AnnotatorStop` after yielding what it has.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,12 +28,12 @@ class AnnotatorStop(RuntimeError):
 class Call:
     request_id: str
     face_id: str
-    messages: list[dict]          # image part: {"type": "image_ref", "sha256": ...}
+    messages: list[dict]  # image part: {"type": "image_ref", "sha256": ...}
     schema: dict
     ask: tuple[str, ...]
-    image: bytes                  # the JPEG crop the image_ref points to
-    indices: tuple[int, ...]      # sample indices wanted
-    seeds: tuple[int, ...]        # one per index
+    image: bytes  # the JPEG crop the image_ref points to
+    indices: tuple[int, ...]  # sample indices wanted
+    seeds: tuple[int, ...]  # one per index
     face_frac: float | None = None  # detector box side / crop side (crop.margin); None = unknown
 
 
@@ -53,7 +54,7 @@ class CallResult:
     tokens_out: int = 0
     latency_ms: float = 0.0
     cost_usd: float = 0.0
-    error: str | None = None      # the whole call failed (after the annotator's own retries)
+    error: str | None = None  # the whole call failed (after the annotator's own retries)
 
 
 class Annotator(ABC):
@@ -71,8 +72,8 @@ class Annotator(ABC):
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
         """Answer the calls; see the module docstring for the contract."""
 
-    def close(self) -> None:  # pragma: no cover - optional
-        pass
+    def close(self) -> None:  # noqa: B027 - optional: most annotators hold nothing to release
+        return None
 
     def signature_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.signature(), sort_keys=True).encode()).hexdigest()[:16]

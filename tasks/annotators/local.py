@@ -95,6 +95,7 @@ right only ~20% of the time, so they are evidence against the proposal, nothing 
 verify stage never uses them as labels); (5) the crop's face fraction is not in the
 verification call, so the default `crop.margin` (0.3) is assumed.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -115,42 +116,47 @@ from tasks import models
 from tasks.annotators.base import Annotator, Call, CallResult, RawAnswer
 from tasks.knowledge import AUS, EXPRESSIONS, load
 
-VERSION = "1.1.0"                  # 1.1: answers verification requests
+VERSION = "1.1.0"  # 1.1: answers verification requests
 
-MARGIN = 0.3                       # crop.margin the crop stage uses by default
+MARGIN = 0.3  # crop.margin the crop stage uses by default
 FACE_FRAC = 1.0 / (1.0 + 2 * MARGIN)
-CONTEXT = 1.1                      # classifier input = detector box x CONTEXT
+CONTEXT = 1.1  # classifier input = detector box x CONTEXT
 TTA = {"shift": 0.08, "scale": 0.08, "flip": 0.5, "brightness": 0.15}
-FACEX_FLATTEN = 3.0                # facex probabilities -> p^(1/3), renormalised
-VA_NUDGE = 0.25                    # how far full AU evidence moves valence/arousal
-VERIFY_AU_WEIGHT = 0.5             # verification: weight of the AU support vs. the dissenting classifier
+FACEX_FLATTEN = 3.0  # facex probabilities -> p^(1/3), renormalised
+VA_NUDGE = 0.25  # how far full AU evidence moves valence/arousal
+VERIFY_AU_WEIGHT = 0.5  # verification: weight of the AU support vs. the dissenting classifier
 
 # class order of each model's output, in project labels
 CLASSIFIERS = {
     "fer": {"size": 64, "channels": 1, "classes": ("anger", "disgust", "fear", "happy", "sad", "surprise", "neutral")},
-    "facex": {"size": 200, "channels": 3, "classes": ("anger", "disgust", "fear", "happy", "neutral", "sad", "surprise")},
+    "facex": {
+        "size": 200,
+        "channels": 3,
+        "classes": ("anger", "disgust", "fear", "happy", "neutral", "sad", "surprise"),
+    },
 }
 
 # --- blendshapes -> AUs --------------------------------------------------------------------
 # Each AU: a list of (feature, threshold). A feature is a blendshape name; "X*" is the mean
-# of XLeft and XRight (for mouthRoll: of Lower and Upper); "smileSquint" and "lipGap" are derived (see `features`). The AU's
+# of XLeft and XRight (for mouthRoll: of Lower and Upper); "smileSquint" and "lipGap" are
+# derived (see `features`). The AU's
 # intensity is 0.5 * max(feature / threshold) clipped to [0, 1]: 0.5 exactly at threshold,
 # 1 at twice the threshold. Active when intensity >= 0.5.
 AU_TABLE: dict[str, tuple[tuple[str, float], ...]] = {
     "AU01": (("browInnerUp", 0.45),),
     "AU02": (("browOuterUp*", 0.40),),
     "AU04": (("browDown*", 0.50),),
-    "AU05": (("eyeWide*", 0.04),),                        # weak: eyeWide stays tiny
+    "AU05": (("eyeWide*", 0.04),),  # weak: eyeWide stays tiny
     "AU06": (("cheekSquint*", 0.30), ("smileSquint", 0.08)),  # cheekSquint is ~0: proxy
     "AU07": (("eyeSquint*", 0.55),),
-    "AU09": (("noseSneer*", 0.20),),                      # dead output: never reported
+    "AU09": (("noseSneer*", 0.20),),  # dead output: never reported
     "AU10": (("mouthUpperUp*", 0.03),),
     "AU12": (("mouthSmile*", 0.20),),
     "AU14": (("mouthDimple*", 0.06),),
     "AU15": (("mouthFrown*", 0.05),),
     "AU17": (("mouthShrugLower", 0.40),),
     "AU20": (("mouthStretch*", 0.10),),
-    "AU23": (("mouthRoll*", 0.20),),                      # stand-in: no lip-tightener shape
+    "AU23": (("mouthRoll*", 0.20),),  # stand-in: no lip-tightener shape
     "AU24": (("mouthPress*", 0.20),),
     "AU25": (("lipGap", 0.02), ("jawOpen", 0.15), ("mouthLowerDown*", 0.15)),
     "AU26": (("jawOpen", 0.15),),
@@ -159,9 +165,23 @@ WEAK_AUS = ("AU05", "AU09", "AU14", "AU17", "AU23", "AU24")
 # How far the verification answer trusts each AU (see the module docstring): 1 = clear signal
 # on the labelled sets, 0.5 = a proxy or a weaker signal, 0.2 = weak, 0 = never fires.
 AU_RELIABILITY: dict[str, float] = {
-    "AU01": 1.0, "AU02": 1.0, "AU04": 1.0, "AU12": 1.0, "AU25": 1.0, "AU26": 1.0,
-    "AU06": 0.5, "AU07": 0.5, "AU10": 0.5, "AU15": 0.5, "AU20": 0.5,
-    "AU05": 0.2, "AU14": 0.2, "AU17": 0.2, "AU23": 0.2, "AU24": 0.2, "AU09": 0.0,
+    "AU01": 1.0,
+    "AU02": 1.0,
+    "AU04": 1.0,
+    "AU12": 1.0,
+    "AU25": 1.0,
+    "AU26": 1.0,
+    "AU06": 0.5,
+    "AU07": 0.5,
+    "AU10": 0.5,
+    "AU15": 0.5,
+    "AU20": 0.5,
+    "AU05": 0.2,
+    "AU14": 0.2,
+    "AU17": 0.2,
+    "AU23": 0.2,
+    "AU24": 0.2,
+    "AU09": 0.0,
 }
 assert set(AU_RELIABILITY) == set(AUS)
 assert tuple(AU_TABLE) == AUS, "AU_TABLE must cover the project's 17 AUs in order"
@@ -175,8 +195,8 @@ def features(blendshapes: dict[str, float], lip_gap: float | None = None) -> dic
     f = dict(blendshapes)
     for name in list(blendshapes):  # XLeft/XRight, and mouthRollLower/mouthRollUpper
         for a, b in (("Left", "Right"), ("Lower", "Upper")):
-            if name.endswith(a) and name[:-len(a)] + b in blendshapes:
-                f[name[:-len(a)] + "*"] = (blendshapes[name] + blendshapes[name[:-len(a)] + b]) / 2
+            if name.endswith(a) and name[: -len(a)] + b in blendshapes:
+                f[name[: -len(a)] + "*"] = (blendshapes[name] + blendshapes[name[: -len(a)] + b]) / 2
     f["smileSquint"] = f.get("eyeSquint*", 0.0) * f.get("mouthSmile*", 0.0)
     if lip_gap is not None:
         f["lipGap"] = lip_gap
@@ -225,8 +245,10 @@ def derive_va(p: np.ndarray, intensity: dict[str, float] | None) -> tuple[float,
     v = float(sum(p[i] * k.centroids[e]["valence"] for i, e in enumerate(EXPRESSIONS)))
     a = float(sum(p[i] * k.centroids[e]["arousal"] for i, e in enumerate(EXPRESSIONS)))
     if intensity:
+
         def evidence(group: str) -> float:  # 0 at threshold, 1 at saturation
             return max((max(0.0, 2 * intensity.get(au, 0.0) - 1) for au in k.au_directions.get(group, [])), default=0.0)
+
         v += VA_NUDGE * (evidence("valence_up") - evidence("valence_down"))
         a += VA_NUDGE * (evidence("arousal_up") - evidence("arousal_down"))
     return float(np.clip(v, -1, 1)), float(np.clip(a, -1, 1))
@@ -252,8 +274,9 @@ def au_support(expression: str, intensity: dict[str, float] | None) -> float | N
     return sum(AU_RELIABILITY[a] * au_evidence(intensity[a]) for a in core) / sum(w)
 
 
-def verify_scores(proposed: str, per_classifier: dict[str, np.ndarray],
-                  intensity: dict[str, float] | None) -> tuple[str, dict[str, float]]:
+def verify_scores(
+    proposed: str, per_classifier: dict[str, np.ndarray], intensity: dict[str, float] | None
+) -> tuple[str, dict[str, float]]:
     """(the dissenting classifier, score per label) of one verification answer; see the
     module docstring. `per_classifier`: each classifier's (8,) probabilities, un-augmented."""
     j = EXPRESSIONS.index(proposed)
@@ -282,7 +305,7 @@ def proposed_of(messages: list[dict]) -> dict:
     i = text.rfind("Proposed answer:")
     if i < 0:
         raise ValueError("verify: the request has no 'Proposed answer:' to check")
-    obj, _ = json.JSONDecoder().raw_decode(text[i + len("Proposed answer:"):].strip())
+    obj, _ = json.JSONDecoder().raw_decode(text[i + len("Proposed answer:") :].strip())
     expr = load().expression(obj.get("expression", ""))
     return {**obj, "expression": expr}
 
@@ -297,6 +320,7 @@ class _Models:
     def interpreter(cls, name: str):
         if name not in cls._interpreters:
             from ai_edge_litert.interpreter import Interpreter
+
             it = Interpreter(model_path=str(models.path(name)), num_threads=1)
             it.allocate_tensors()
             cls._interpreters[name] = it
@@ -307,10 +331,13 @@ class _Models:
         if cls._landmarker is None:
             os.environ.setdefault("GLOG_minloglevel", "2")
             from mediapipe.tasks.python import BaseOptions, vision
+
             opts = vision.FaceLandmarkerOptions(
                 base_options=BaseOptions(model_asset_path=str(models.path("face_landmarker"))),
-                running_mode=vision.RunningMode.IMAGE, num_faces=1,
-                output_face_blendshapes=True)
+                running_mode=vision.RunningMode.IMAGE,
+                num_faces=1,
+                output_face_blendshapes=True,
+            )
             cls._landmarker = vision.FaceLandmarker.create_from_options(opts)
             # close before mediapipe's own executor shuts down (threading's exit hooks run
             # before atexit's, newest first), else its __del__ prints a traceback at exit
@@ -353,21 +380,27 @@ class _Pass:
     def describe(self) -> str:
         if self == _Pass():
             return "no augmentation"
-        return (f"shift {self.shift[0]:+.0%}/{self.shift[1]:+.0%}, scale {self.scale:.2f}"
-                f"{', flipped' if self.flip else ''}, brightness x{self.brightness:.2f}")
+        return (
+            f"shift {self.shift[0]:+.0%}/{self.shift[1]:+.0%}, scale {self.scale:.2f}"
+            f"{', flipped' if self.flip else ''}, brightness x{self.brightness:.2f}"
+        )
 
 
 def _draw_pass(rng: np.random.Generator, tta: bool) -> _Pass:
     if not tta:
         return _Pass()
     s, c = TTA["shift"], TTA["scale"]
-    return _Pass(shift=(float(rng.uniform(-s, s)), float(rng.uniform(-s, s))),
-                 scale=float(rng.uniform(1 - c, 1 + c)), flip=bool(rng.random() < TTA["flip"]),
-                 brightness=float(rng.uniform(1 - TTA["brightness"], 1 + TTA["brightness"])))
+    return _Pass(
+        shift=(float(rng.uniform(-s, s)), float(rng.uniform(-s, s))),
+        scale=float(rng.uniform(1 - c, 1 + c)),
+        flip=bool(rng.random() < TTA["flip"]),
+        brightness=float(rng.uniform(1 - TTA["brightness"], 1 + TTA["brightness"])),
+    )
 
 
-def _views(im: Image.Image, ps: _Pass, sizes: dict[str, int],
-           face_frac: float = FACE_FRAC) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _views(
+    im: Image.Image, ps: _Pass, sizes: dict[str, int], face_frac: float = FACE_FRAC
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The classifier inputs (grey, float in [0, 255]) and the RGB view for MediaPipe."""
     W, H = im.size
     side = face_frac * min(W, H)
@@ -375,9 +408,16 @@ def _views(im: Image.Image, ps: _Pass, sizes: dict[str, int],
     cy = H / 2 + ps.shift[1] * side
     # MediaPipe: the whole crop, moved and scaled like the face box
     full = min(W, H) * ps.scale
-    view = im.transform((W, H), Image.Transform.EXTENT,
-                        (cx - full / 2, cy - full / 2, cx + full / 2, cy + full / 2),
-                        resample=Image.Resampling.BILINEAR) if ps != _Pass() else im
+    view = (
+        im.transform(
+            (W, H),
+            Image.Transform.EXTENT,
+            (cx - full / 2, cy - full / 2, cx + full / 2, cy + full / 2),
+            resample=Image.Resampling.BILINEAR,
+        )
+        if ps != _Pass()
+        else im
+    )
     grey = im.convert("L")
     h = side * CONTEXT * ps.scale / 2
     box = (max(0.0, cx - h), max(0.0, cy - h), min(float(W), cx + h), min(float(H), cy + h))
@@ -396,6 +436,7 @@ def _views(im: Image.Image, ps: _Pass, sizes: dict[str, int],
 
 def _blendshapes(rgb: np.ndarray) -> tuple[dict[str, float], float] | None:
     import mediapipe as mp
+
     r = _Models.landmarker().detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
     if not r.face_blendshapes:
         return None
@@ -436,11 +477,18 @@ class LocalAnnotator(Annotator):
     def signature(self) -> dict:
         files = {n: models.MODELS[n][2] for n in (*self.classifiers, "face_landmarker")}
         return {
-            "name": self.name, "version": self.version, "model": self.model,
-            "classifiers": list(self.classifiers), "tta": self.tta,
-            "tta_params": TTA if self.tta else None, "temperature": self.temperature,
-            "files_sha256": files, "face_frac": FACE_FRAC, "context": CONTEXT,
-            "facex_flatten": FACEX_FLATTEN, "va_nudge": VA_NUDGE,
+            "name": self.name,
+            "version": self.version,
+            "model": self.model,
+            "classifiers": list(self.classifiers),
+            "tta": self.tta,
+            "tta_params": TTA if self.tta else None,
+            "temperature": self.temperature,
+            "files_sha256": files,
+            "face_frac": FACE_FRAC,
+            "context": CONTEXT,
+            "facex_flatten": FACEX_FLATTEN,
+            "va_nudge": VA_NUDGE,
             "verifier": {"au_weight": VERIFY_AU_WEIGHT, "au_reliability": AU_RELIABILITY},
             "au_table": _sha({k: [list(s) for s in v] for k, v in AU_TABLE.items()}),
             "knowledge": load().digest,
@@ -461,11 +509,11 @@ class LocalAnnotator(Annotator):
             try:
                 with _Models.lock:  # interpreters are shared and not thread-safe
                     answers = self.answer(call)
-                yield CallResult(call=call, answers=answers,
-                                 latency_ms=(time.perf_counter() - t0) * 1000)
+                yield CallResult(call=call, answers=answers, latency_ms=(time.perf_counter() - t0) * 1000)
             except Exception as ex:  # a bad crop fails its call, never the run
-                yield CallResult(call=call, error=f"{type(ex).__name__}: {ex}",
-                                 latency_ms=(time.perf_counter() - t0) * 1000)
+                yield CallResult(
+                    call=call, error=f"{type(ex).__name__}: {ex}", latency_ms=(time.perf_counter() - t0) * 1000
+                )
 
     def answer(self, call: Call) -> list[RawAnswer]:
         if len(call.indices) != len(call.seeds):
@@ -530,18 +578,30 @@ class LocalAnnotator(Annotator):
         ok = best == proposed
         a_prop, a_best = au_support(proposed, inten), au_support(best, inten)
         j = EXPRESSIONS.index(proposed)
-        why = (f"Un-augmented {dissent} gives {proposed} {per[dissent][j]:.2f}"
-               + (f"; its prototype AUs' support is {a_prop:.2f}" if a_prop is not None else
-                  ("; no blendshape AUs (no face found)" if inten is None else "; its prototype has no reliable AU"))
-               + (f"; so {proposed} scores {scores[proposed]:.2f}, the highest." if ok else
-                  f"; {best} scores higher ({scores[best]:.2f} vs {scores[proposed]:.2f}"
-                  + (f", AU support {a_best:.2f}" if a_best is not None else "") + ")."))
+        why = (
+            f"Un-augmented {dissent} gives {proposed} {per[dissent][j]:.2f}"
+            + (
+                f"; its prototype AUs' support is {a_prop:.2f}"
+                if a_prop is not None
+                else ("; no blendshape AUs (no face found)" if inten is None else "; its prototype has no reliable AU")
+            )
+            + (
+                f"; so {proposed} scores {scores[proposed]:.2f}, the highest."
+                if ok
+                else f"; {best} scores higher ({scores[best]:.2f} vs {scores[proposed]:.2f}"
+                + (f", AU support {a_best:.2f}" if a_best is not None else "")
+                + ")."
+            )
+        )
         text = json.dumps({"confirmed": ok, "expression": proposed if ok else best, "rationale": why})
-        return [RawAnswer(index=int(i), seed=int(s), text=text, finish_reason="stop")
-                for i, s in zip(call.indices, call.seeds)]
+        return [
+            RawAnswer(index=int(i), seed=int(s), text=text, finish_reason="stop")
+            for i, s in zip(call.indices, call.seeds)
+        ]
 
-    def _expression(self, inputs: list[dict[str, np.ndarray]], classifiers: tuple[str, ...] | None = None
-                    ) -> np.ndarray:
+    def _expression(
+        self, inputs: list[dict[str, np.ndarray]], classifiers: tuple[str, ...] | None = None
+    ) -> np.ndarray:
         """(n_views, 8) averaged probabilities of the chosen classifiers, one batch each."""
         classifiers = classifiers or self.classifiers
         total = np.zeros((len(inputs), len(EXPRESSIONS)))
@@ -568,11 +628,15 @@ class LocalAnnotator(Annotator):
                 s += f"; drew {label} at T={self.temperature:g}"
             parts.append(s + ".")
         if no_face:
-            parts.append("MediaPipe found no face in the crop, so no AUs are reported"
-                         + (" and VA uses the expression alone." if "va" in ask else "."))
+            parts.append(
+                "MediaPipe found no face in the crop, so no AUs are reported"
+                + (" and VA uses the expression alone." if "va" in ask else ".")
+            )
         elif inten is not None and "aus" in ask:
             act = active_aus(inten)
-            parts.append("Blendshape AUs: " + (", ".join(f"{a} {inten[a]:.2f}" for a in act) if act else "none active") + ".")
+            parts.append(
+                "Blendshape AUs: " + (", ".join(f"{a} {inten[a]:.2f}" for a in act) if act else "none active") + "."
+            )
         if "va" in ask:
             parts.append("Valence/arousal are derived from the expression distribution and AU evidence, not measured.")
         return " ".join(parts)

@@ -34,6 +34,7 @@ Design
 - Cost: from `usage` and `annotator.price_{in,out}_per_mtok`; `estimate(calls)` prices a
   dry run without sending anything.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,6 +74,7 @@ def image_tokens(image: bytes, detail: str = "auto") -> int:
         return 85
     try:
         from PIL import Image
+
         w, h = Image.open(io.BytesIO(image)).size
     except Exception:
         return 765  # a 1024x1024 image's worth
@@ -120,6 +122,7 @@ class _Bucket:
 @dataclass
 class _Endpoint:
     """What was learned about one endpoint+model in this process."""
+
     mode: int = 0
     n_cap: int = 1 << 30
     seed_ok: bool = True
@@ -135,6 +138,7 @@ class _Progress:
         if sys.stderr.isatty():
             try:
                 from tqdm import tqdm
+
                 self.bar = tqdm(total=total, unit="call", desc="openai", leave=False)
             except Exception:  # pragma: no cover
                 self.bar = None
@@ -158,9 +162,18 @@ class _Progress:
         eta = ""
         if self.total is not None and rate > 0 and not final:
             eta = f", ETA {max(self.total - self.done, 0) / rate:.0f} s"
-        log.info("%s%s calls %s, %.2f calls/s%s, %d requests, %d retries, %d errors, cost $%.4f",
-                 "done: " if final else "", self.done, tot, rate, eta, self.requests, self.retries,
-                 self.errors, self.cost)
+        log.info(
+            "%s%s calls %s, %.2f calls/s%s, %d requests, %d retries, %d errors, cost $%.4f",
+            "done: " if final else "",
+            self.done,
+            tot,
+            rate,
+            eta,
+            self.requests,
+            self.retries,
+            self.errors,
+            self.cost,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -186,9 +199,14 @@ class OpenAIAnnotator(Annotator):
 
     # -- identity -------------------------------------------------------------------
     def signature(self) -> dict:
-        return {"backend": "openai", "annotator_version": self.version, "model": self.a.model,
-                "temperature": self.a.temperature, "image_detail": self.a.image_detail,
-                "max_output_tokens": self.a.max_output_tokens}
+        return {
+            "backend": "openai",
+            "annotator_version": self.version,
+            "model": self.a.model,
+            "temperature": self.a.temperature,
+            "image_detail": self.a.image_detail,
+            "max_output_tokens": self.a.max_output_tokens,
+        }
 
     @staticmethod
     def _azure() -> bool:
@@ -218,8 +236,10 @@ class OpenAIAnnotator(Annotator):
                     raise AnnotatorStop("AZURE_OPENAI_ENDPOINT is set but OPENAI_API_VERSION is not")
                 return openai.AsyncAzureOpenAI(**kw)
             if not os.environ.get("OPENAI_API_KEY"):
-                raise AnnotatorStop("annotator.backend is openai but OPENAI_API_KEY is not set "
-                                    "(set it, and OPENAI_BASE_URL for a non-OpenAI endpoint)")
+                raise AnnotatorStop(
+                    "annotator.backend is openai but OPENAI_API_KEY is not set "
+                    "(set it, and OPENAI_BASE_URL for a non-OpenAI endpoint)"
+                )
             return openai.AsyncOpenAI(**kw)
         except openai.OpenAIError as e:
             raise AnnotatorStop(f"cannot build the openai client: {self._scrub(str(e))}") from None
@@ -245,15 +265,17 @@ class OpenAIAnnotator(Annotator):
                 parts = []
                 for p in content:
                     if p.get("type") == "image_ref":
-                        parts.append({"type": "image_url",
-                                      "image_url": {"url": data_url, "detail": self.a.image_detail}})
+                        parts.append(
+                            {"type": "image_url", "image_url": {"url": data_url, "detail": self.a.image_detail}}
+                        )
                     else:
                         parts.append(p)
                 content = parts
             out.append({**m, "content": content})
         if mode != "json_schema":
-            hint = ("Answer with one JSON object, and nothing else, that follows this JSON schema: "
-                    + json.dumps(call.schema, separators=(",", ":")))
+            hint = "Answer with one JSON object, and nothing else, that follows this JSON schema: " + json.dumps(
+                call.schema, separators=(",", ":")
+            )
             out.append({"role": "system", "content": hint})
         return out
 
@@ -274,7 +296,11 @@ class OpenAIAnnotator(Annotator):
             elif isinstance(c, list):
                 chars += sum(len(p.get("text", "")) for p in c if p.get("type") == "text")
         chars += len(json.dumps(call.schema))
-        return int(chars * _TEXT_TOKENS_PER_CHAR) + image_tokens(call.image, self.a.image_detail) + _REQUEST_OVERHEAD_TOKENS
+        return (
+            int(chars * _TEXT_TOKENS_PER_CHAR)
+            + image_tokens(call.image, self.a.image_detail)
+            + _REQUEST_OVERHEAD_TOKENS
+        )
 
     def _cost(self, tin: float, tout: float) -> float:
         return (tin * self.a.price_in_per_mtok + tout * self.a.price_out_per_mtok) / 1e6
@@ -293,8 +319,15 @@ class OpenAIAnnotator(Annotator):
             samples += len(c.indices)
             tin += r * self._tokens_in(c)
             tout += len(c.indices) * self._out_per_answer
-        return {"calls": n_calls, "requests": reqs, "image_sends": reqs, "samples": samples,
-                "tokens_in": int(tin), "tokens_out": int(tout), "cost_usd": self._cost(tin, tout)}
+        return {
+            "calls": n_calls,
+            "requests": reqs,
+            "image_sends": reqs,
+            "samples": samples,
+            "tokens_in": int(tin),
+            "tokens_out": int(tout),
+            "cost_usd": self._cost(tin, tout),
+        }
 
     @staticmethod
     def _retry_after(e: Exception) -> float | None:
@@ -323,7 +356,7 @@ class OpenAIAnnotator(Annotator):
         ra = self._retry_after(e)
         if ra is not None:
             return min(self.rt.retry_max_s, ra) * (1 + 0.1 * random.random())
-        return min(self.rt.retry_max_s, self.rt.retry_base_s * 2 ** attempt) * (0.5 + 0.5 * random.random())
+        return min(self.rt.retry_max_s, self.rt.retry_base_s * 2**attempt) * (0.5 + 0.5 * random.random())
 
     @staticmethod
     def _retryable(e: Exception) -> bool:
@@ -343,7 +376,9 @@ class OpenAIAnnotator(Annotator):
             return "response_format"
         if param == "seed" or re.search(r"\bseed\b", msg):
             return "seed"
-        if param == "n" or re.search(r"('n'|\"n\"|\bn\b\s*(must|should|>|<|=)|number of choices|multiple choices)", msg):
+        if param == "n" or re.search(
+            r"('n'|\"n\"|\bn\b\s*(must|should|>|<|=)|number of choices|multiple choices)", msg
+        ):
             return "n"
         return None
 
@@ -357,8 +392,11 @@ class OpenAIAnnotator(Annotator):
             await self._tpm.take(est)
             async with self._sem:
                 mode = ep.mode  # read once a slot is free: a fallback learned meanwhile applies
-                kw: dict[str, Any] = {"model": self.a.model, "temperature": self.a.temperature,
-                                      "messages": self._messages(call, MODES[mode], data_urls["url"])}
+                kw: dict[str, Any] = {
+                    "model": self.a.model,
+                    "temperature": self.a.temperature,
+                    "messages": self._messages(call, MODES[mode], data_urls["url"]),
+                }
                 if n > 1:
                     kw["n"] = n
                 if ep.seed_ok:
@@ -387,8 +425,11 @@ class OpenAIAnnotator(Annotator):
                         with self._lock:
                             if ep.mode == mode:
                                 ep.mode = mode + 1
-                                log.warning("endpoint rejected response_format %s; falling back to %s",
-                                            MODES[mode], MODES[mode + 1])
+                                log.warning(
+                                    "endpoint rejected response_format %s; falling back to %s",
+                                    MODES[mode],
+                                    MODES[mode + 1],
+                                )
                         continue
                     if about == "seed" and ep.seed_ok:
                         ep.seed_ok = False
@@ -400,8 +441,10 @@ class OpenAIAnnotator(Annotator):
                         raise _NCapped() from None
                     raise
                 except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                    raise _Fatal(f"the endpoint rejected the credentials ({e.status_code}); "
-                                 "check OPENAI_API_KEY / AZURE_OPENAI_API_KEY") from None
+                    raise _Fatal(
+                        f"the endpoint rejected the credentials ({e.status_code}); "
+                        "check OPENAI_API_KEY / AZURE_OPENAI_API_KEY"
+                    ) from None
                 except Exception as e:
                     if not self._retryable(e) or attempt >= self.rt.max_retries:
                         raise
@@ -410,8 +453,14 @@ class OpenAIAnnotator(Annotator):
             attempt += 1
             self.stats["retries"] += 1
             prog.retries += 1
-            log.debug("request for %s failed (%s); retry %d/%d in %.2f s", call.face_id[:12],
-                      why, attempt, self.rt.max_retries, delay)
+            log.debug(
+                "request for %s failed (%s); retry %d/%d in %.2f s",
+                call.face_id[:12],
+                why,
+                attempt,
+                self.rt.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def _do_call(self, client, call: Call, prog: _Progress) -> CallResult:
@@ -442,19 +491,29 @@ class OpenAIAnnotator(Annotator):
                     ep = self.endpoint
                     if len(choices) < ep.n_cap:
                         ep.n_cap = len(choices)
-                        log.info("endpoint returned %d of n=%d choices; asking at most %d per request",
-                                 len(choices), n, len(choices))
+                        log.info(
+                            "endpoint returned %d of n=%d choices; asking at most %d per request",
+                            len(choices),
+                            n,
+                            len(choices),
+                        )
                 for (idx, seed), c in zip(part, choices):
-                    answers.append(RawAnswer(index=idx, seed=seed, text=c.message.content,
-                                             finish_reason=c.finish_reason,
-                                             refusal=getattr(c.message, "refusal", None)))
-                items = items[len(choices):]
+                    answers.append(
+                        RawAnswer(
+                            index=idx,
+                            seed=seed,
+                            text=c.message.content,
+                            finish_reason=c.finish_reason,
+                            refusal=getattr(c.message, "refusal", None),
+                        )
+                    )
+                items = items[len(choices) :]
 
         items = list(zip(call.indices, call.seeds))
         per = max(1, min(self.a.max_n, self.endpoint.n_cap))
         error = None
         try:
-            await asyncio.gather(*(chunk(items[i:i + per]) for i in range(0, len(items), per)))
+            await asyncio.gather(*(chunk(items[i : i + per]) for i in range(0, len(items), per)))
         except _Fatal:
             raise
         except Exception as e:
@@ -469,8 +528,15 @@ class OpenAIAnnotator(Annotator):
             self._out_seen += len(answers)
             w = min(1.0, len(answers) / self._out_seen)
             self._out_per_answer += w * (usage["out"] / len(answers) - self._out_per_answer)
-        return CallResult(call=call, answers=answers, tokens_in=usage["in"], tokens_out=usage["out"],
-                          latency_ms=usage["ms"] or (time.perf_counter() - t0) * 1e3, cost_usd=cost, error=error)
+        return CallResult(
+            call=call,
+            answers=answers,
+            tokens_in=usage["in"],
+            tokens_out=usage["out"],
+            latency_ms=usage["ms"] or (time.perf_counter() - t0) * 1e3,
+            cost_usd=cost,
+            error=error,
+        )
 
     # -- the run --------------------------------------------------------------------
     async def _main(self, calls: Iterable[Call], out: "queue.Queue", prog: _Progress) -> str | None:
@@ -479,8 +545,13 @@ class OpenAIAnnotator(Annotator):
         self._rpm = _Bucket(self.rt.requests_per_minute)
         self._tpm = _Bucket(self.rt.tokens_per_minute)
         client = self._make_client()
-        log.info("openai annotator: model %s on %s, %d concurrent, response format %s",
-                 self.a.model, self._host(), self.rt.concurrency, MODES[self.endpoint.mode])
+        log.info(
+            "openai annotator: model %s on %s, %d concurrent, response format %s",
+            self.a.model,
+            self._host(),
+            self.rt.concurrency,
+            MODES[self.endpoint.mode],
+        )
         tasks: dict[asyncio.Task, float] = {}
         reserved = 0.0
         consecutive = 0
@@ -504,8 +575,10 @@ class OpenAIAnnotator(Annotator):
                 out.put(("result", r))
                 limit = self.rt.max_consecutive_failures
                 if limit and consecutive >= limit and stop is None:
-                    stop = (f"the last {consecutive} calls all failed (last error: {r.error}); "
-                            "stopping the run; results so far are kept")
+                    stop = (
+                        f"the last {consecutive} calls all failed (last error: {r.error}); "
+                        "stopping the run; results so far are kept"
+                    )
 
         try:
             it = iter(calls)
@@ -519,8 +592,10 @@ class OpenAIAnnotator(Annotator):
                 call, held = (held, None) if held is not None else (next(it, None), None)
                 if call is None:
                     break
-                est = self._cost(self._requests_for(len(call.indices)) * self._tokens_in(call),
-                                 len(call.indices) * self._out_per_answer)
+                est = self._cost(
+                    self._requests_for(len(call.indices)) * self._tokens_in(call),
+                    len(call.indices) * self._out_per_answer,
+                )
                 budget = self.a.budget_usd
                 if budget and self.spent_usd + reserved + est > budget:
                     if tasks:  # let in-flight calls settle first: their real cost may be lower
@@ -528,8 +603,10 @@ class OpenAIAnnotator(Annotator):
                         settle(done)
                         held = call
                         continue
-                    stop = (f"budget: the next call (about ${est:.4f}) would take the spend "
-                            f"${self.spent_usd:.4f} past annotator.budget_usd=${budget:.4f}; stopping")
+                    stop = (
+                        f"budget: the next call (about ${est:.4f}) would take the spend "
+                        f"${self.spent_usd:.4f} past annotator.budget_usd=${budget:.4f}; stopping"
+                    )
                     break
                 reserved += est
                 tasks[asyncio.ensure_future(self._do_call(client, call, prog))] = est
@@ -602,4 +679,3 @@ class OpenAIAnnotator(Annotator):
 
 class _NCapped(Exception):
     """The endpoint rejected n > 1; the chunk is re-split."""
-
