@@ -155,10 +155,13 @@ def _export(gxe, p: Params, n: dict):
         ],
         "rejects": [gxe.ExpectTableRowCountToEqual(value=n["faces"] - n["accepted"])],
         "au_codes": [gxe.ExpectColumnValuesToBeInSet(column="au", value_set=list(AUS))],
+        # a distribution bound on a handful of faces is noise, not a finding
         "label_distribution": [
             gxe.ExpectColumnValuesToBeBetween(column="share", min_value=0.0, max_value=e.max_class_share),
             gxe.ExpectTableRowCountToBeBetween(min_value=e.min_classes),
-        ],
+        ]
+        if n.get("accepted", 0) >= e.min_faces_for_distribution
+        else [],
     }
 
 
@@ -199,6 +202,8 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
     failed: list[str] = []
     evaluated = 0
     for frame, expectations in suites.items():
+        if not expectations:
+            continue
         if frame not in frames:
             raise KeyError(f"suite {stage} expects a frame {frame!r}; got {sorted(frames)}")
         asset = ds.add_dataframe_asset(name=frame)

@@ -193,10 +193,10 @@ def ingest_flow(params_path: str = "params.yaml") -> dict:
     p = load(params_path)
     k = knowledge.load()
     out = io.join(p.paths.ingest, "images.parquet"), io.join(p.paths.ingest, "quarantine.parquet")
-    imgs, quar = [], []
+    imgs, quar, skipped = [], [], []
     with io.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
         for rec in ingest(
-            list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions), p.paths.input, k, p.ingest
+            list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped), p.paths.input, k, p.ingest
         ):
             (wi if isinstance(rec, ImageRecord) else wq).write(rec)
             (imgs if isinstance(rec, ImageRecord) else quar).append(rec.model_dump())
@@ -214,6 +214,9 @@ def ingest_flow(params_path: str = "params.yaml") -> dict:
         "images": len(imgs),
         "quarantined": len(quar),
         "quarantine_reasons": dict(Counter(q["reason"] for q in quar)),
+        # files whose extension is not in ingest.extensions: counted and listed (the first 50)
+        "skipped_by_extension": len(skipped),
+        "skipped_examples": skipped[:50],
         "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]),
         "validation": val,
     }

@@ -35,8 +35,12 @@ def _is_missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
 
 
-def list_entries(root: str, manifest: str, extensions: Iterable[str]) -> Iterator[Entry]:
-    """Entries from the manifest if one is given, else every image file under `root`."""
+def list_entries(
+    root: str, manifest: str, extensions: Iterable[str], skipped: list[str] | None = None
+) -> Iterator[Entry]:
+    """Entries from the manifest if one is given, else every image file under `root`. Files
+    whose extension is not in `extensions` are appended to `skipped` (relative paths), so
+    the stage can count and list them: nothing vanishes without a word."""
     if manifest:
         import polars as pl
 
@@ -58,6 +62,54 @@ def list_entries(root: str, manifest: str, extensions: Iterable[str]) -> Iterato
     for p in sorted(fs.find(rpath)):
         if p.lower().endswith(exts):
             yield Entry(posixpath.relpath(p, rpath), {})
+        elif skipped is not None:
+            skipped.append(posixpath.relpath(p, rpath))
+
+
+def _escapes(fs, root: str, p: str) -> str | None:
+    """On a local filesystem, why the file at `p` must not be read: a link whose target is
+    outside `root` ("outside_root") or that points nowhere ("unreadable"). Nothing of the
+    target is read. None when it is safe (or the filesystem has no links)."""
+    import os
+
+    if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None
+    root_real = os.path.realpath(fsspec.core.url_to_fs(root)[1])
+    real = os.path.realpath(p)
+    if os.path.commonpath([root_real, real]) != root_real:
+        return "outside_root"
+    if os.path.islink(p) and not os.path.exists(real):
+        return "unreadable"
+    return None
+
+
+def _open_image(data: bytes) -> tuple[Image.Image | None, str, str]:
+    """(image, reason, detail): the image fully decoded, or why not. Never raises; every
+    detail is deterministic (PIL's messages can embed memory addresses)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            fmt, (w, h) = im.format or "unknown", im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None, "too_large", f"decompression bomb: the header claims more than {Image.MAX_IMAGE_PIXELS} pixels"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError) as ex:
+        return None, "not_an_image", f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}"
+    if w * h > Image.MAX_IMAGE_PIXELS:
+        return None, "too_large", f"{w}x{h} pixels > {Image.MAX_IMAGE_PIXELS} (decompression bomb guard)"
+    if getattr(im, "n_frames", 1) > 1:
+        return None, "unsupported", f"animated {fmt} with {im.n_frames} frames: give one frame per file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()  # full decode: catches truncated and corrupt files
+    except MemoryError:
+        return None, "too_large", f"{fmt} {w}x{h}: not enough memory to decode"
+    except Exception as ex:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on corrupt data
+        return None, "unreadable", f"corrupt {fmt}: {type(ex).__name__}: {str(ex).split(' at 0x')[0][:200]}"
+    return im, fmt, f"{w}x{h}"
 
 
 def resolve(root: str, rel: str) -> str | None:
@@ -125,6 +177,13 @@ def ingest(
             continue
         try:
             fs, p = fsspec.core.url_to_fs(url)
+            why = _escapes(fs, root, p)
+            if why == "outside_root":
+                yield QuarantineRecord(path=e.path, reason=why, detail="a link to a file outside the input root")
+                continue
+            if why == "unreadable":
+                yield QuarantineRecord(path=e.path, reason=why, detail="a broken link (its target does not exist)")
+                continue
             size = fs.size(p)
             if size is not None and size > params.max_bytes:
                 yield QuarantineRecord(
@@ -132,6 +191,12 @@ def ingest(
                 )
                 continue
             data = read(url) if read else fs.cat_file(p)
+        except FileNotFoundError:
+            yield QuarantineRecord(path=e.path, reason="unreadable", detail="FileNotFoundError: the file is gone")
+            continue
+        except PermissionError:
+            yield QuarantineRecord(path=e.path, reason="unreadable", detail="PermissionError: not allowed to read it")
+            continue
         except (OSError, ValueError) as ex:
             yield QuarantineRecord(path=e.path, reason="unreadable", detail=f"{type(ex).__name__}: {ex}")
             continue
@@ -143,22 +208,11 @@ def ingest(
                 path=e.path, reason="too_large", detail=f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}"
             )
             continue
-        try:
-            im = Image.open(io.BytesIO(data))
-            fmt, (w, h) = im.format or "unknown", im.size
-        except (UnidentifiedImageError, OSError) as ex:
-            # PIL's message embeds the address of a BytesIO: keep the detail deterministic
-            yield QuarantineRecord(
-                path=e.path,
-                reason="not_an_image",
-                detail=f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}",
-            )
+        im, fmt, detail = _open_image(data)
+        if im is None:
+            yield QuarantineRecord(path=e.path, reason=fmt, detail=detail)
             continue
-        try:
-            im.load()  # full decode: catches truncated and corrupt files
-        except Exception as ex:  # PIL raises OSError, SyntaxError, ValueError... on corrupt data
-            yield QuarantineRecord(path=e.path, reason="unreadable", detail=f"corrupt {fmt}: {ex}")
-            continue
+        w, h = im.size
         sha = hashlib.sha256(data).hexdigest()
         if sha in seen:
             yield QuarantineRecord(path=e.path, reason="duplicate", detail=f"same bytes as {seen[sha]}")

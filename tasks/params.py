@@ -39,7 +39,7 @@ class Paths(Section):
 class Ingest(Section):
     source: str = Field("unknown", description="`source` for rows whose manifest does not name one")
     max_bytes: int = Field(20_000_000, gt=0)
-    extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"]
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
     label_set: list[str] = Field(default_factory=list, description="expression classes the prior labels come from")
     au_set: list[str] = Field(default_factory=list, description="AUs the prior labels cover")
 
@@ -199,6 +199,9 @@ class Export(Section):
 class Expectations(Section):
     max_class_share: float = Field(0.95, gt=0, le=1)
     min_classes: int = Field(1, ge=0)
+    min_faces_for_distribution: int = Field(
+        30, ge=0, description="check the label distribution only when FEID has at least this many rows"
+    )
 
 
 class Runtime(Section):

@@ -83,7 +83,9 @@ def _arrow_type(t) -> pa.DataType:
 Granularity = Literal["expression", "va", "aus"]
 GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 
-QuarantineReason = Literal["unreadable", "not_an_image", "empty", "too_large", "duplicate", "outside_root", "bad_label"]
+QuarantineReason = Literal[
+    "unreadable", "not_an_image", "empty", "too_large", "duplicate", "outside_root", "bad_label", "unsupported"
+]
 
 
 class ImageRecord(Record):

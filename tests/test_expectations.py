@@ -86,8 +86,20 @@ def test_label_distribution_bound_is_a_parameter():
 
     from expectations.suites import SUITES
 
-    suite = SUITES["export"](gxe, strict, {"faces": 1, "accepted": 1})["label_distribution"]
+    suite = SUITES["export"](gxe, strict, {"faces": 40, "accepted": 40})["label_distribution"]
     assert any(getattr(e, "max_value", None) == 0.8 for e in suite)
+
+
+def test_a_handful_of_faces_is_not_held_to_the_distribution_bounds():
+    """One accepted face is 100% of one class: noise, not a finding (a small run must not fail)."""
+    import great_expectations.expectations as gxe
+
+    from expectations.suites import SUITES
+
+    n = P.expectations.min_faces_for_distribution
+    assert SUITES["export"](gxe, P, {"faces": 1, "accepted": 1})["label_distribution"] == []
+    assert SUITES["export"](gxe, P, {"faces": n - 1, "accepted": n - 1})["label_distribution"] == []
+    assert len(SUITES["export"](gxe, P, {"faces": n, "accepted": n})["label_distribution"]) == 2
 
 
 def test_suites_take_their_columns_from_the_records():

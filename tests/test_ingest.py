@@ -172,3 +172,78 @@ def test_manifest_without_path_column_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("file,expression\na.jpg,happy\n")
     with pytest.raises(ValueError, match="no `path` column"):
         list(list_entries(str(tmp_path), str(tmp_path / "m.csv"), []))
+
+
+# ------------------------------------------------------------------ hostile files
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels, with a tiny (invalid) body."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def _gif_animated() -> bytes:
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (16, 16), (80 * i, 0, 0)) for i in range(3)]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def test_hostile_files_each_get_a_row_and_nothing_outside_the_root_is_read(tmp_path):
+    import os
+
+    root = tmp_path / "in"
+    root.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOP-SECRET-CONTENT")
+    (root / "bomb.png").write_bytes(_png_header(40000, 40000))
+    (root / "bomb2.png").write_bytes(_png_header(12000, 9000))  # between 1x and 2x the pixel limit
+    (root / "anim.gif").write_bytes(_gif_animated())
+    (root / "ok.jpg").write_bytes(_jpeg())
+    (root / "garbage.jpg").write_bytes(b"hello, this is plain text and not an image\n" * 3)
+    os.symlink(secret, root / "escape.jpg")
+    os.symlink(root / "missing.jpg", root / "broken.jpg")
+    (root / "photo.txt").write_bytes(_jpeg((1, 2, 3)))  # a JPEG with a name ingest does not list
+    skipped: list[str] = []
+    entries = list(list_entries(str(root), "", Ingest().extensions, skipped))
+    out = {r.path: r for r in ingest(entries, str(root), K, Ingest())}
+    assert skipped == ["photo.txt"]
+    reason = {p: getattr(r, "reason", "ok") for p, r in out.items()}
+    assert reason == {
+        "anim.gif": "unsupported",
+        "bomb.png": "too_large",
+        "bomb2.png": "too_large",
+        "broken.jpg": "unreadable",
+        "escape.jpg": "outside_root",
+        "garbage.jpg": "not_an_image",
+        "ok.jpg": "ok",
+    }
+    assert all("SECRET" not in getattr(r, "detail", "") for r in out.values())
+    assert "decompression bomb" in out["bomb.png"].detail
+    # deterministic: the same verdicts and details on a second pass
+    again = {r.path: r.model_dump() for r in ingest(entries, str(root), K, Ingest())}
+    assert again == {p: r.model_dump() for p, r in out.items()}
+
+
+def test_an_unreadable_file_is_quarantined(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    root = tmp_path / "in"
+    root.mkdir()
+    f = root / "locked.jpg"
+    f.write_bytes(_jpeg())
+    f.chmod(0)
+    (r,) = ingest([Entry("locked.jpg", {})], str(root), K, Ingest())
+    assert r.reason == "unreadable" and "PermissionError" in r.detail
+
+
+def test_a_file_that_vanishes_mid_run_is_quarantined(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    (r,) = ingest([Entry("gone.jpg", {})], str(root), K, Ingest())
+    assert r.reason == "unreadable" and "gone" in r.detail
