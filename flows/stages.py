@@ -5,6 +5,7 @@ the output and its metrics. `dvc.yaml` runs each of them through `python -m flow
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -698,8 +699,21 @@ def export_rows(
 
 
 def validate_feid(p: Params, light: "Light", n_faces: int, n_rejects: int) -> dict:
+    from expectations import ExpectationsFailed
     from expectations.suites import label_distribution
 
+    try:
+        return _validate_feid(p, light, n_faces, n_rejects, label_distribution)
+    except ExpectationsFailed as e:
+        if light.n >= p.export.min_rows:
+            raise
+        f = Path(p.paths.metrics) / "verify.json"
+        warn = json.loads(f.read_text()).get("calibration", {}).get("warning") if f.exists() else None
+        hint = f"\nWhy FEID is (nearly) empty: {warn}" if warn else ""
+        raise ExpectationsFailed(f"{e}{hint}") from None
+
+
+def _validate_feid(p: Params, light: "Light", n_faces: int, n_rejects: int, label_distribution) -> dict:
     fe = light.frame()
     return _validate(
         "export",

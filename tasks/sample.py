@@ -183,6 +183,28 @@ def supports_verification(ann: Annotator) -> bool:
     return bool(getattr(ann, "supports_verification", ann.name == "openai"))
 
 
+def _proposal(s) -> dict:
+    """The aggregated answer shown to the annotator in the verification round."""
+    proposed: dict = {"expression": s.expression}
+    if s.va_source == "annotator":
+        proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
+    if s.au_source == "annotator":
+        proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
+    return proposed
+
+
+def _views(f: dict, reqs: list[dict], got: list[dict]) -> list[tuple[str, dict, list[dict]]]:
+    """(variant, face as measured, its samples) to verify: the face's own generated
+    expression, and for a labelled face its calibration mirror (verified exactly like an
+    unlabelled face)."""
+    gen = [r for r in reqs if r["variant"] != "blind" and "expression" in r["ask"]]
+    views = [(VERIFY_VARIANT, f, got)] if gen else []
+    m = mirror(f, got)
+    if m is not None:
+        views.append((MIRROR_VERIFY_VARIANT, *m))
+    return views
+
+
 def _verification_round(
     faces: list[dict],
     requests: dict[str, list[dict]],
@@ -200,26 +222,13 @@ def _verification_round(
     meta: dict[str, tuple[str, str, str]] = {}
     for f in faces:
         reqs = requests.get(f["face_id"]) or []
-        gen = [r for r in reqs if r["variant"] != "blind" and "expression" in r["ask"]]
         got = drawn[f["face_id"]]
-        # (variant, the face as measured, its samples): the face's own generated expression,
-        # and for a labelled face its calibration mirror (verified exactly like an unlabelled face)
-        views = [(VERIFY_VARIANT, f, got)] if gen else []
-        m = mirror(f, got)
-        if m is not None:
-            views.append((MIRROR_VERIFY_VARIANT, *m))
-        for variant, face, samples in views:
+        for variant, face, samples in _views(f, reqs, got):
             s = measure(face, samples, k)
-            if not wants_verification(s, sp):
+            if not wants_verification(s, sp) or not reqs:
                 continue
-            proposed: dict = {"expression": s.expression}
-            if s.va_source == "annotator":
-                proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
-            if s.au_source == "annotator":
-                proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
-            version = (gen or reqs)[0]["prompt_version"]
             vid, messages, schema = verification_request(
-                k, f["crop_sha256"], proposed, version, params.prompt.knowledge
+                k, f["crop_sha256"], _proposal(s), reqs[0]["prompt_version"], params.prompt.knowledge
             )
             req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
             seed = seed_for(sp.seed, vid, 0)
@@ -227,22 +236,20 @@ def _verification_round(
             if e is not None:
                 tally.cached += 1
                 got.append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
-                continue
-            if vid in meta:
-                continue
-            meta[vid] = (f["face_id"], s.expression, variant)
-            calls.append(
-                Call(
-                    request_id=vid,
-                    face_id=f["face_id"],
-                    messages=messages,
-                    schema=schema,
-                    ask=VERIFY_ASK,
-                    image=f["crop"],
-                    indices=(0,),
-                    seeds=(seed,),
+            elif vid not in meta:
+                meta[vid] = (f["face_id"], s.expression, variant)
+                calls.append(
+                    Call(
+                        request_id=vid,
+                        face_id=f["face_id"],
+                        messages=messages,
+                        schema=schema,
+                        ask=VERIFY_ASK,
+                        image=f["crop"],
+                        indices=(0,),
+                        seeds=(seed,),
+                    )
                 )
-            )
     for res in ann.run(calls):
         tally.calls += 1
         tally.verify_calls += 1

@@ -265,6 +265,55 @@ def load_saved(path: str, run: dict) -> "Trust | None":
     return Trust(cal, d.get("threshold"), dict(rep))
 
 
+def _fallback(rows: list[CalRow], v, annotator: str) -> tuple[uamc.Calibrator, list[float], dict]:
+    """`verify.calibration` (if fitted for this annotator) or the built-in weights, and why."""
+    n = len(rows)
+    cal = uamc.calibrator(v.calibration) if v.calibration else uamc.calibrator("")
+    note = ""
+    if v.calibration and cal.annotator and annotator and cal.annotator != annotator:
+        note = f"{v.calibration} was fitted for annotator {cal.annotator!r}; "
+        cal = uamc.calibrator("")
+    if not v.self_calibrate:
+        why = "self-calibration is off (verify.self_calibrate)"
+    elif n < v.min_calibration_faces:
+        why = f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
+    else:
+        why = "all labelled faces were answered alike (right or wrong)"
+    using = cal.source if cal.source != "default" else "the built-in, uncalibrated weights"
+    rep = {"source": "file" if cal.source != "default" else "default", "why": f"{note}{why}; using {using}"}
+    return cal, [cal(r.features) for r in rows], rep
+
+
+def _threshold(rows: list[CalRow], scores: list[float], v, rep: dict) -> float | None:
+    """The threshold for `verify.target_error` (Learn-then-Test), or `verify.min_confidence`."""
+    if v.target_error <= 0:
+        rep.update(
+            mode="min_confidence",
+            threshold=v.min_confidence,
+            selection="verify.min_confidence (a plain threshold: no error guarantee)",
+        )
+        return v.min_confidence
+    sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
+    rep.update(
+        mode="target_error",
+        target_error=v.target_error,
+        delta=v.delta,
+        threshold=sel.threshold,
+        bound=None if sel.bound is None else round(sel.bound, 4),
+        accepted_calibration=sel.n_accepted,
+        errors_calibration=sel.errors,
+        expected_coverage=round(sel.coverage, 4),
+        selection=sel.reason,
+    )
+    if sel.threshold is None:
+        rep["warning"] = (
+            f"no generated expression is accepted: {sel.reason}. Label a random sample of your "
+            "faces (a few hundred), or set verify.target_error: 0 to accept by "
+            "verify.min_confidence with no guarantee"
+        )
+    return sel.threshold
+
+
 def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -> Trust:
     """The run's confidence model and threshold from its calibration faces (`verify` params
     `v`). With too few of them: the trust of an earlier run of the same annotator, model and
@@ -275,71 +324,28 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
         "subjects": len({r.subject for r in rows}),
         "calibration_accuracy": round(float(np.mean([r.correct for r in rows])), 4) if rows else None,
     }
-    both = len({r.correct for r in rows}) == 2
-    enough = v.self_calibrate and n >= v.min_calibration_faces and both
-    if not enough and v.trust_from:
-        saved = load_saved(v.trust_from, {"annotator": annotator, **(run or {})})
-        if saved is not None:
-            saved.report.update(
-                rep,
-                source="earlier_run",
-                why=f"only {n} labelled faces in this run; using the "
-                f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)",
-            )
-            saved.report["confidence_model"] = saved.calibrator.to_json()
-            return saved
+    enough = v.self_calibrate and n >= v.min_calibration_faces and len({r.correct for r in rows}) == 2
+    saved = load_saved(v.trust_from, {"annotator": annotator, **(run or {})}) if not enough and v.trust_from else None
+    if saved is not None:
+        saved.report.update(
+            rep,
+            source="earlier_run",
+            why=f"only {n} labelled faces in this run; using the "
+            f"confidence model and threshold of {v.trust_from} (same annotator, model and prompt)",
+        )
+        saved.report["confidence_model"] = saved.calibrator.to_json()
+        return saved
     if enough:
         cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
         cal = uamc.Calibrator(cal.intercept, cal.coef, source="self", annotator=annotator)
         rep.update(
             source="self",
             why=f"fitted on this run's {n} labelled faces (cross-fitted by subject, {v.calibration_folds} folds)",
-            oof_ece=round(ece(scores, [r.correct for r in rows]), 4),
-            ece_bins=10,
         )
     else:
-        cal = uamc.calibrator(v.calibration) if v.calibration else uamc.calibrator("")
-        if v.calibration and cal.annotator and annotator and cal.annotator != annotator:
-            file_note = f"{v.calibration} was fitted for annotator {cal.annotator!r}; "
-            cal = uamc.calibrator("")
-        else:
-            file_note = ""
-        why = (
-            "self-calibration is off (verify.self_calibrate)"
-            if not v.self_calibrate
-            else f"only {n} labelled faces (verify.min_calibration_faces = {v.min_calibration_faces})"
-            if n < v.min_calibration_faces
-            else "all labelled faces were answered alike (right or wrong)"
-        )
-        rep.update(
-            source="file" if cal.source != "default" else "default",
-            why=file_note
-            + why
-            + ("; using " + (cal.source if cal.source != "default" else "the built-in, uncalibrated weights")),
-        )
-        scores = [cal(r.features) for r in rows]
-        if rows:
-            rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
+        cal, scores, more = _fallback(rows, v, annotator)
+        rep.update(more)
+    if rows:
+        rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
     rep["confidence_model"] = cal.to_json()
-    if v.target_error > 0:
-        sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
-        rep.update(
-            mode="target_error",
-            target_error=v.target_error,
-            delta=v.delta,
-            threshold=sel.threshold,
-            bound=None if sel.bound is None else round(sel.bound, 4),
-            accepted_calibration=sel.n_accepted,
-            errors_calibration=sel.errors,
-            expected_coverage=round(sel.coverage, 4),
-            selection=sel.reason,
-        )
-        if sel.threshold is None:
-            rep["warning"] = "no generated expression is accepted: " + sel.reason
-        return Trust(cal, sel.threshold, rep)
-    rep.update(
-        mode="min_confidence",
-        threshold=v.min_confidence,
-        selection="verify.min_confidence (a plain threshold: no error guarantee)",
-    )
-    return Trust(cal, v.min_confidence, rep)
+    return Trust(cal, _threshold(rows, scores, v, rep), rep)

@@ -308,6 +308,40 @@ def confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float
     return min(1.0, max(0.0, c))
 
 
+def _expression_decision(s: Stats, v: Verify, trust: Trust, conf: float) -> tuple[str, list[str]]:
+    """(status, reasons to withhold) of the face's expression."""
+    if s.expression_source == "prior":
+        return "prior", []
+    if s.expression_source != "annotator" or not s.n_votes:
+        return "missing", []
+    why = expression_gates(s, v)
+    if not why and not trust.accepts(conf):
+        why = ["low_confidence" if trust.threshold is not None else "no_guarantee"]
+        if v.use_verification and s.verified is False:
+            why.insert(0, "failed_verification")
+    return ("withheld" if why else "accepted"), why
+
+
+def _va_decision(s: Stats, v: Verify, taint: list[str]) -> tuple[str, list[str]]:
+    """(status, reasons to withhold) of the face's valence-arousal."""
+    if s.va_source != "annotator":
+        return s.va_source or "missing", []
+    why = list(taint)
+    if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > v.max_va_std:
+        why.append("va_spread")
+    return ("withheld" if why else "accepted"), why
+
+
+def _au_decision(s: Stats, v: Verify, taint: list[str], au_set: set[str]) -> tuple[str, list[str], list[str]]:
+    """(status, AUs withheld, reasons) of the face's generated AUs, one decision per AU."""
+    if s.au_source != "annotator":
+        return s.au_source or "missing", [], []
+    generated = [(a, p) for a, p in zip(AUS, s.au_probs) if p is not None and a not in au_set]
+    out = [a for a, p in generated if taint or binary_entropy(p) > v.max_au_entropy]
+    status = "withheld" if len(out) == len(generated) else "partial" if out else "accepted"
+    return status, out, ((taint or ["au_entropy"]) if out else [])
+
+
 def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trust | None = None) -> Verdict:
     """Per-granularity acceptance. The expression is the anchor: a generated one is kept when
     its calibrated confidence passes `trust`'s threshold and no hard gate withholds it. A
@@ -318,62 +352,24 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
     off, any withheld granularity rejects the whole face (the older rule, for ablation)."""
     trust = trust or fallback_trust(v)
     s = measure(face, samples, k)
-    withheld: list[str] = []
-    reasons: list[str] = []
     conf = confidence(s, v, trust.calibrator) if s.n_ok else 0.0
-    expr_conf = conf if s.expression_source == "annotator" and s.n_votes else None
+    e_status, e_why = _expression_decision(s, v, trust, conf)
+    disagree = v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement
+    taint = ([] if e_status in ("prior", "accepted") else ["expression_withheld"]) + (
+        ["prior_disagreement"] if disagree else []
+    )
+    va_status, va_why = _va_decision(s, v, taint)
+    au_status, au_withheld, au_why = _au_decision(s, v, taint, set(face.get("au_set") or []))
+    withheld = [f"expression:{r}" for r in e_why] + [f"va:{r}" for r in va_why] + [f"aus:{r}" for r in au_why]
+    reasons: list[str] = []
     if s.n_ok == 0:
         reasons.append("api_failure" if s.n_failed else "no_samples")
-    # expression
-    if s.expression_source == "annotator" and s.n_votes:
-        why = expression_gates(s, v)
-        if not why and not trust.accepts(conf):
-            why = ["low_confidence" if trust.threshold is not None else "no_guarantee"]
-            if v.use_verification and s.verified is False:
-                why.insert(0, "failed_verification")
-        e_status = "withheld" if why else "accepted"
-        withheld += [f"expression:{r}" for r in why]
-    elif s.expression_source == "prior":
-        e_status = "prior"
-    else:
-        e_status = "missing"
-    e_kept = e_status in ("prior", "accepted")
-    taint = ([] if e_kept else ["expression_withheld"]) + (
-        ["prior_disagreement"]
-        if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement
-        else []
-    )
-    # valence-arousal
-    if s.va_source == "annotator":
-        why = list(taint)
-        if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > v.max_va_std:
-            why.append("va_spread")
-        va_status = "withheld" if why else "accepted"
-        withheld += [f"va:{r}" for r in why]
-    else:
-        va_status = s.va_source or "missing"
-    # action units, one decision each
-    au_withheld = []
-    au_set = set(face.get("au_set") or [])
-    for a, p in zip(AUS, s.au_probs):
-        if p is None or a in au_set:
-            continue
-        if taint or binary_entropy(p) > v.max_au_entropy:
-            au_withheld.append(a)
-    n_gen_aus = sum(1 for a, p in zip(AUS, s.au_probs) if p is not None and a not in au_set)
-    if s.au_source == "annotator":
-        au_status = "withheld" if len(au_withheld) == n_gen_aus else "partial" if au_withheld else "accepted"
-        if au_withheld:
-            withheld += [f"aus:{r}" for r in (taint or ["au_entropy"])]
-    else:
-        au_status = s.au_source or "missing"
-    if s.n_ok and not e_kept:
-        reasons += [w.split(":", 1)[1] for w in withheld if w.startswith("expression:")] or ["incomplete"]
-    if s.n_ok and e_kept and not v.per_granularity and withheld:
+    elif e_status not in ("prior", "accepted"):
+        reasons += e_why or ["incomplete"]
+    elif not v.per_granularity and withheld:
         reasons += sorted({w.split(":", 1)[1] for w in withheld})
     if not reasons and s.expression is None:
         reasons.append("incomplete")
-    active = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
     return Verdict(
         face_id=face["face_id"],
         accepted=not reasons,
@@ -383,7 +379,7 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
         expression=s.expression,
         expression_source=s.expression_source,
         expression_status=e_status,
-        expression_confidence=expr_conf,
+        expression_confidence=conf if s.expression_source == "annotator" and s.n_votes else None,
         vote_share=s.vote_share,
         entropy=s.entropy,
         n_samples=s.n_samples,
@@ -394,7 +390,9 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
         arousal_std=s.arousal_std,
         va_source=s.va_source,
         va_status=va_status,
-        aus=active if any(p is not None for p in s.au_probs) else None,
+        aus=[a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
+        if any(p is not None for p in s.au_probs)
+        else None,
         au_probs=s.au_probs,
         au_withheld=au_withheld,
         au_status=au_status,
