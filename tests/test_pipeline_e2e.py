@@ -100,17 +100,22 @@ def test_metrics_and_plots_show(built):
 def test_a_verify_threshold_experiment_reruns_only_verify_and_export(built):
     proj, _ = built
     before = json.loads((proj / "metrics/verify.json").read_text())
-    conf = sorted(
-        r["confidence"] for r in pq.read_table(proj / "data/verify/verdicts.parquet").to_pylist() if r["accepted"]
+    std = sorted(
+        max(r["valence_std"], r["arousal_std"])
+        for r in pq.read_table(proj / "data/verify/verdicts.parquet").to_pylist()
+        if r["accepted"] and r["va_status"] == "accepted"
     )
-    assert len(conf) >= 2 and conf[0] < conf[-1], "need spread confidences to move a threshold between"
-    threshold = round((conf[0] + conf[-1]) / 2, 4)  # strictly between the lowest and highest accepted
-    out = run(proj, "dvc", "exp", "run", "-S", f"verify.min_confidence={threshold}").stdout
+    assert len(std) >= 2 and std[0] < std[-1], "need spread VA to move a threshold between"
+    threshold = round((std[0] + std[-1]) / 2, 4)  # strictly between the least and most spread VA kept
+    out = run(proj, "dvc", "exp", "run", "-S", f"verify.max_va_std={threshold}").stdout
     assert _ran(out) == ["verify", "export"]
     after = json.loads((proj / "metrics/verify.json").read_text())
-    assert 0 < after["accepted"] < before["accepted"]
+    # per-granularity: the faces stay, their spread VA is withheld
+    assert after["accepted"] == before["accepted"]
+    kept = lambda m: m["status_of_accepted"]["va"].get("accepted", 0)  # noqa: E731
+    assert 0 < kept(after) < kept(before)
     diff = json.loads(run(proj, "dvc", "metrics", "diff", "--json").stdout)
-    assert "acceptance_rate" in diff["metrics/verify.json"]
+    assert "status_of_accepted.va.accepted" in diff["metrics/verify.json"]
     run(proj, "git", "checkout", "--", "params.yaml", "dvc.lock", "metrics")
     run(proj, "dvc", "checkout", "-q")
 
