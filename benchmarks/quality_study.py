@@ -560,6 +560,13 @@ def print_self(results: list[dict]) -> None:
             )
 
 
+def write_json(path: str | None, obj: dict) -> None:
+    """All numbers of a run, if --json was given."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=1, default=str))
+
+
 STRATEGIES = {
     "one sample": ({"sample": {"k0": 1, "kmax": 1, "verify_round": "none"}, "prompt": {"blind": False}}, "single"),
     "fixed K=5": ({"sample": {"k0": 5, "kmax": 5, "verify_round": "none"}, "prompt": {"blind": False}}, "vote"),
@@ -705,21 +712,16 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     if self_results:
         print_self(self_results)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(
-                json.dumps(
-                    {
-                        "annotator": args.annotator,
-                        "sets": args.sets,
-                        "sim": sim_cfg,
-                        "overrides": over_sv,
-                        "self_calibrated": self_results,
-                    },
-                    indent=1,
-                    default=str,
-                )
-            )
+        write_json(
+            args.json,
+            {
+                "annotator": args.annotator,
+                "sets": args.sets,
+                "sim": sim_cfg,
+                "overrides": over_sv,
+                "self_calibrated": self_results,
+            },
+        )
         return 0
 
     # SV-UAMC vs fixed K=10 at SV-UAMC's own coverage
@@ -768,23 +770,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngoals (SV-UAMC at its decision threshold verify.min_confidence={base.verify.min_confidence}):")
         for kk, vv in goals.items():
             print(f"  {kk}: {round(vv, 4) if isinstance(vv, float) else vv}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "annotator": args.annotator,
-                    "sets": args.sets,
-                    "sim": sim_cfg,
-                    "overrides": over_sv,
-                    "au_prior_share": args.au_prior_share,
-                    "results": results,
-                    "goals": goals,
-                },
-                indent=1,
-                default=str,
-            )
-        )
+    write_json(
+        args.json,
+        {
+            "annotator": args.annotator,
+            "sets": args.sets,
+            "sim": sim_cfg,
+            "overrides": over_sv,
+            "au_prior_share": args.au_prior_share,
+            "results": results,
+            "goals": goals,
+        },
+    )
     return 0
 
 
