@@ -71,13 +71,7 @@ class Selection:
 
 def cp_upper(k: int, n: int, delta: float) -> float:
     """One-sided Clopper-Pearson upper limit at level 1 - delta for k errors in n trials."""
-    if n <= 0:
-        return 1.0
-    if k >= n:
-        return 1.0
-    from scipy.stats import beta
-
-    return float(beta.ppf(1 - delta, k + 1, n - k))
+    return float(_upper(np.array([k]), np.array([n]), delta)[0])
 
 
 def _counts(s: np.ndarray, ok: np.ndarray, live: np.ndarray, grid: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
