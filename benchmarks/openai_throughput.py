@@ -60,7 +60,7 @@ def main() -> None:
     root = f"http://127.0.0.1:{port}"
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.simvllm", "--port", str(port), "--set", f"latency_ms={args.latency_ms}"],
+        [sys.executable, "-m", "simvllm.server", "--port", str(port), "--set", f"latency_ms={args.latency_ms}"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

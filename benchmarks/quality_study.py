@@ -1,11 +1,11 @@
 """Quality study: one sample vs. fixed-K majority (K = 5, 10) vs. SV-UAMC, against ground truth.
 
 Real face images from ../shared/data (london, muxspace, namba; yuface crop, largest face)
-go through the project's own code: tasks.prompt -> tasks.sample.sample_batch (adaptive
-sampling + verification round, response cache) -> tasks.verify.measure/decide. Only the
+go through the project's own code: tasks.stages.prompt -> tasks.stages.sample.sample_batch (adaptive
+sampling + verification round, response cache) -> tasks.stages.verify.measure/decide. Only the
 annotator differs:
 
-  --annotator sim    the simulated VLLM (tasks.simvllm) over HTTP on 127.0.0.1 through the
+  --annotator sim    the simulated VLLM (simvllm.server) over HTTP on 127.0.0.1 through the
                      OpenAI-compatible annotator. Ground truth = the datasets' labels; VA =
                      the label's centroid + noise; AUs = the label's prototype with dropouts and
                      extras (seeded). Single-sample accuracy ~0.7, per-face difficulty, a fixed
@@ -16,7 +16,7 @@ annotator differs:
                      the datasets' labels; it has no VA/AU truth, so those columns are empty.
 
 SV-UAMC's confidence is calibrated by 2-fold person-disjoint cross-fitting: a logistic
-(Platt) model over the evidence features of tasks.uamc is fit on one half of the people and
+(Platt) model over the evidence features of tasks.method.uamc is fit on one half of the people and
 applied to the other, so every reported confidence comes from a model that never saw that
 face's person. --write-calibration also fits it on all faces and writes the JSON that
 `verify.calibration` reads.
@@ -51,22 +51,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks import (
-    trust,  # noqa: E402
-    uamc,  # noqa: E402
-)
 from tasks.annotators.base import Annotator, Call, CallResult  # noqa: E402
-from tasks.bench import ccc as bench_ccc  # noqa: E402
-from tasks.bench import macro_f1
-from tasks.cache import ResponseCache  # noqa: E402
-from tasks.crop import crop_image  # noqa: E402
-from tasks.knowledge import AUS  # noqa: E402
-from tasks.knowledge import load as load_knowledge
-from tasks.params import Params  # noqa: E402
-from tasks.prompt import requests_for  # noqa: E402
-from tasks.records import FaceRecord, ImageRecord  # noqa: E402
-from tasks.sample import Tally, sample_batch  # noqa: E402
-from tasks.verify import VERIFY_VARIANTS, calibration_row, decide, measure  # noqa: E402
+from tasks.core.knowledge import AUS  # noqa: E402
+from tasks.core.knowledge import load as load_knowledge
+from tasks.core.params import Params  # noqa: E402
+from tasks.core.records import FaceRecord, ImageRecord  # noqa: E402
+from tasks.infra.cache import ResponseCache  # noqa: E402
+from tasks.method import trust, uamc
+from tasks.stages.crop import crop_image  # noqa: E402
+from tasks.stages.prompt import requests_for  # noqa: E402
+from tasks.stages.sample import Tally, sample_batch  # noqa: E402
+from tasks.stages.verify import VERIFY_VARIANTS, calibration_row, decide, measure  # noqa: E402
+from tasks.tools.feab import ccc as bench_ccc  # noqa: E402
+from tasks.tools.feab import macro_f1
 
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("london", "muxspace", "namba")
@@ -87,7 +84,7 @@ def person_of(name: str, row: dict) -> str:
 
 def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
     """FaceRecord dicts (largest face per image, yuface, default crop params) + truth label."""
-    from tasks.params import Crop
+    from tasks.core.params import Crop
 
     k = load_knowledge()
     out = []
@@ -127,7 +124,7 @@ def load_faces(sets: Iterable[str], cache_dir: Path) -> list[dict]:
 
 def sim_truth(faces: list[dict], au_prior_share: float, seed: int):
     """Ground truth for the simulator (VA, AUs) and the AU priors of a share of the faces."""
-    from tasks.simvllm import Truth
+    from simvllm.server import Truth
 
     k = load_knowledge()
     truth = {}
@@ -245,7 +242,7 @@ def ece(conf: list[float], correct: list[bool], bins: int = 15) -> float:
 
 # ------------------------------------------------------------------ calibration
 def fit_platt(X: np.ndarray, y: np.ndarray) -> uamc.Calibrator:
-    """The pipeline's own fit (tasks.trust.fit_platt), over all evidence features."""
+    """The pipeline's own fit (tasks.method.trust.fit_platt), over all evidence features."""
     return trust.fit_platt(X, y)
 
 
@@ -605,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
-    from tasks.params import load
+    from tasks.core.params import load
 
     base = load(args.params)
     over_sv: dict = {}
@@ -636,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     sim_cfg = {}
     if args.annotator == "sim":
+        from simvllm.server import ServerThread, SimConfig, SimVLLM
         from tasks.annotators.openai_compat import OpenAIAnnotator
-        from tasks.params import Annotator as AnnParams
-        from tasks.params import Runtime
-        from tasks.simvllm import ServerThread, SimConfig, SimVLLM
+        from tasks.core.params import Annotator as AnnParams
+        from tasks.core.params import Runtime
 
         cfg = SimConfig(accuracy=0.7)
         for kv in args.sim:
@@ -657,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         max_n = ap_.max_n
     else:
         from tasks.annotators.local import LocalAnnotator
-        from tasks.params import Annotator as AnnParams
+        from tasks.core.params import Annotator as AnnParams
 
         ap_ = base.annotator.model_copy(update={"backend": "local"})
         ann = LocalAnnotator(ap_)

@@ -33,8 +33,8 @@ def synth(d: Path, faces: int, per_face: int, seed: int = 0) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from tasks.knowledge import AUS, EXPRESSIONS
-    from tasks.records import FaceRecord, SampleRecord
+    from tasks.core.knowledge import AUS, EXPRESSIONS
+    from tasks.core.records import FaceRecord, SampleRecord
 
     rng = np.random.default_rng(seed)
     buf = _io.BytesIO()

@@ -1,6 +1,6 @@
 """The suites. Each stage maps to frames; each frame to a list of expectations.
 
-The column sets come from the records (tasks.records), the value sets from the knowledge
+The column sets come from the records (tasks.core.records), the value sets from the knowledge
 files, and the bounds from params.yaml (`expectations` section), so nothing is written
 twice.
 """
@@ -12,9 +12,9 @@ from typing import Callable
 
 import pandas as pd
 
-from tasks.knowledge import AUS, EXPRESSIONS
-from tasks.params import Params
-from tasks.records import (
+from tasks.core.knowledge import AUS, EXPRESSIONS
+from tasks.core.params import Params
+from tasks.core.records import (
     FaceRecord,
     FeidRecord,
     ImageRecord,

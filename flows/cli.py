@@ -54,7 +54,7 @@ def load_params(path: str, overrides: Optional[List[str]] = None):
     import yaml
     from pydantic import ValidationError
 
-    from tasks.params import Params
+    from tasks.core.params import Params
 
     p = Path(path)
     if not p.exists():
@@ -193,7 +193,10 @@ def run(
         return
     if set_:  # validate before DVC spends any time
         load_params("params.yaml", set_)
-    r = subprocess.run(cmd, env=_tool_env())
+    from flows.server import shared_server
+
+    with shared_server():  # one Prefect server for every stage of this run
+        r = subprocess.run(cmd, env=_tool_env())
     if r.returncode:
         raise Fail(
             f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode
@@ -217,8 +220,7 @@ def split(
     People are assigned to [bold]dev[/] or [bold]test[/] as a whole (subject-disjoint), and every image
     and every person FEID was built from (data/ingest, data/feid) is left out.
     """
-    from tasks import bench
-    from tasks.knowledge import load as load_knowledge
+    from tasks.core.knowledge import load as load_knowledge
 
     p = load_params(params, set_)
     if not p.bench.sources:
@@ -284,8 +286,8 @@ def bench(
     """
     import json
 
-    from tasks import bench as B
-    from tasks.knowledge import load as load_knowledge
+    from tasks.core.knowledge import load as load_knowledge
+    from tasks.tools import feab as B
 
     ov = list(set_ or [])
     ov += [f"annotator.backend={backend}"] if backend else []
@@ -400,9 +402,9 @@ def quality(
     """
     import json
 
-    from tasks import bench as B
-    from tasks import compare as C
-    from tasks.knowledge import load as load_knowledge
+    from tasks.core.knowledge import load as load_knowledge
+    from tasks.tools import compare as C
+    from tasks.tools import feab as B
 
     p = load_params(params, set_)
     if not truth.exists():
@@ -466,7 +468,7 @@ def compare(
 
     Versions are read through DVC (`dvc.api`), so they may live only in a DVC remote.
     """
-    from tasks import compare as C
+    from tasks.tools import compare as C
 
     try:
         with progress("reading versions", 2) as up:
@@ -538,8 +540,8 @@ def export(
     """
     import json
 
-    from tasks import compare as C
-    from tasks import exports as X
+    from tasks.tools import compare as C
+    from tasks.tools import publish as X
 
     if fmt not in X.FORMATS:
         raise Fail(f"--format {fmt!r}: choose one of {', '.join(X.FORMATS)}")
@@ -595,7 +597,7 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
     [bold]floor[/] is every face stopping after sample.k0, the [bold]ceiling[/] every face going on
     to sample.kmax. Samples already in the response cache are free.
     """
-    from tasks.estimate import dry_run
+    from tasks.tools.estimate import dry_run
 
     p = load_params(params, set_)
     try:
@@ -634,11 +636,13 @@ def pipeline(force: bool = typer.Option(False, "--force", "-f", help="re-run eve
     """Run the whole pipeline as one Prefect flow: one task per DVC stage, in DVC's order,
     with DVC deciding which stages are stale (flows/pipeline.py)."""
     from flows.pipeline import pipeline as flow
+    from flows.server import shared_server
 
     if not Path("dvc.yaml").exists():
         raise Fail("no dvc.yaml here: run seke from the project root")
     try:
-        res = flow(force=force)
+        with shared_server():
+            res = flow(force=force)
     except RuntimeError as ex:
         raise Fail(str(ex)) from None
     out.print(_table("stages", [(k, v) for k, v in res.items()], ("stage", "result")))
@@ -670,7 +674,7 @@ def knowledge_refit(
     the source manifest's hash. The knowledge files are DVC dependencies, so the next
     `dvc repro` re-runs what they shape.
     """
-    from tasks.knowledge_refit import refit
+    from tasks.tools.refit import refit
 
     try:
         fitted = refit(manifest, out_path, min_n=min_n)

@@ -48,7 +48,7 @@ def parameters(p, root: str) -> dict:
 def deployments(params_path: str = "params.yaml"):
     from flows.incremental import incremental_flow
     from flows.pipeline import pipeline
-    from tasks.params import load
+    from tasks.core.params import load
 
     p = load(params_path)
     root = str(Path(params_path).resolve().parent)

@@ -14,7 +14,7 @@ One run:
    manifest of only the new files, in a scratch folder (`incremental.workdir`). The response
    cache (`runtime.cache`) is shared with the pipeline, so an answer paid for once is never
    paid for again.
-4. **Append** the accepted faces (`tasks.export.feid_row`, as the export stage does) as
+4. **Append** the accepted faces (`tasks.stages.export.feid_row`, as the export stage does) as
    `<feid>/part-<UTC time>-<hash>.parquet`, rejected faces under `<feid>/.rejects/`, and one
    ledger row per file looked at under `<feid>/.ledger/`. The whole FEID is validated with the
    export suite (`expectations.check`) before the part is published.
@@ -60,9 +60,9 @@ import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
-from tasks import io, storage  # noqa: E402
-from tasks.params import Params, load  # noqa: E402
-from tasks.records import Record  # noqa: E402
+from tasks.core.params import Params, load  # noqa: E402
+from tasks.core.records import Record  # noqa: E402
+from tasks.infra import io, storage  # noqa: E402
 
 LEDGER_DIR = ".ledger"
 
@@ -143,7 +143,7 @@ def seen_images(p: Params) -> tuple[dict[str, str], dict[tuple[str, int], str]]:
 
 def find_new(p: Params, location: str, params_hash: str) -> tuple[list, list[dict], set[str]]:
     """(entries to process, ledger rows of files skipped for good, stale image ids)."""
-    from tasks.ingest import list_entries, resolve
+    from tasks.stages.ingest import list_entries, resolve
 
     by_sha, by_uri = seen_images(p)
     manifest = p.paths.manifest if location.rstrip("/") == p.paths.input.rstrip("/") else ""
@@ -322,7 +322,7 @@ def append_part(p: Params, run_p: Params, wd: Path, part: str, params_hash: str,
     """Write the new faces as `<feid>/<part>.parquet` (+ rejects), after validating the whole
     FEID (existing rows minus the superseded ones, plus the new ones) with the export suite."""
     from flows.stages import REJECTS_DIR, Light, annotator_of, export_rows, validate_feid
-    from tasks.records import FeidRecord, Verdict
+    from tasks.core.records import FeidRecord, Verdict
 
     feid = p.paths.feid
     out, rej = io.join(feid, f"{part}.parquet"), io.join(feid, REJECTS_DIR, f"{part}.parquet")

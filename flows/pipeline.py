@@ -59,5 +59,7 @@ def pipeline(root: str = ".", force: bool = False) -> dict[str, str]:
 if __name__ == "__main__":
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    from flows.server import shared_server
+
+    with shared_server(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         print(pipeline())

@@ -17,8 +17,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import io, knowledge
-from tasks.params import Params, load
+from tasks.core import knowledge
+from tasks.core.params import Params, load
+from tasks.infra import io
 
 stage_task = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -188,8 +189,8 @@ def _in_flight(p: Params, runner) -> int:
 # ---------------------------------------------------------------- ingest
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params_path: str = "params.yaml") -> dict:
-    from tasks.ingest import ingest, list_entries
-    from tasks.records import ImageRecord, QuarantineRecord
+    from tasks.core.records import ImageRecord, QuarantineRecord
+    from tasks.stages.ingest import ingest, list_entries
 
     p = load(params_path)
     k = knowledge.load()
@@ -229,8 +230,8 @@ def ingest_flow(params_path: str = "params.yaml") -> dict:
 # ---------------------------------------------------------------- crop
 @stage_task
 def crop_batch(rows: list[dict], crop_params) -> list[tuple[dict, list[dict]]]:
-    from tasks.crop import crop_all
-    from tasks.records import ImageRecord
+    from tasks.core.records import ImageRecord
+    from tasks.stages.crop import crop_all
 
     def read(uri: str) -> bytes:
         fs, path = io.fs_path(uri)
@@ -248,7 +249,7 @@ def crop_flow(params_path: str = "params.yaml") -> dict:
     (`runtime.task_runner`); results are written in input order either way."""
     import contextlib
 
-    from tasks.records import CropStatus, FaceRecord
+    from tasks.core.records import CropStatus, FaceRecord
 
     p = load(params_path)
     src = io.join(p.paths.ingest, "images.parquet")
@@ -291,8 +292,8 @@ def crop_flow(params_path: str = "params.yaml") -> dict:
 # ---------------------------------------------------------------- prompt
 @flow(name="prompt", log_prints=True)
 def prompt_flow(params_path: str = "params.yaml") -> dict:
-    from tasks.prompt import requests_for
-    from tasks.records import FaceRecord, RequestRecord
+    from tasks.core.records import FaceRecord, RequestRecord
+    from tasks.stages.prompt import requests_for
 
     p = load(params_path)
     k = knowledge.load()
@@ -336,7 +337,7 @@ def _worker_annotator(p: Params):
     """(annotator, response cache, knowledge) of this process, built once per parameter set
     (on a Dask worker: once per worker, like the model of any other process)."""
     from tasks import annotators
-    from tasks.cache import ResponseCache
+    from tasks.infra.cache import ResponseCache
 
     key = p.model_dump_json()
     if key not in _WORKER:
@@ -350,10 +351,10 @@ def _worker_annotator(p: Params):
 
 @stage_task
 def sample_part(faces: list[dict], requests: dict[str, list[dict]], p: Params) -> tuple[list[dict], dict]:
-    """`tasks.sample.sample_batch` on one batch, on a Dask worker: (sample rows, tally)."""
+    """`tasks.stages.sample.sample_batch` on one batch, on a Dask worker: (sample rows, tally)."""
     from dataclasses import asdict
 
-    from tasks.sample import Tally, sample_batch
+    from tasks.stages.sample import Tally, sample_batch
 
     ann, cache, k = _worker_annotator(p)
     tally = Tally()
@@ -371,16 +372,16 @@ def _add_tally(into, d: dict) -> None:
 
 @flow(name="sample", log_prints=True)
 def sample_flow(params_path: str = "params.yaml") -> dict:
-    """Batches of faces (with their requests) go through `tasks.sample.sample_batch`, in this
+    """Batches of faces (with their requests) go through `tasks.stages.sample.sample_batch`, in this
     process or, with `runtime.task_runner: dask`, on Dask workers that each build their own
     annotator and response cache. The annotator's limits (`runtime.concurrency`,
     `requests_per_minute`, `annotator.budget_usd`) then apply per worker."""
     import contextlib
 
     from tasks import annotators
-    from tasks.cache import ResponseCache
-    from tasks.records import SampleRecord
-    from tasks.sample import Tally, sample_batch
+    from tasks.core.records import SampleRecord
+    from tasks.infra.cache import ResponseCache
+    from tasks.stages.sample import Tally, sample_batch
 
     p = load(params_path)
     k = knowledge.load()
@@ -474,8 +475,8 @@ VERIFY_SAMPLE_COLUMNS = ["face_id", "request_id", "variant", "status", "expressi
 
 @stage_task
 def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp, trust=None) -> list[dict]:
-    """`tasks.verify.decide` for one batch of faces (on a Dask worker when configured)."""
-    from tasks.verify import decide
+    """`tasks.stages.verify.decide` for one batch of faces (on a Dask worker when configured)."""
+    from tasks.stages.verify import decide
 
     k = knowledge.load()
     return [decide(f, samples.get(f["face_id"], []), k, vp, trust).model_dump() for f in faces]
@@ -483,7 +484,7 @@ def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp, trust=Non
 
 def _verify_batches(p: Params, faces_url: str, smp_url: str, size: int) -> Iterator[tuple[list[dict], dict]]:
     """(faces, their samples by face id), one batch at a time; both files are in face order."""
-    from tasks.records import FaceRecord
+    from tasks.core.records import FaceRecord
 
     face_cols = [c for c in FaceRecord.columns() if c != "crop"]
     samples = grouped(io.iter_rows(smp_url, columns=VERIFY_SAMPLE_COLUMNS), "face_id")
@@ -499,9 +500,9 @@ def _verify_batches(p: Params, faces_url: str, smp_url: str, size: int) -> Itera
 
 def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run: dict):
     """Pass 1 of verify: the calibration rows of the labelled faces (a few floats each) and
-    the run's `tasks.trust.Trust` fitted on them."""
-    from tasks import trust
-    from tasks.verify import calibration_row
+    the run's `tasks.method.trust.Trust` fitted on them."""
+    from tasks.method import trust
+    from tasks.stages.verify import calibration_row
 
     k = knowledge.load()
     rows = []
@@ -525,7 +526,7 @@ def verify_flow(params_path: str = "params.yaml") -> dict:
     read. Memory: one batch, the calibration rows, and the light columns of the verdicts."""
     import contextlib
 
-    from tasks.records import Verdict
+    from tasks.core.records import Verdict
 
     p = load(params_path)
     faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
@@ -668,9 +669,9 @@ def export_rows(
     params_hash: str | None = None,
 ) -> tuple[int, int]:
     """Stream faces (with crops) and their verdicts, in step: accepted faces become FEID rows
-    (`tasks.export.feid_row`) written to `wf`, rejected verdicts go to `wr`. `on_row(row)`
+    (`tasks.stages.export.feid_row`) written to `wf`, rejected verdicts go to `wr`. `on_row(row)`
     sees each FEID row. `params_hash` defaults to `p.data_digest()`. Returns (faces, rejects)."""
-    from tasks.export import feid_row
+    from tasks.stages.export import feid_row
 
     k = knowledge.load()
     verdicts = io.iter_rows(ver_url)
@@ -733,7 +734,7 @@ def export_flow(params_path: str = "params.yaml") -> dict:
     """FEID as a directory dataset at `paths.feid`: `feid.parquet` (these rows) plus any
     `part-*.parquet` the incremental flow appends; rejected faces, with their reasons, under
     the hidden `.rejects/`. Streams faces and verdicts; memory is bounded (see `Light`)."""
-    from tasks.records import FeidRecord, Verdict
+    from tasks.core.records import FeidRecord, Verdict
 
     p = load(params_path)
     faces_url, ver_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.verify, "verdicts.parquet")

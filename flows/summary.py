@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.params import load
+from tasks.core.params import load
 
 
 def main() -> int:

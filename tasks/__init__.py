@@ -2,7 +2,7 @@
 
 `tasks` is the domain: records, parameters, knowledge, annotators and one module per
 stage. Stage functions take records and return records; reading and writing happen at
-the edges (`tasks.io`) and orchestration lives in `flows/`.
+the edges (`tasks.infra.io`) and orchestration lives in `flows/`.
 """
 
 __version__ = "0.1.0"

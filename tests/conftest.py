@@ -11,3 +11,21 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".seke" / "prefect-tests"))
 from flows import env  # noqa: E402
 
 env.apply()
+
+import contextlib  # noqa: E402
+
+_SERVER = contextlib.ExitStack()
+
+
+def pytest_collection_finish(session):
+    """With any end-to-end test selected, start one real Prefect server before any fixture
+    runs (module fixtures build projects with `dvc repro` too): every stage subprocess
+    inherits PREFECT_API_URL instead of starting a temporary server of its own."""
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        from flows.server import shared_server
+
+        _SERVER.enter_context(shared_server())
+
+
+def pytest_unconfigure(config):
+    _SERVER.close()

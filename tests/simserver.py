@@ -1,4 +1,4 @@
-"""Helpers for tests and benchmarks that talk to the simulated VLLM (`tasks.simvllm`)."""
+"""Helpers for tests and benchmarks that talk to the simulated VLLM (`simvllm.server`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import os
 import random
 from typing import Iterator
 
+from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
 from tasks.annotators.base import Call
-from tasks.params import Annotator, Runtime
-from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
+from tasks.core.params import Annotator, Runtime
 
 TEST_KEY = "test-key-NOT-A-SECRET-0123456789abcdef"  # fake; tests check it never leaks
 
@@ -38,10 +38,10 @@ def make_call(
     seed: int = 1234,
     image: bytes | None = None,
 ) -> Call:
-    """A Call shaped like the ones tasks.prompt + tasks.sample build."""
-    from tasks.answer import json_schema
-    from tasks.knowledge import load
-    from tasks.prompt import SYSTEM, build_text
+    """A Call shaped like the ones tasks.stages.prompt + tasks.stages.sample build."""
+    from tasks.core.answer import json_schema
+    from tasks.core.knowledge import load
+    from tasks.stages.prompt import SYSTEM, build_text
 
     img = image if image is not None else face_image(i)
     sha = hashlib.sha256(img).hexdigest()

@@ -16,10 +16,10 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_squared_error, recall_score
 
-from tasks import bench
-from tasks.knowledge import AUS, EXPRESSIONS
-from tasks.knowledge import load as load_knowledge
-from tasks.params import BenchSource
+from tasks.core.knowledge import AUS, EXPRESSIONS
+from tasks.core.knowledge import load as load_knowledge
+from tasks.core.params import BenchSource
+from tasks.tools import feab
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -53,7 +53,7 @@ def _synthetic(n=300, seed=0):
 
 def test_expression_metrics_match_sklearn():
     rows = _synthetic()
-    m = bench.evaluate(rows, n_boot=0)
+    m = feab.evaluate(rows, n_boot=0)
     t = [r["truth_expression"] for r in rows]
     p = [r["pred_expression"] or "none" for r in rows]
     present = sorted(set(t))
@@ -71,7 +71,7 @@ def test_expression_metrics_match_sklearn():
 
 def test_au_metrics_only_count_annotated_items():
     rows = _synthetic()
-    m = bench.evaluate(rows, n_boot=0)
+    m = feab.evaluate(rows, n_boot=0)
     assert m["au"]["annotated"] == ["AU04", "AU06", "AU12"]
     ann = [r for r in rows if r.get("au_set")]
     f1s = []
@@ -94,20 +94,20 @@ def _ccc_ref(t, p):
 
 def test_va_metrics_match_reference():
     rows = _synthetic()
-    m = bench.evaluate(rows, n_boot=0)
+    m = feab.evaluate(rows, n_boot=0)
     for d in ("valence", "arousal"):
         xs = [(r[f"truth_{d}"], r[f"pred_{d}"]) for r in rows if f"truth_{d}" in r]
         t, p = zip(*xs)
         assert m["va"][d]["rmse"]["value"] == pytest.approx(math.sqrt(mean_squared_error(t, p)), abs=1e-4)
         assert m["va"][d]["pearson_r"]["value"] == pytest.approx(pearsonr(t, p)[0], abs=1e-4)
         assert m["va"][d]["ccc"]["value"] == pytest.approx(_ccc_ref(t, p), abs=1e-4)
-    assert bench.ccc(np.array([0.1, 0.5, 0.9]), np.array([0.1, 0.5, 0.9])) == pytest.approx(1.0)
+    assert feab.ccc(np.array([0.1, 0.5, 0.9]), np.array([0.1, 0.5, 0.9])) == pytest.approx(1.0)
 
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_estimate():
     rows = _synthetic()
-    a = bench.evaluate(rows, n_boot=200, seed=3)
-    b = bench.evaluate(rows, n_boot=200, seed=3)
+    a = feab.evaluate(rows, n_boot=200, seed=3)
+    b = feab.evaluate(rows, n_boot=200, seed=3)
     assert a == b
     for key in ("accuracy", "macro_f1", "uar"):
         v = a["expression"][key]
@@ -138,8 +138,8 @@ def test_split_is_subject_disjoint_and_excludes_feid(tmp_path):
 
     in_feid = hashlib.sha256(b"fake image 3 0").hexdigest()
     src = BenchSource(name="toy", labels=str(imgs / "labels.csv"), subject_column="who", label_set=["neutral", "happy"])
-    out, summary = bench.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
-    bench.check_disjoint(out, {in_feid}, {"toy_5"})
+    out, summary = feab.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
+    feab.check_disjoint(out, {in_feid}, {"toy_5"})
     subjects = {r["subject"] for r in out}
     assert "toy_5" not in subjects and "toy_3" in subjects  # person 3 keeps their other image
     assert in_feid not in {r["image_id"] for r in out}
@@ -151,10 +151,10 @@ def test_split_is_subject_disjoint_and_excludes_feid(tmp_path):
         "toy:subject_in_feid": 2,
     }
     assert {r["split"] for r in out} == {"dev", "test"}
-    again, _ = bench.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
+    again, _ = feab.build_split([src], k, {in_feid}, {"toy_5"}, dev_fraction=0.3, seed=1)
     assert again == out
-    bench.write_split(tmp_path / "split.csv", out)
-    back = bench.read_split(tmp_path / "split.csv", "all")
+    feab.write_split(tmp_path / "split.csv", out)
+    back = feab.read_split(tmp_path / "split.csv", "all")
     assert [r["id"] for r in back] == [r["image_id"] for r in out]
     assert back[0]["truth_aus"] is None and back[0]["label_set"] == ["neutral", "happy"]
 
@@ -191,10 +191,10 @@ def test_quality_rows_use_only_labels_the_annotator_was_not_shown():
         {"face_id": "img3_0", "accepted": True, "expression": "sad", "expression_source": "annotator"},
         {"face_id": "img3_1", "accepted": True, "expression": "sad", "expression_source": "annotator"},
     ]
-    rows = bench.quality_rows(verdicts, truth)
+    rows = feab.quality_rows(verdicts, truth)
     assert [r["id"] for r in rows] == ["img1_0", "img2_0"]  # img3 has two faces: skipped
     assert rows[1]["truth_expression"] is None  # its label was the prior it was shown
-    m = bench.evaluate(rows, n_boot=0)
+    m = feab.evaluate(rows, n_boot=0)
     assert m["expression"]["n"] == 1 and m["expression"]["accuracy"]["value"] == 1.0
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from sklearn.metrics import cohen_kappa_score
 
-from tasks import compare as C
+from tasks.tools import compare as C
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PER_CLASS = 5  # London images per class (neutral, happy)

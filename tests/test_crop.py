@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.crop import crop_image
-from tasks.detect import decode
-from tasks.params import Crop
-from tasks.records import ImageRecord
+from tasks.core.params import Crop
+from tasks.core.records import ImageRecord
+from tasks.infra.detect import decode
+from tasks.stages.crop import crop_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 

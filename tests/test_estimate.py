@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from tasks.annotators.base import Annotator, CallResult, RawAnswer
-from tasks.cache import ResponseCache
-from tasks.estimate import dry_run
-from tasks.io import RecordWriter
-from tasks.params import Params, Paths
-from tasks.records import FaceRecord, RequestRecord
-from tasks.sample import seed_for
+from tasks.core.params import Params, Paths
+from tasks.core.records import FaceRecord, RequestRecord
+from tasks.infra.cache import ResponseCache
+from tasks.infra.io import RecordWriter
+from tasks.stages.sample import seed_for
+from tasks.tools.estimate import dry_run
 
 
 class Priced(Annotator):

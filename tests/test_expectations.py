@@ -7,8 +7,8 @@ import pytest
 
 from expectations import ExpectationsFailed, check
 from expectations.suites import HEAVY, au_frame, label_distribution
-from tasks.params import Params, Paths
-from tasks.records import FeidRecord, Verdict
+from tasks.core.params import Params, Paths
+from tasks.core.records import FeidRecord, Verdict
 
 P = Params(paths=Paths(input="x"))
 

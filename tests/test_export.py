@@ -7,11 +7,11 @@ import io
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tasks import knowledge
-from tasks.export import conversations, feid_row
-from tasks.io import RecordWriter
-from tasks.knowledge import AUS
-from tasks.records import FeidRecord
+from tasks.core import knowledge
+from tasks.core.knowledge import AUS
+from tasks.core.records import FeidRecord
+from tasks.infra.io import RecordWriter
+from tasks.stages.export import conversations, feid_row
 
 K = knowledge.load()
 

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from tasks import exports as X
-from tasks.export import feid_row
-from tasks.knowledge import AUS
-from tasks.knowledge import load as load_knowledge
-from tasks.records import FeidRecord
+from tasks.core.knowledge import AUS
+from tasks.core.knowledge import load as load_knowledge
+from tasks.core.records import FeidRecord
+from tasks.stages.export import feid_row
+from tasks.tools import publish as X
 
 N = 12
 

@@ -9,11 +9,11 @@ import fsspec
 import pytest
 from PIL import Image
 
-from tasks import knowledge
-from tasks.ingest import Entry, ingest, list_entries, parse_labels, resolve
-from tasks.knowledge import UnknownLabel
-from tasks.params import Ingest
-from tasks.records import ImageRecord, QuarantineRecord
+from tasks.core import knowledge
+from tasks.core.knowledge import UnknownLabel
+from tasks.core.params import Ingest
+from tasks.core.records import ImageRecord, QuarantineRecord
+from tasks.stages.ingest import Entry, ingest, list_entries, parse_labels, resolve
 
 K = knowledge.load()
 

@@ -8,8 +8,8 @@ import random
 import pytest
 import yaml
 
-from tasks.knowledge import KNOWLEDGE_DIR, load
-from tasks.knowledge_refit import refit
+from tasks.core.knowledge import KNOWLEDGE_DIR, load
+from tasks.tools.refit import refit
 
 
 def test_every_knowledge_file_records_its_source():

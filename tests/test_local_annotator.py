@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from tasks.annotators.base import Call, CallResult
-from tasks.answer import json_schema, parse
-from tasks.detect import decode, detect_faces, encode_crop, square_crop
-from tasks.knowledge import AUS, EXPRESSIONS, load
-from tasks.params import Annotator as AnnotatorParams
-from tasks.params import LocalAnnotator as LocalParams
-from tasks.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
+from tasks.core.answer import json_schema, parse
+from tasks.core.knowledge import AUS, EXPRESSIONS, load
+from tasks.core.params import Annotator as AnnotatorParams
+from tasks.core.params import LocalAnnotator as LocalParams
+from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop
+from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
 
 local = pytest.importorskip("tasks.annotators.local")
 
@@ -329,7 +329,7 @@ def test_signature_changes_with_what_changes_answers():
     json.dumps(sig)  # serialisable
 
 
-# -- verification round (tasks.prompt.verification_request -> tasks.prompt.parse_verification) ---
+# -- verification round (tasks.stages.prompt.verification_request -> tasks.stages.prompt.parse_verification) ---
 def verify_call(image: bytes, proposed: dict, seeds=(1,), knowledge=True) -> Call:
     k = load()
     vid, messages, schema = verification_request(k, "sha", proposed, "seke-v1", knowledge)
@@ -354,7 +354,7 @@ def verdict(ann, image: bytes, proposed: dict, seeds=(1,)) -> tuple[list[str], l
 
 
 def test_supports_verification():
-    from tasks.sample import supports_verification
+    from tasks.stages.sample import supports_verification
 
     assert supports_verification(local.LocalAnnotator(AnnotatorParams()))
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from simserver import TEST_KEY, make_call, params, sim_server
 
+from simvllm.server import SimConfig
 from tasks.annotators.base import AnnotatorStop
 from tasks.annotators.openai_compat import OpenAIAnnotator
-from tasks.answer import parse
-from tasks.simvllm import SimConfig
+from tasks.core.answer import parse
 
 
 @pytest.fixture(autouse=True)

@@ -20,15 +20,15 @@ import pytest
 import yaml
 from simserver import TEST_KEY
 
-from tasks.knowledge import load as load_knowledge
-from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
+from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
+from tasks.core.knowledge import load as load_knowledge
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
         not (ROOT / "dvc.yaml").exists() or not (ROOT / "tasks" / "sample.py").exists(),
-        reason="pipeline (dvc.yaml, tasks/sample.py) not there yet",
+        reason="pipeline (dvc.yaml, tasks/stages/sample.py) not there yet",
     ),
 ]
 N_PER_CLASS = 4  # London images: neutral and happy

@@ -13,7 +13,7 @@ import pytest
 from project import BIN, make_project, project_env, run
 from simserver import TEST_KEY
 
-from tasks.simvllm import ServerThread, SimConfig, SimVLLM
+from simvllm.server import ServerThread, SimConfig, SimVLLM
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.params import Params, load
+from tasks.core.params import Params, load
 
 ROOT = Path(__file__).resolve().parents[1]
 

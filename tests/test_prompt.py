@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tasks.knowledge import load
-from tasks.prompt import missing, parse_verification, requests_for, verification_request, verification_schema
-from tasks.records import FaceRecord
+from tasks.core.knowledge import load
+from tasks.core.records import FaceRecord
+from tasks.stages.prompt import missing, parse_verification, requests_for, verification_request, verification_schema
 
 K = load()
 

@@ -15,7 +15,7 @@ import shutil
 import opsproj
 import pytest
 
-from tasks import storage
+from tasks.infra import storage
 
 pytestmark = pytest.mark.e2e
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from tasks.annotators.base import Annotator, CallResult, RawAnswer
-from tasks.cache import ResponseCache
-from tasks.knowledge import load
-from tasks.params import Params, Paths, Sample
-from tasks.prompt import requests_for
-from tasks.records import FaceRecord
-from tasks.sample import Tally, sample_batch
+from tasks.core.knowledge import load
+from tasks.core.params import Params, Paths, Sample
+from tasks.core.records import FaceRecord
+from tasks.infra.cache import ResponseCache
+from tasks.stages.prompt import requests_for
+from tasks.stages.sample import Tally, sample_batch
 
 K = load()
 

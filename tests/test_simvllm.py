@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 from simserver import face_image, make_call, sim_server
 
-from tasks.answer import json_schema
-from tasks.simvllm import SimConfig, SimVLLM, Truth, load_manifest
+from simvllm.server import SimConfig, SimVLLM, Truth, load_manifest
+from tasks.core.answer import json_schema
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 

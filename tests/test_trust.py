@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from tasks import trust
-from tasks.params import Verify
-from tasks.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
+from tasks.core.params import Verify
+from tasks.method import trust
+from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
 
 
 def _draw(n: int, r: random.Random) -> tuple[list[float], list[bool]]:

@@ -12,8 +12,8 @@ import pytest
 from opsproj import env, london, make_project, run
 from simserver import TEST_KEY
 
-from tasks.knowledge import load as load_knowledge
-from tasks.simvllm import ServerThread, SimConfig, SimVLLM, Truth
+from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
+from tasks.core.knowledge import load as load_knowledge
 
 pytestmark = pytest.mark.e2e
 

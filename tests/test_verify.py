@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks import uamc
-from tasks.knowledge import AUS, EXPRESSIONS, load
-from tasks.params import Sample, Verify
-from tasks.verify import (
+from tasks.core.knowledge import AUS, EXPRESSIONS, load
+from tasks.core.params import Sample, Verify
+from tasks.method import uamc
+from tasks.stages.verify import (
     au_agreement,
     binary_entropy,
     calibration_row,
@@ -287,8 +287,8 @@ def test_a_withheld_expression_withholds_what_follows_it():
 
 
 def test_no_threshold_means_no_generated_expression():
-    from tasks import uamc
-    from tasks.trust import Trust
+    from tasks.method import uamc
+    from tasks.method.trust import Trust
 
     none = Trust(uamc.calibrator(""), None, {})
     v = decide(face(), [smp()] * 5, K, Verify(), none)

@@ -2,7 +2,7 @@
 
 A `Call` asks for several samples (`indices`) of one request about one face crop. An
 annotator answers with raw text per sample; parsing is common to all annotators
-(`tasks.answer.parse`) and happens after the response cache, so a parser change re-parses
+(`tasks.core.answer.parse`) and happens after the response cache, so a parser change re-parses
 cached raw answers without new calls.
 
 Contract of `Annotator.run`: yield exactly one `CallResult` per `Call`, in any order, as

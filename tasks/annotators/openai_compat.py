@@ -1,5 +1,5 @@
 """An annotator for any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI,
-vLLM, Ollama, the simulated VLLM in `tasks.simvllm`).
+vLLM, Ollama, the simulated VLLM in `simvllm.server`).
 
 Endpoint and credentials come only from the environment, by the openai SDK's conventions:
 `OPENAI_BASE_URL` + `OPENAI_API_KEY`, or for Azure `AZURE_OPENAI_ENDPOINT` +
@@ -12,7 +12,7 @@ Design
   and then plain text (the schema then goes into the prompt) when the endpoint answers 400
   about it. The working mode is remembered per process and endpoint. The raw text, the
   finish reason and `message.refusal` are returned as they came; parsing is the caller's
-  (`tasks.answer.parse`). The mode is not part of `signature()` (it is only known once the
+  (`tasks.core.answer.parse`). The mode is not part of `signature()` (it is only known once the
   endpoint has answered); the parser treats all three the same.
 - Monte Carlo: one request with `n = len(call.indices)` (at most `annotator.max_n`), so the
   image is sent and billed once for K answers, with `seed` = the first seed of the request's

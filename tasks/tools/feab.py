@@ -17,8 +17,8 @@ and every person FEID contains, are excluded; the remaining people are assigned 
 
 Prediction (`predict`): each benchmark image is cropped like the crop stage (largest face;
 the whole image if no face is found), asked with exactly the requests FEID asks of a face with
-no prior labels (`tasks.prompt.requests_for`), sampled with FEID's adaptive Monte Carlo
-sampler and response cache, and aggregated by the verify stage's code (`tasks.verify.decide`).
+no prior labels (`tasks.stages.prompt.requests_for`), sampled with FEID's adaptive Monte Carlo
+sampler and response cache, and aggregated by the verify stage's code (`tasks.stages.verify.decide`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from tasks.knowledge import AUS, EXPRESSIONS, Knowledge, UnknownLabel
-from tasks.params import Bench, BenchSource, Params
-from tasks.params import Ingest as IngestParams
+from tasks.core.knowledge import AUS, EXPRESSIONS, Knowledge, UnknownLabel
+from tasks.core.params import Bench, BenchSource, Params
+from tasks.core.params import Ingest as IngestParams
 
 NONE = "none"  # column of the confusion matrix for "no answer"
 SPLIT_COLUMNS = [
@@ -342,7 +342,7 @@ def build_split(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Rows of the split manifest (SPLIT_COLUMNS) and a summary with what was excluded and why."""
-    from tasks.ingest import parse_labels
+    from tasks.stages.ingest import parse_labels
 
     rows: list[dict] = []
     excluded: Counter = Counter()
@@ -496,8 +496,8 @@ def read_split(path: str | Path, which: str = "test", limit: int = 0) -> list[di
 def face_of(item: dict, data: bytes, crop) -> dict:
     """The FaceRecord (as a dict, no priors: the annotator is never shown the ground truth)
     of the benchmark image: its largest face, or the whole image when no face is found."""
-    from tasks.detect import Box, decode, detect_faces, encode_crop, square_crop
-    from tasks.records import FaceRecord
+    from tasks.core.records import FaceRecord
+    from tasks.infra.detect import Box, decode, detect_faces, encode_crop, square_crop
 
     im = decode(data)
     boxes = (
@@ -544,11 +544,11 @@ def predict(
     """Annotate the benchmark items like FEID annotates an unlabelled face. Returns the items
     with `pred_*` keys (and verify's verdict) added, and the sampling tally."""
     from tasks import annotators
-    from tasks.cache import ResponseCache
-    from tasks.prompt import requests_for
-    from tasks.records import FaceRecord
-    from tasks.sample import Tally, sample_batch
-    from tasks.verify import decide
+    from tasks.core.records import FaceRecord
+    from tasks.infra.cache import ResponseCache
+    from tasks.stages.prompt import requests_for
+    from tasks.stages.sample import Tally, sample_batch
+    from tasks.stages.verify import decide
 
     read = read or (lambda path: Path(path).read_bytes())
     ann = annotator or annotators.build(p)
@@ -660,7 +660,7 @@ def truth_from_manifest(
 ) -> dict[str, dict]:
     """Ground truth keyed by image id (SHA-256 of the bytes) from an ingest-style manifest
     (`path`, `expression`, `valence`/`arousal`, `AUxx`, `subject`, `source`) or a split CSV."""
-    from tasks.ingest import parse_labels
+    from tasks.stages.ingest import parse_labels
 
     manifest = Path(manifest)
     root = Path(root) if root else manifest.parent

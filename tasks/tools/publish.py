@@ -26,7 +26,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.knowledge import AUS, EXPRESSIONS
+from tasks.core.knowledge import AUS, EXPRESSIONS
 
 FORMATS = ("hf", "sharegpt", "llava")
 IMAGE_TOKEN = "<image>"

@@ -23,7 +23,7 @@ from typing import Literal, Optional, Union, get_args, get_origin
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from tasks.knowledge import AUS
+from tasks.core.knowledge import AUS
 
 
 class Record(BaseModel):

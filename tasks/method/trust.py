@@ -3,13 +3,13 @@
 Calibration faces
     A face with a known expression (a source label, or a label a person gave in review) has
     its blind request sampled exactly like an unlabelled face's request: the same k0/dk/kmax,
-    stopping rule and verification round (`tasks.sample`). `tasks.verify.mirror` measures
+    stopping rule and verification round (`tasks.stages.sample`). `tasks.stages.verify.mirror` measures
     those blind samples as if the face were unlabelled, so its evidence has the distribution
     of an unlabelled face's evidence, and its known label says whether the generated answer
     was right. Each such face is one `CalRow`.
 
 Confidence model (`fit`)
-    A Platt (logistic) fit over the evidence features of `tasks.uamc` (scikit-learn), with
+    A Platt (logistic) fit over the evidence features of `tasks.method.uamc` (scikit-learn), with
     the weights of the monotone features kept >= 0. Cross-fitted by subject: every
     calibration face's out-of-fold score comes from a model that saw none of its person's
     faces. The model fitted on all calibration faces scores the unlabelled ones.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks import uamc
+from tasks.method import uamc
 
 # features of the self-fitted model: the ones an unlabelled face and a calibration face have alike
 # (prior_agreement needs a known label, so it would differ between the two)
@@ -237,7 +237,7 @@ def load_saved(path: str, run: dict) -> "Trust | None":
     for the same annotator, model and prompt version as this run."""
     import json
 
-    from tasks import io
+    from tasks.infra import io
 
     try:
         d = json.loads(io.read_bytes(path))

@@ -5,7 +5,7 @@ Credentials and endpoints come only from the environment, never from params.yaml
 - s3fs (through botocore) reads the standard AWS variables itself: `AWS_ACCESS_KEY_ID`,
   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`/`AWS_REGION`,
   `AWS_PROFILE`, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for an S3-compatible server
-  (MinIO, Ceph, moto). So `tasks.io` needs no options: `fsspec.core.url_to_fs(url)` just works.
+  (MinIO, Ceph, moto). So `tasks.infra.io` needs no options: `fsspec.core.url_to_fs(url)` just works.
 - Clients that do *not* read those variables get explicit options from here:
   `polars_options()` for polars' native reader, `pyarrow_s3()` for `pyarrow.fs.S3FileSystem`
   (which ignores `AWS_ENDPOINT_URL`; see docs/operations.md).

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from tasks.knowledge import AUS, EXPRESSIONS
+from tasks.core.knowledge import AUS, EXPRESSIONS
 
 PARSER_VERSION = "1"
 
@@ -103,7 +103,7 @@ def _extract_json(text: str) -> dict | None:
 
 def _normalise(obj: dict) -> dict:
     """Forgive harmless variations real models produce: case, AU spellings, aliases."""
-    from tasks.knowledge import UnknownLabel, load
+    from tasks.core.knowledge import UnknownLabel, load
 
     k = load()
     out = dict(obj)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 
-from tasks import io
 from tasks.annotators.base import Call
-from tasks.cache import ResponseCache
-from tasks.params import Params
-from tasks.sample import seed_for
+from tasks.core.params import Params
+from tasks.infra import io
+from tasks.infra.cache import ResponseCache
+from tasks.stages.sample import seed_for
 
 
 def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):
@@ -79,10 +79,10 @@ def dry_run(p: Params) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tasks.params import load
+    from tasks.core.params import load
 
     ap = argparse.ArgumentParser(
-        prog="python -m tasks.estimate",
+        prog="python -m tasks.tools.estimate",
         description="Estimate calls, tokens and cost of the sample stage; sends nothing.",
     )
     ap.add_argument("--params", default="params.yaml")

@@ -7,8 +7,8 @@ struct of bytes and path, which Hugging Face `datasets` decodes as an Image feat
 
 from __future__ import annotations
 
-from tasks.knowledge import AUS, Knowledge
-from tasks.records import FeidRecord, Image, Turn
+from tasks.core.knowledge import AUS, Knowledge
+from tasks.core.records import FeidRecord, Image, Turn
 
 IMAGE = "<image>"
 

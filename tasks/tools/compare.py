@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.knowledge import AUS, EXPRESSIONS
+from tasks.core.knowledge import AUS, EXPRESSIONS
 
 WORKSPACE = "workspace"
 VERDICT_COLUMNS = ["face_id", "accepted", "reasons", "confidence", "expression", "valence", "arousal", "aus"]

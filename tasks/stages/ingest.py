@@ -18,9 +18,9 @@ from typing import Iterable, Iterator
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from tasks.knowledge import Knowledge, UnknownLabel
-from tasks.params import Ingest
-from tasks.records import ImageRecord, QuarantineRecord
+from tasks.core.knowledge import Knowledge, UnknownLabel
+from tasks.core.params import Ingest
+from tasks.core.records import ImageRecord, QuarantineRecord
 
 
 @dataclass

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from tasks.annotators.base import Annotator, Call, CallResult
-from tasks.answer import parse
-from tasks.cache import ResponseCache
-from tasks.knowledge import AUS, Knowledge
-from tasks.params import Params
-from tasks.prompt import VERIFY_ASK, parse_verification, verification_request
-from tasks.records import SampleRecord
-from tasks.verify import (
+from tasks.core.answer import parse
+from tasks.core.knowledge import AUS, Knowledge
+from tasks.core.params import Params
+from tasks.core.records import SampleRecord
+from tasks.infra.cache import ResponseCache
+from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request
+from tasks.stages.verify import (
     MIRROR_VERIFY_VARIANT,
     VERIFY_VARIANT,
     VERIFY_VARIANTS,
@@ -102,7 +102,7 @@ def _record(
 
 def cap(req: dict, sp, face: dict) -> int:
     """Samples a request may get: `kmax`. A blind request of a face whose expression is known
-    is its calibration mirror (`tasks.verify.mirror`) and is sampled exactly like an
+    is its calibration mirror (`tasks.stages.verify.mirror`) and is sampled exactly like an
     unlabelled face's request; other blind requests (AU priors only) get `blind_k`."""
     if req["variant"] == "blind" and not face.get("prior_expression"):
         return min(sp.kmax, sp.blind_k)

@@ -19,9 +19,9 @@ import hashlib
 import json
 from typing import Iterable, Iterator
 
-from tasks.answer import json_schema
-from tasks.knowledge import Knowledge
-from tasks.records import GRANULARITIES, FaceRecord, RequestRecord
+from tasks.core.answer import json_schema
+from tasks.core.knowledge import Knowledge
+from tasks.core.records import GRANULARITIES, FaceRecord, RequestRecord
 
 SYSTEM = (
     "You are an expert FACS coder and affective-computing annotator. You look at one "
@@ -201,8 +201,8 @@ def parse_verification(text: str | None, proposed: str, k: Knowledge) -> tuple[s
     """(status, final expression, error) of a verification answer. A confirmation returns the
     proposed expression; a correction returns the corrected one; a refusal to confirm that
     names no other label returns None (not confirmed). Never raises."""
-    from tasks.answer import _extract_json
-    from tasks.knowledge import UnknownLabel
+    from tasks.core.answer import _extract_json
+    from tasks.core.knowledge import UnknownLabel
 
     if text is None or not text.strip():
         return "invalid", None, "empty answer"

@@ -95,7 +95,7 @@ class Sample(Section):
     stop_rule: Literal["lead", "bayes", "naive"] = Field(
         "lead",
         description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior "
-        "sequential test on the top answer (tasks/uamc.py); naive: the stop_* thresholds below on vote "
+        "sequential test on the top answer (tasks/method/uamc.py); naive: the stop_* thresholds below on vote "
         "share, entropy, VA std, AU entropy",
     )
     stop_min_samples: int = Field(2, ge=1)
@@ -147,7 +147,7 @@ class Sample(Section):
 class Verify(Section):
     """Acceptance, per granularity. A generated expression is accepted when its calibrated
     confidence reaches the threshold that `target_error` selects (or `min_confidence` when
-    target_error is 0) and no hard gate withholds it; see `tasks.trust` and `tasks.verify`."""
+    target_error is 0) and no hard gate withholds it; see `tasks.method.trust` and `tasks.stages.verify`."""
 
     target_error: float = Field(
         0.05,

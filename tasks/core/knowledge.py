@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-KNOWLEDGE_DIR = Path(__file__).parent / "knowledge"
+KNOWLEDGE_DIR = Path(__file__).parents[1] / "knowledge"  # data, beside the code packages
 
 
 class UnknownLabel(ValueError):

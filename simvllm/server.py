@@ -3,7 +3,7 @@
 It stands in for GPT-4o in tests and benchmarks. It is honest about what it is: its answers
 come from a ground-truth table plus configurable, seeded noise, not from looking at faces.
 
-    python -m tasks.simvllm --manifest truth.csv --port 8011 [--config sim.json] [--log requests.jsonl]
+    python -m simvllm.server --manifest truth.csv --port 8011 [--config sim.json] [--log requests.jsonl]
     OPENAI_BASE_URL=http://127.0.0.1:8011/v1 OPENAI_API_KEY=sim NO_PROXY=127.0.0.1 dvc repro
 
 Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, and for tests `GET /sim/log`,
@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from tasks.knowledge import load as load_knowledge
+from tasks.core.knowledge import load as load_knowledge
 
 log = logging.getLogger("seke.simvllm")
 
@@ -602,7 +602,7 @@ class ServerThread:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tasks.simvllm", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m simvllm.server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", help="ground truth: CSV/JSON/JSONL with sha256 or path, expression, ...")
     ap.add_argument("--port", type=int, default=8011)
     ap.add_argument("--config", help="JSON file of SimConfig fields")

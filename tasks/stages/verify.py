@@ -12,7 +12,7 @@ asked everything with no priors shown, are compared against the face's known lab
 annotator saw the aggregated answer and confirmed it, or corrected it: a sample whose
 `expression` equals the aggregated answer is a confirmation, anything else is not).
 
-The expression's confidence is P(right | evidence) from `tasks.uamc` (calibrated when
+The expression's confidence is P(right | evidence) from `tasks.method.uamc` (calibrated when
 `verify.calibration` names a calibration file). Faces whose expression is a prior keep the
 older certainty score of their generated granularities (VA spread, AU entropy), scaled by
 prior agreement and consistency.
@@ -25,12 +25,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from tasks import uamc
-from tasks.knowledge import AUS, Knowledge
-from tasks.params import Sample as SampleParams
-from tasks.params import Verify
-from tasks.records import Verdict
-from tasks.trust import CalRow, Trust
+from tasks.core.knowledge import AUS, Knowledge
+from tasks.core.params import Sample as SampleParams
+from tasks.core.params import Verify
+from tasks.core.records import Verdict
+from tasks.method import uamc
+from tasks.method.trust import CalRow, Trust
 
 REASONS = (
     "api_failure",
@@ -253,7 +253,7 @@ def expression_gates(s: Stats, v: Verify) -> list[str]:
 
 
 def expression_confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
-    """P(the generated expression is right | evidence), from `tasks.uamc` (or `cal`)."""
+    """P(the generated expression is right | evidence), from `tasks.method.uamc` (or `cal`)."""
     f = uamc.features(
         s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
     )
@@ -419,7 +419,7 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
 
     Every request needs at least `stop_min_samples` answers. Then, with `stop_rule: bayes`,
     the generated expression's votes decide by the sequential Beta-posterior rule of
-    `tasks.uamc.stop_now` (optionally also requiring knowledge consistency), and faces with
+    `tasks.method.uamc.stop_now` (optionally also requiring knowledge consistency), and faces with
     no generated expression (it is a prior) fall back to the VA/AU spread thresholds; with
     `stop_rule: naive`, the `stop_*` thresholds on vote share, entropy, VA std and AU
     entropy. Thresholds are `sample.*` (kept apart from `verify`'s so that changing a

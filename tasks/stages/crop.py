@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Iterator
 
-from tasks.detect import Box, decode, detect_faces, encode_crop, square_crop
-from tasks.params import Crop
-from tasks.records import CropStatus, FaceRecord, ImageRecord
+from tasks.core.params import Crop
+from tasks.core.records import CropStatus, FaceRecord, ImageRecord
+from tasks.infra.detect import Box, decode, detect_faces, encode_crop, square_crop
 
 CARRIED = (
     "path",

@@ -18,7 +18,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.records import Record
+from tasks.core.records import Record
 
 
 def fs_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -1,0 +1,100 @@
+"""One Prefect server for a whole run of several stages.
+
+With no `PREFECT_API_URL`, every Prefect process starts a temporary server of its own, and
+each DVC stage is its own process: about 10 s of every stage went there (measured on 2
+cores, see README "Stage overhead"). `shared_server()` starts one real `prefect server
+start` on 127.0.0.1, points `PREFECT_API_URL` at it for everything started inside (DVC's
+stage commands inherit the environment), and stops it afterwards. Its database lives under
+`PREFECT_HOME`, so the flow runs stay visible to a later `prefect server start`.
+
+    python -m flows.server dvc repro          # what `make feid` runs
+    python -m flows.server -- pytest -q       # any command
+
+A `PREFECT_API_URL` that is already set (your own server or Prefect Cloud) is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from flows import env
+
+env.apply()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _prefect() -> str:
+    exe = Path(sys.executable).with_name("prefect")
+    return str(exe) if exe.exists() else "prefect"
+
+
+@contextmanager
+def shared_server(timeout: float = 120.0) -> Iterator[str]:
+    """Yield the API URL of a Prefect server that lives as long as the `with` block."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    log_path = Path(os.environ["PREFECT_HOME"]) / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [_prefect(), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        t0 = time.monotonic()
+        while not _healthy(api):
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s; see {log_path}")
+            time.sleep(0.25)
+        os.environ["PREFECT_API_URL"] = api
+        yield api
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if not args:
+        print(__doc__)
+        return 2
+    with shared_server():
+        return subprocess.call(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
