@@ -1,8 +1,8 @@
 """Quality study: one sample vs. fixed-K majority (K = 5, 10) vs. SV-UAMC, against ground truth.
 
 Real face images from ../shared/data (london, muxspace, namba; yuface crop, largest face)
-go through the project's own code: tasks.stages.prompt -> tasks.stages.sample.sample_batch (adaptive
-sampling + verification round, response cache) -> tasks.stages.verify.measure/decide. Only the
+go through the project's own code: tasks.stages.prompt -> tasks.method.sampling.sample_batch (adaptive
+sampling + verification round, response cache) -> tasks.method.evidence.measure/decide. Only the
 annotator differs:
 
   --annotator sim    the simulated VLLM (simvllm.server) over HTTP on 127.0.0.1 through the
@@ -58,10 +58,11 @@ from tasks.core.params import Params  # noqa: E402
 from tasks.core.records import FaceRecord, ImageRecord  # noqa: E402
 from tasks.infra.cache import ResponseCache  # noqa: E402
 from tasks.method import trust, uamc
+from tasks.method.decide import calibration_row, decide
+from tasks.method.evidence import VERIFY_VARIANTS, measure
+from tasks.method.sampling import Tally, sample_batch  # noqa: E402
 from tasks.stages.crop import crop_image  # noqa: E402
 from tasks.stages.prompt import requests_for  # noqa: E402
-from tasks.stages.sample import Tally, sample_batch  # noqa: E402
-from tasks.stages.verify import VERIFY_VARIANTS, calibration_row, decide, measure  # noqa: E402
 from tasks.tools.feab import ccc as bench_ccc  # noqa: E402
 from tasks.tools.feab import macro_f1
 
@@ -602,18 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
-    from tasks.core.params import load
+    from tasks.core.params import load, parse_overrides
 
     base = load(args.params)
-    over_sv: dict = {}
-    for kv in args.set:
-        key, _, val = kv.partition("=")
-        sec, _, fld = key.partition(".")
-        try:
-            value = json.loads(val)
-        except json.JSONDecodeError:
-            value = val
-        over_sv.setdefault(sec, {})[fld] = value
+    over_sv = parse_overrides(args.set)
     strategies = dict(STRATEGIES)
     strategies["SV-UAMC"] = (over_sv, "svuamc")
     if args.self_calibrated:

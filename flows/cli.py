@@ -43,39 +43,14 @@ class Fail(typer.Exit):
         super().__init__(code)
 
 
-def _parse_value(v: str):
-    import yaml
-
-    return yaml.safe_load(v) if v != "" else ""
-
-
 def load_params(path: str, overrides: Optional[List[str]] = None):
-    """params.yaml with `-S a.b=c` overrides applied, validated; errors name the key."""
-    import yaml
-    from pydantic import ValidationError
+    """params.yaml with `-S a.b=c` overrides applied, validated (`tasks.core.params.load`)."""
+    from tasks.core.params import ParamsError, load
 
-    from tasks.core.params import Params
-
-    p = Path(path)
-    if not p.exists():
-        raise Fail(f"{p} not found: run from the project root or pass --params")
-    d = yaml.safe_load(p.read_text()) or {}
-    for o in overrides or []:
-        if "=" not in o:
-            raise Fail(f"-S {o!r}: expected section.key=value")
-        key, val = o.split("=", 1)
-        cur = d
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-            if not isinstance(cur, dict):
-                raise Fail(f"-S {o!r}: {part} is not a section")
-        cur[parts[-1]] = _parse_value(val)
     try:
-        return Params.model_validate(d)
-    except ValidationError as ex:
-        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in ex.errors())
-        raise Fail(f"invalid params ({p}{' with -S overrides' if overrides else ''}): {errs}") from None
+        return load(path, overrides)
+    except ParamsError as ex:
+        raise Fail(str(ex)) from None
 
 
 @contextmanager

@@ -60,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from expectations import ExpectationsFailed
-    from flows.stages import STAGES
+    from flows.stages import stage_flow
+    from tasks.core.params import stage_names
 
-    if a.stage not in STAGES:
-        ap.error(f"unknown stage {a.stage!r}; stages: {', '.join(STAGES)}")
+    if a.stage not in stage_names():
+        ap.error(f"unknown stage {a.stage!r}; stages: {', '.join(stage_names())}")
     try:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            STAGES[a.stage](params_path=a.params)
+            stage_flow(a.stage)(params_path=a.params)
     except ExpectationsFailed as e:
         print(f"\nstage {a.stage} FAILED its expectations; its output was not written.\n{e}", file=sys.stderr)
         return 1

@@ -38,7 +38,7 @@ def make_call(
     seed: int = 1234,
     image: bytes | None = None,
 ) -> Call:
-    """A Call shaped like the ones tasks.stages.prompt + tasks.stages.sample build."""
+    """A Call shaped like the ones tasks.stages.prompt + tasks.method.sampling build."""
     from tasks.core.answer import json_schema
     from tasks.core.knowledge import load
     from tasks.stages.prompt import SYSTEM, build_text

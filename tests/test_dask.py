@@ -8,6 +8,8 @@ import opsproj
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.core.params import stage_names
+
 pytestmark = pytest.mark.e2e
 PARAMS = {
     "expectations": {"max_class_share": 1.0, "min_classes": 1},
@@ -33,8 +35,8 @@ def _run(proj, monkeypatch) -> list[dict]:
     from flows import stages
 
     monkeypatch.chdir(proj)
-    for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
-        stages.STAGES[name](params_path="params.yaml")
+    for name in stage_names():
+        stages.stage_flow(name)(params_path="params.yaml")
     return _feid(proj)
 
 

@@ -4,8 +4,8 @@ from depcheck import uncovered
 
 
 def test_a_removed_dep_is_reported_and_a_folder_dep_covers_its_files():
-    stages = {"verify": {"deps": ["flows/stages.py", "tasks/stages/verify.py", "tasks/knowledge", "${paths.crop}/x"]}}
-    read = {"verify": ["flows/stages.py", "tasks/stages/verify.py", "tasks/knowledge/va.yaml"]}
+    stages = {"verify": {"deps": ["flows/stages.py", "tasks/method/evidence.py", "tasks/knowledge", "${paths.crop}/x"]}}
+    read = {"verify": ["flows/stages.py", "tasks/method/evidence.py", "tasks/knowledge/va.yaml"]}
     assert uncovered(stages, read) == {}
-    stages["verify"]["deps"].remove("tasks/stages/verify.py")
-    assert uncovered(stages, read) == {"verify": ["tasks/stages/verify.py"]}
+    stages["verify"]["deps"].remove("tasks/method/evidence.py")
+    assert uncovered(stages, read) == {"verify": ["tasks/method/evidence.py"]}

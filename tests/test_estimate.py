@@ -9,7 +9,7 @@ from tasks.core.params import Params, Paths
 from tasks.core.records import FaceRecord, RequestRecord
 from tasks.infra.cache import ResponseCache
 from tasks.infra.io import RecordWriter
-from tasks.stages.sample import seed_for
+from tasks.method.sampling import seed_for
 from tasks.tools.estimate import dry_run
 
 

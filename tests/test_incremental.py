@@ -14,6 +14,8 @@ import pytest
 import yaml
 from simserver import sim_server
 
+from tasks.core.params import stage_names
+
 pytestmark = pytest.mark.e2e
 N, M = 3, 2
 PARAMS = {
@@ -50,8 +52,8 @@ def feid_rows(proj) -> int:
 def base_pipeline(proj) -> None:
     from flows import stages
 
-    for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
-        stages.STAGES[name](params_path="params.yaml")
+    for name in stage_names():
+        stages.stage_flow(name)(params_path="params.yaml")
 
 
 def test_incremental_annotates_only_new_faces_and_records_a_version(tmp_path, monkeypatch, prefect_quiet):

@@ -354,7 +354,7 @@ def verdict(ann, image: bytes, proposed: dict, seeds=(1,)) -> tuple[list[str], l
 
 
 def test_supports_verification():
-    from tasks.stages.sample import supports_verification
+    from tasks.method.sampling import supports_verification
 
     assert supports_verification(local.LocalAnnotator(AnnotatorParams()))
 

@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
         not (ROOT / "dvc.yaml").exists() or not (ROOT / "tasks" / "sample.py").exists(),
-        reason="pipeline (dvc.yaml, tasks/stages/sample.py) not there yet",
+        reason="pipeline (dvc.yaml, tasks/method/sampling.py) not there yet",
     ),
 ]
 N_PER_CLASS = 4  # London images: neutral and happy

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.core.params import Params, load
+from tasks.core.params import Params, ParamsError, load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_unknown_keys_are_errors(tmp_path):
     d["verify"]["min_vote_shar"] = 0.5
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(d))
-    with pytest.raises(ValidationError, match="min_vote_shar"):
+    with pytest.raises(ParamsError, match="min_vote_shar"):
         load(f)
 
 
@@ -50,3 +50,12 @@ def test_no_secret_shaped_keys_in_params():
     text = (ROOT / "params.yaml").read_text().lower()
     for word in ("api_key", "secret", "password", "aws_access"):
         assert word not in text
+
+
+def test_overrides_are_applied_and_checked_by_the_one_loader():
+    p = load(ROOT / "params.yaml", ["sample.kmax=9", "verify.per_granularity=false"])
+    assert p.sample.kmax == 9 and p.verify.per_granularity is False
+    with pytest.raises(ParamsError, match="expected section.key=value"):
+        load(ROOT / "params.yaml", ["sample.kmax"])
+    with pytest.raises(ParamsError, match="kmax"):
+        load(ROOT / "params.yaml", ["sample.kmax=banana"])

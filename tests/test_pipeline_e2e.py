@@ -123,7 +123,7 @@ def test_a_verify_threshold_experiment_reruns_only_verify_and_export(built):
 def test_a_stage_whose_output_breaks_its_expectations_fails_and_nothing_downstream_runs(built):
     proj, _ = built
     # a bug in verify: every verdict gets valence 1.5
-    src = proj / "tasks/stages/verify.py"
+    src = proj / "tasks/method/decide.py"
     code = src.read_text()
     src.write_text(code.replace("valence=s.valence,", "valence=1.5 if s.valence is not None else None,"))
     try:

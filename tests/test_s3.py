@@ -15,6 +15,7 @@ import shutil
 import opsproj
 import pytest
 
+from tasks.core.params import stage_names
 from tasks.infra import storage
 
 pytestmark = pytest.mark.e2e
@@ -69,8 +70,8 @@ def _bucket(name: str):
 def _run_stages():
     from flows import stages
 
-    for name in ("ingest", "crop", "prompt", "sample", "verify", "export"):
-        stages.STAGES[name](params_path="params.yaml")
+    for name in stage_names():
+        stages.stage_flow(name)(params_path="params.yaml")
 
 
 def test_storage_options_come_from_the_aws_environment(aws_env):

@@ -12,12 +12,10 @@ from hypothesis import strategies as st
 from tasks.core.knowledge import AUS, EXPRESSIONS, load
 from tasks.core.params import Sample, Verify
 from tasks.method import uamc
-from tasks.stages.verify import (
+from tasks.method.decide import calibration_row, confidence, decide
+from tasks.method.evidence import (
     au_agreement,
     binary_entropy,
-    calibration_row,
-    confidence,
-    decide,
     entropy_bits,
     mean_std,
     measure,

@@ -1,0 +1,1 @@
+"""Shared model: records, typed params, emotion knowledge, the answer schema."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Section(BaseModel):
@@ -147,7 +147,7 @@ class Sample(Section):
 class Verify(Section):
     """Acceptance, per granularity. A generated expression is accepted when its calibrated
     confidence reaches the threshold that `target_error` selects (or `min_confidence` when
-    target_error is 0) and no hard gate withholds it; see `tasks.method.trust` and `tasks.stages.verify`."""
+    target_error is 0) and no hard gate withholds it; see `tasks.method.trust` and `tasks.method.evidence`."""
 
     target_error: float = Field(
         0.05,
@@ -314,9 +314,57 @@ class Params(Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `params.yaml`; errors name the offending key."""
+class ParamsError(ValueError):
+    """params.yaml (or an override) is missing or invalid; the message names the key."""
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """`["sample.kmax=9", "verify.delta=0.2"]` -> `{"sample": {"kmax": 9}, "verify": {"delta": 0.2}}`
+    (values read as YAML: numbers, booleans, lists; anything else stays a string)."""
+    out: dict = {}
+    for o in overrides or []:
+        key, eq, val = o.partition("=")
+        if not eq or not key.strip():
+            raise ParamsError(f"-S {o!r}: expected section.key=value")
+        parts = key.strip().split(".")
+        cur = out
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise ParamsError(f"-S {o!r}: {part} is not a section")
+        cur[parts[-1]] = yaml.safe_load(val) if val != "" else ""
+    return out
+
+
+def _merge(d: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            _merge(d[k], v)
+        elif isinstance(v, dict) and k in d:
+            raise ParamsError(f"-S {k}: {k} is not a section")
+        else:
+            d[k] = v
+    return d
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """The one params loader: read `params.yaml`, apply `-S section.key=value` overrides,
+    validate. Errors name the offending key."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p} not found: run from the project root or pass --params")
-    return Params.model_validate(yaml.safe_load(p.read_text()) or {})
+        raise ParamsError(f"{p} not found: run from the project root or pass --params")
+    d = _merge(yaml.safe_load(p.read_text()) or {}, parse_overrides(overrides))
+    try:
+        return Params.model_validate(d)
+    except ValidationError as ex:
+        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in ex.errors())
+        raise ParamsError(f"invalid params ({p}{' with -S overrides' if overrides else ''}): {errs}") from None
+
+
+def stage_names(dvc_yaml: str | Path | None = None) -> list[str]:
+    """The stages of `dvc.yaml`, in the order it declares them: the one source of the stage
+    order (the project's own dvc.yaml when run from its root, else the checkout's)."""
+    path = Path(dvc_yaml) if dvc_yaml else Path("dvc.yaml")
+    if not path.exists():
+        path = Path(__file__).resolve().parents[2] / "dvc.yaml"
+    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))

@@ -254,3 +254,17 @@ class FeidRecord(Record):
     prompt_version: str
     params_hash: str
     knowledge_version: str
+
+
+class LedgerRecord(Record):
+    """One file an incremental run looked at, and what became of it."""
+
+    uri: str
+    n_bytes: int
+    sha256: Optional[str] = None
+    outcome: str  # feid | rejected | no_face | decode_error | duplicate | unreadable | quarantined:<reason>
+    faces: int = 0
+    accepted: int = 0
+    params_hash: str
+    part: str
+    seen_at: str

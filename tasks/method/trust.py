@@ -3,7 +3,7 @@
 Calibration faces
     A face with a known expression (a source label, or a label a person gave in review) has
     its blind request sampled exactly like an unlabelled face's request: the same k0/dk/kmax,
-    stopping rule and verification round (`tasks.stages.sample`). `tasks.stages.verify.mirror` measures
+    stopping rule and verification round (`tasks.method.sampling`). `tasks.method.evidence.mirror` measures
     those blind samples as if the face were unlabelled, so its evidence has the distribution
     of an unlabelled face's evidence, and its known label says whether the generated answer
     was right. Each such face is one `CalRow`.

@@ -1,6 +1,6 @@
 """SV-UAMC's numbers: the sequential stopping rule and the confidence model.
 
-Kept apart from `tasks.stages.verify` (which measures the samples and decides) so that each rule
+Kept apart from `tasks.method.evidence` (which measures the samples and decides) so that each rule
 is a small pure function with its own tests.
 
 Stopping rule ("bayes")

@@ -7,12 +7,18 @@ the image's priors carried along) and one CropStatus per image (ok / no_face / d
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import time
+from collections import Counter
 from typing import Callable, Iterator
 
-from tasks.core.params import Crop
+from expectations.frames import Light
+from tasks.core.params import Crop, Params
 from tasks.core.records import CropStatus, FaceRecord, ImageRecord
+from tasks.infra import dask, io
 from tasks.infra.detect import Box, decode, detect_faces, encode_crop, square_crop
+from tasks.stages.base import log, validate, write_metrics
 
 CARRIED = (
     "path",
@@ -90,3 +96,55 @@ def crop_all(
             )
             continue
         yield crop_image(img, data, params)
+
+
+@dask.batch_task("crop")
+def crop_batch(rows: list[dict], crop_params: Crop) -> list[tuple[dict, list[dict]]]:
+    def read(uri: str) -> bytes:
+        fs, path = io.fs_path(uri)
+        return fs.cat_file(path)
+
+    return [
+        (st.model_dump(), [f.model_dump() for f in faces])
+        for st, faces in crop_all((ImageRecord(**r) for r in rows), read, crop_params)
+    ]
+
+
+def run(p: Params) -> dict:
+    """The crop stage: batches of images go through `crop_batch`, in this process or on Dask
+    (`runtime.task_runner`); results are written in input order either way."""
+    src = io.join(p.paths.ingest, "images.parquet")
+    out = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.crop, "images.parquet")
+    faces_light, statuses = Light(FaceRecord), Light(CropStatus)
+    status_n, multi = Counter(), 0
+    n_images = io.count_rows(src)
+    t0 = time.perf_counter()
+    runner = dask.task_runner(p)
+    with runner or contextlib.nullcontext(), io.writers((out[0], FaceRecord), (out[1], CropStatus)) as (wf, ws):
+        batches = ((b, p.crop) for b in io.iter_batches(src, batch_size=p.runtime.batch_size))
+        for res in dask.mapped(runner, "crop", batches, dask.in_flight(p)):
+            for st, faces in res:
+                ws.write(st)
+                statuses.add(st)
+                status_n[st["status"]] += 1
+                multi += st["n_faces"] > 1
+                for f in faces:
+                    wf.write(f)
+                    faces_light.add(f)
+        errors = status_n["decode_error"]
+        if n_images and errors / n_images > p.crop.max_error_rate:
+            raise RuntimeError(f"crop: {errors}/{n_images} images failed to decode (> crop.max_error_rate)")
+        val = validate("crop", {"faces": faces_light.frame(), "images": statuses.frame()}, p, {"images": n_images})
+        wf.commit(), ws.commit()
+    dt = time.perf_counter() - t0
+    m = {
+        "images": n_images,
+        "faces": faces_light.n,
+        "status": dict(status_n),
+        "multi_face_images": multi,
+        "validation": val,
+        "images_per_s": round(n_images / dt, 2) if dt else None,
+    }
+    write_metrics(p, "crop", m)
+    log().info(f"crop: {faces_light.n} faces in {n_images} images; {m['status']}")
+    return m

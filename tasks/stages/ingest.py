@@ -12,15 +12,21 @@ import hashlib
 import io
 import math
 import posixpath
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import fsspec
+import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from expectations.frames import au_codes_frame, light_frame
+from tasks.core import knowledge
 from tasks.core.knowledge import Knowledge, UnknownLabel
-from tasks.core.params import Ingest
+from tasks.core.params import Ingest, Params
 from tasks.core.records import ImageRecord, QuarantineRecord
+from tasks.infra import io as store
+from tasks.stages.base import log, validate, write_metrics
 
 
 @dataclass
@@ -237,3 +243,35 @@ def ingest(
             n_bytes=len(data),
             **labels,
         )
+
+
+def run(p: Params) -> dict:
+    """The ingest stage: every listed file becomes an ImageRecord or a QuarantineRecord."""
+    k = knowledge.load()
+    out = store.join(p.paths.ingest, "images.parquet"), store.join(p.paths.ingest, "quarantine.parquet")
+    imgs, quar, skipped = [], [], []
+    with store.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
+        entries = list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped)
+        for rec in ingest(entries, p.paths.input, k, p.ingest):
+            (wi if isinstance(rec, ImageRecord) else wq).write(rec)
+            (imgs if isinstance(rec, ImageRecord) else quar).append(rec.model_dump())
+        frames = {
+            "images": light_frame(imgs) if imgs else pd.DataFrame(columns=ImageRecord.columns()),
+            "quarantine": light_frame(quar) if quar else pd.DataFrame(columns=QuarantineRecord.columns()),
+            "au_codes": au_codes_frame(imgs, "prior_aus"),
+        }
+        val = validate("ingest", frames, p)
+        wi.commit(), wq.commit()
+    m = {
+        "images": len(imgs),
+        "quarantined": len(quar),
+        "quarantine_reasons": dict(Counter(q["reason"] for q in quar)),
+        # files whose extension is not in ingest.extensions: counted and listed (the first 50)
+        "skipped_by_extension": len(skipped),
+        "skipped_examples": skipped[:50],
+        "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]),
+        "validation": val,
+    }
+    write_metrics(p, "ingest", m)
+    log().info(f"ingest: {len(imgs)} images, {len(quar)} quarantined {m['quarantine_reasons']}")
+    return m

@@ -17,11 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Iterable, Iterator
 
+import pandas as pd
+
+from tasks.core import knowledge
 from tasks.core.answer import json_schema
 from tasks.core.knowledge import Knowledge
+from tasks.core.params import Params
 from tasks.core.records import GRANULARITIES, FaceRecord, RequestRecord
+from tasks.infra import io
+from tasks.stages.base import validate, write_metrics
 
 SYSTEM = (
     "You are an expert FACS coder and affective-computing annotator. You look at one "
@@ -221,3 +228,25 @@ def parse_verification(text: str | None, proposed: str, k: Knowledge) -> tuple[s
     except UnknownLabel as e:
         return "invalid", None, f"expression: {e}"
     return "ok", (corrected if corrected != proposed else None), None
+
+
+def run(p: Params) -> dict:
+    """The prompt stage: the requests of every face (primed or plain, and its blind mirror)."""
+    k = knowledge.load()
+    src = io.join(p.paths.crop, "faces.parquet")
+    out = io.join(p.paths.prompt, "requests.parquet")
+    light, variants, faces = [], Counter(), 0
+    cols = [c for c in FaceRecord.columns() if c != "crop"]
+    with io.writers((out, RequestRecord)) as (w,):
+        for row in io.iter_rows(src, columns=cols):
+            faces += 1
+            face = FaceRecord(crop=b"", **row)
+            for req in requests_for(k, face, p.prompt.version, p.prompt.knowledge, p.prompt.blind):
+                w.write(req)
+                variants[req.variant] += 1
+                light.append({"request_id": req.request_id, "variant": req.variant, "face_id": req.face_id})
+        val = validate("prompt", {"requests": pd.DataFrame(light, columns=RequestRecord.columns())}, p)
+        w.commit()
+    m = {"faces": faces, "requests": len(light), "variants": dict(variants), "validation": val}
+    write_metrics(p, "prompt", m)
+    return m

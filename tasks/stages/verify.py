@@ -1,480 +1,146 @@
-"""verify (SV-UAMC): aggregate each face's Monte Carlo samples and accept or reject it.
+"""The verify stage: calibrate the run's confidence on its labelled faces, then decide every
+face, granularity by granularity.
 
-Input: the face (its priors) and its SampleRecords. Output: a Verdict with the aggregated
-labels, every uncertainty measure, and either `accepted` with a confidence in [0, 1] or the
-reasons for rejection. The same aggregation drives the sample stage's adaptive stopping
-(`settled`), so "certain enough to stop sampling" and "certain enough to accept" are
-measured by one piece of code.
-
-Samples of variant `primed`/`plain` provide the generated granularities; `blind` samples,
-asked everything with no priors shown, are compared against the face's known labels
-(self-verification against priors); `verify` samples are the verification round (the
-annotator saw the aggregated answer and confirmed it, or corrected it: a sample whose
-`expression` equals the aggregated answer is a confirmation, anything else is not).
-
-The expression's confidence is P(right | evidence) from `tasks.method.uamc` (calibrated when
-`verify.calibration` names a calibration file). Faces whose expression is a prior keep the
-older certainty score of their generated granularities (VA spread, AU entropy), scaled by
-prior agreement and consistency.
+Input: `crop/faces.parquet` and `sample_runs/samples.parquet` (both in face order). Output:
+`verify/verdicts.parquet` (one Verdict per face) and `verify/trust.json` (the confidence
+model and threshold this run used). The evidence is `tasks.method.evidence`, the decisions
+`tasks.method.decide`, the calibration and the error guarantee `tasks.method.trust`.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterator
 
-from tasks.core.knowledge import AUS, Knowledge
-from tasks.core.params import Sample as SampleParams
-from tasks.core.params import Verify
-from tasks.core.records import Verdict
-from tasks.method import uamc
-from tasks.method.trust import CalRow, Trust
+from expectations.frames import Light
+from tasks.core import knowledge
+from tasks.core.params import Params, Verify
+from tasks.core.records import FaceRecord, Verdict
+from tasks.infra import dask, io
+from tasks.method import trust
+from tasks.method.decide import calibration_row, decide
+from tasks.stages.base import annotator_of, grouped, log, validate, write_metrics
 
-REASONS = (
-    "api_failure",
-    "no_samples",
-    "uncertain_expression",
-    "va_spread",
-    "au_entropy",
-    "prior_disagreement",
-    "knowledge_conflict",
-    "failed_verification",
-    "low_confidence",
-    "no_guarantee",
-    "expression_withheld",
-    "incomplete",
-)
-VERIFY_VARIANT = "verify"
-# the verification round on a labelled face's blind answers (its calibration mirror, see `mirror`)
-MIRROR_VERIFY_VARIANT = "verify_blind"
-VERIFY_VARIANTS = (VERIFY_VARIANT, MIRROR_VERIFY_VARIANT)
+SAMPLE_COLUMNS = ["face_id", "request_id", "variant", "status", "expression", "valence", "arousal", "aus"]
+TRUST_FILE = "trust.json"  # the run's confidence model and threshold, beside the verdicts
+GRANULARITIES = ("expression", "va", "au")
 
 
-def entropy_bits(counts: Iterable[int]) -> float:
-    c = [x for x in counts if x > 0]
-    n = sum(c)
-    return -sum(x / n * math.log2(x / n) for x in c) if n else 0.0
+@dask.batch_task("verify")
+def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp: Verify, tr=None) -> list[dict]:
+    """`decide` for one batch of faces (on a Dask worker when configured)."""
+    k = knowledge.load()
+    return [decide(f, samples.get(f["face_id"], []), k, vp, tr).model_dump() for f in faces]
 
 
-def binary_entropy(p: float) -> float:
-    if p <= 0 or p >= 1:
-        return 0.0
-    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+def batches(faces_url: str, smp_url: str, size: int) -> Iterator[tuple[list[dict], dict]]:
+    """(faces, their samples by face id), one batch at a time; both files are in face order."""
+    face_cols = [c for c in FaceRecord.columns() if c != "crop"]
+    samples = grouped(io.iter_rows(smp_url, columns=SAMPLE_COLUMNS), "face_id")
+    pending = next(samples, None)
+    for batch in io.iter_batches(faces_url, columns=face_cols, batch_size=size):
+        by_face: dict[str, list[dict]] = {}
+        for face in batch:
+            if pending is not None and pending[0] == face["face_id"]:
+                by_face[face["face_id"]] = pending[1]
+                pending = next(samples, None)
+        yield batch, by_face
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run_info: dict) -> trust.Trust:
+    """Pass 1: the calibration rows of the labelled faces (a few floats each) and the run's
+    `tasks.method.trust.Trust` fitted on them."""
+    k = knowledge.load()
+    rows = []
+    for batch, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)):
+        for f in batch:
+            if f.get("prior_expression") and f["face_id"] in by:
+                r = calibration_row(f, by[f["face_id"]], k, p.verify)
+                if r is not None:
+                    rows.append(r)
+    return trust.build(rows, p.verify, annotator, run_info)
 
 
-@dataclass
-class Stats:
-    """Everything measured on one face's samples (before any decision)."""
+class _Tally:
+    """What the metrics report, counted while verdicts stream by."""
 
-    n_samples: int = 0
-    n_ok: int = 0
-    n_failed: int = 0
-    expression: str | None = None
-    expression_source: str | None = None
-    vote_share: float | None = None
-    entropy: float | None = None
-    valence: float | None = None
-    arousal: float | None = None
-    valence_std: float | None = None
-    arousal_std: float | None = None
-    va_source: str | None = None
-    au_probs: list[float | None] = field(default_factory=lambda: [None] * len(AUS))
-    au_entropy: float | None = None
-    au_source: str | None = None
-    prior_agreement: float | None = None
-    consistency: float | None = None
-    # SV-UAMC evidence on the generated expression
-    top_votes: int = 0
-    n_votes: int = 0
-    votes: dict = field(default_factory=dict)
-    consistency_margin: float | None = None
-    verified: bool | None = None  # None: no verification round answered
-    n_verify: int = 0
+    def __init__(self):
+        self.light = Light(Verdict, au_col="aus")
+        self.reasons, self.withheld, self.per_class = Counter(), Counter(), Counter()
+        self.status = {g: Counter() for g in GRANULARITIES}
+        self.n_acc, self.conf_sum, self.gen_conf = 0, 0.0, []
 
-    def evidence(self) -> uamc.Evidence:
-        second = sorted(self.votes.values(), reverse=True)[1] if len(self.votes) > 1 else 0
-        spread = max(self.valence_std, self.arousal_std or 0.0) if self.valence_std is not None else None
-        return uamc.Evidence(
-            top=self.top_votes,
-            n=self.n_votes,
-            second=second,
-            consistency=self.consistency,
-            va_spread=spread,
-            au_entropy=self.au_entropy,
-            consistency_margin=self.consistency_margin,
-            verified=self.verified,
-            prior_agreement=self.prior_agreement,
-        )
+    def add(self, v: dict) -> None:
+        self.light.add(v)
+        self.reasons.update(v["reasons"])
+        if not v["accepted"]:
+            return
+        self.withheld.update(v["withheld"])
+        self.n_acc += 1
+        self.conf_sum += v["confidence"]
+        self.per_class[v["expression"]] += 1
+        for g in self.status:
+            self.status[g][v[f"{g}_status"]] += 1
+        if v["expression_status"] == "accepted":
+            self.gen_conf.append(v["expression_confidence"])
 
-
-def au_agreement(answered: set[str], prior: set[str]) -> float:
-    """Jaccard agreement of one blind AU answer with the known active AUs (both empty: 1)."""
-    u = answered | prior
-    return len(answered & prior) / len(u) if u else 1.0
+    def metrics(self, report: dict, val: dict) -> dict:
+        n_faces, n_acc, gen = self.light.n, self.n_acc, self.gen_conf
+        n_gen = sum(1 for s in self.light.column("expression_source") if s == "annotator")
+        return {
+            "faces": n_faces,
+            "accepted": n_acc,
+            "rejected": n_faces - n_acc,
+            "acceptance_rate": round(n_acc / n_faces, 4) if n_faces else 0,
+            "mean_confidence": round(self.conf_sum / n_acc, 4) if n_acc else 0,
+            "generated_expressions": n_gen,
+            "accepted_generated_expressions": len(gen),
+            "generated_coverage": round(len(gen) / n_gen, 4) if n_gen else 0,
+            "mean_generated_confidence": round(sum(gen) / len(gen), 4) if gen else 0,
+            "status_of_accepted": {g: dict(sorted(c.items())) for g, c in self.status.items()},
+            "reasons": dict(self.reasons),
+            "withheld": dict(sorted(self.withheld.items())),
+            "per_class": dict(sorted(self.per_class.items())),
+            "calibration": report,
+            "validation": val,
+        }
 
 
-def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
-    s = Stats(n_samples=len(samples))
-    ok = [x for x in samples if x["status"] == "ok"]
-    s.n_ok, s.n_failed = len(ok), len(samples) - len(ok)
-    gen = [x for x in ok if x["variant"] not in ("blind", *VERIFY_VARIANTS)]
-    blind = [x for x in ok if x["variant"] == "blind"]
-    ver = [x for x in ok if x["variant"] == VERIFY_VARIANT]
-    s.n_samples = sum(1 for x in samples if x["variant"] not in VERIFY_VARIANTS)
-    s.n_ok = len(ok) - len(ver)
-    s.n_failed = s.n_samples - s.n_ok
-
-    # expression
-    if face.get("prior_expression"):
-        s.expression, s.expression_source = face["prior_expression"], "prior"
-    else:
-        votes = Counter(x["expression"] for x in gen if x.get("expression"))
-        if votes:
-            (label, top), n = votes.most_common(1)[0], sum(votes.values())
-            # ties break towards the label set's order, so the result never depends on sample order
-            tied = [lab for lab, c in votes.items() if c == top]
-            label = min(tied, key=k.expressions.index)
-            s.expression, s.expression_source = label, "annotator"
-            s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
-            s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
-            if ver:
-                s.n_verify = len(ver)
-                # all verification answers must confirm the aggregated answer
-                s.verified = all(x.get("expression") == label for x in ver)
-
-    # valence / arousal
-    if face.get("prior_valence") is not None:
-        s.valence, s.arousal, s.va_source = face["prior_valence"], face["prior_arousal"], "prior"
-    else:
-        va = [(x["valence"], x["arousal"]) for x in gen if x.get("valence") is not None]
-        if va:
-            s.valence, s.valence_std = mean_std([v for v, _ in va])
-            s.arousal, s.arousal_std = mean_std([a for _, a in va])
-            s.va_source = "annotator"
-
-    # action units: prior where the source annotates them, else occurrence rate over samples
-    au_set = set(face.get("au_set") or [])
-    prior_aus = set(face.get("prior_aus") or [])
-    answered = [set(x["aus"]) for x in gen if x.get("aus") is not None]
-    ents = []
-    for i, a in enumerate(AUS):
-        if a in au_set:
-            s.au_probs[i] = 1.0 if a in prior_aus else 0.0
-        elif answered:
-            p = sum(a in x for x in answered) / len(answered)
-            s.au_probs[i] = p
-            ents.append(binary_entropy(p))
-    if ents:
-        s.au_entropy, s.au_source = sum(ents) / len(ents), "annotator"
-    elif au_set:
-        s.au_source = "prior"
-
-    # self-verification against priors: blind answers vs. known labels
-    checks = []
-    if face.get("prior_expression"):
-        be = [x["expression"] for x in blind if x.get("expression")]
-        if be:
-            checks.append(sum(e == face["prior_expression"] for e in be) / len(be))
-    if au_set:
-        ba = [set(x["aus"]) & au_set for x in blind if x.get("aus") is not None]
-        if ba:
-            checks.append(sum(au_agreement(b, prior_aus & au_set) for b in ba) / len(ba))
-    if checks:
-        s.prior_agreement = sum(checks) / len(checks)
-
-    # cross-granularity consistency from the knowledge
-    if s.expression:
-        rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
-        s.consistency = k.consistency(s.expression, rates or None, s.valence, s.arousal)
-        others = [c for c in s.votes if c != s.expression]
-        if s.consistency is not None and others:
-            alt = [k.consistency(c, rates or None, s.valence, s.arousal) for c in others]
-            s.consistency_margin = s.consistency - max(a for a in alt if a is not None)
-    return s
+def _fit(p: Params, faces_url: str, smp_url: str) -> trust.Trust:
+    annotator, model = annotator_of(p, smp_url)
+    tr = calibrate(p, faces_url, smp_url, annotator, {"model": model, "prompt_version": p.prompt.version})
+    tr.report.update(annotator=annotator, model=model, prompt_version=p.prompt.version)
+    rep = tr.report
+    log().info("calibration: %s (%s); %s", rep.get("source", "params"), rep.get("why", ""), rep.get("selection", ""))
+    if rep.get("warning"):
+        log().warning(rep["warning"])
+    return tr
 
 
-def uncertainty_reasons(
-    s: Stats, min_vote_share: float, max_entropy: float, max_va_std: float, max_au_entropy: float
-) -> list[str]:
-    """Reasons that say 'the samples disagree' (the ones more samples can fix)."""
-    r = []
-    if s.vote_share is not None and (s.vote_share < min_vote_share or (s.entropy or 0) > max_entropy):
-        r.append("uncertain_expression")
-    if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > max_va_std:
-        r.append("va_spread")
-    if s.au_entropy is not None and s.au_entropy > max_au_entropy:
-        r.append("au_entropy")
-    return r
-
-
-def mirror(face: dict, samples: list[dict]) -> tuple[dict, list[dict]] | None:
-    """A labelled face seen as if it were unlabelled: its blind answers (sampled with the
-    same rule as an unlabelled face's request) and their verification round, with every
-    prior removed. None if the face has no known expression or no blind answers."""
-    if not face.get("prior_expression"):
-        return None
-    ms = [
-        {**x, "variant": "primed"} if x["variant"] == "blind" else {**x, "variant": VERIFY_VARIANT}
-        for x in samples
-        if x["variant"] in ("blind", MIRROR_VERIFY_VARIANT)
-    ]
-    if not any(x["variant"] == "primed" for x in ms):
-        return None
-    mf = {
-        **face,
-        "prior_expression": None,
-        "prior_valence": None,
-        "prior_arousal": None,
-        "prior_aus": None,
-        "au_set": [],
-    }
-    return mf, ms
-
-
-def expression_gates(s: Stats, v: Verify) -> list[str]:
-    """Hard reasons to withhold a generated expression, whatever its confidence."""
-    r = []
-    if s.vote_share is not None and (s.vote_share < v.min_vote_share or (s.entropy or 0) > v.max_entropy):
-        r.append("uncertain_expression")
-    if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
-        r.append("knowledge_conflict")
-    if v.use_verification and v.require_confirmation and s.verified is False:
-        r.append("failed_verification")
-    if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement:
-        r.append("prior_disagreement")
-    return r
-
-
-def expression_confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
-    """P(the generated expression is right | evidence), from `tasks.method.uamc` (or `cal`)."""
-    f = uamc.features(
-        s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
+def run(p: Params) -> dict:
+    """Two streaming passes over faces and their samples (both in face order): the first
+    fits the run's confidence model and threshold on its labelled faces (`calibrate`), the
+    second decides every face in batches, each batch's verdicts written before the next is
+    read. Memory: one batch, the calibration rows, and the light columns of the verdicts."""
+    faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
+    out = io.join(p.paths.verify, "verdicts.parquet")
+    tr = _fit(p, faces_url, smp_url)
+    t = _Tally()
+    runner = dask.task_runner(p)
+    args = ((b, by, p.verify, tr) for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)))
+    with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
+        for verdicts in dask.mapped(runner, "verify", args, dask.in_flight(p)):
+            for v in verdicts:
+                w.write(v)
+                t.add(v)
+        val = validate("verify", {"verdicts": t.light.frame(), "au_codes": t.light.aus()}, p, {"faces": t.light.n})
+        w.commit()
+    report = {k: v for k, v in tr.report.items() if k != "confidence_model"}
+    io.write_json(
+        io.join(p.paths.verify, TRUST_FILE),
+        {"model": tr.calibrator.to_json(), "threshold": tr.threshold, "report": report},
     )
-    return (cal or uamc.calibrator(v.calibration))(f)
-
-
-def calibration_row(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> CalRow | None:
-    """One calibration face: the evidence of its blind (mirror) answers and whether their
-    majority named its known expression."""
-    m = mirror(face, samples)
-    if m is None:
-        return None
-    s = measure(m[0], m[1], k)
-    if s.expression_source != "annotator" or not s.n_votes:
-        return None
-    f = uamc.features(
-        s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
-    )
-    return CalRow(
-        subject=face.get("subject") or face["face_id"],
-        features=f,
-        correct=s.expression == face["prior_expression"],
-        gated=bool(expression_gates(s, v)),
-    )
-
-
-def fallback_trust(v: Verify) -> Trust:
-    """The trust verify applies without calibration faces: `verify.calibration` (or the
-    built-in weights) and `verify.min_confidence`."""
-    return Trust(uamc.calibrator(v.calibration), v.min_confidence, {"mode": "min_confidence"})
-
-
-def confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = None) -> float:
-    """Confidence in [0, 1]. A generated expression: its calibrated probability of being
-    right. Otherwise: the mean certainty of the generated granularities, scaled by the
-    annotator's demonstrated reliability on this face (blind agreement with priors) and by
-    cross-granularity consistency, each where it exists and is enabled."""
-    if s.expression_source == "annotator" and s.n_votes:
-        return expression_confidence(s, v, cal)
-    parts = []
-    if s.vote_share is not None:
-        parts.append(s.vote_share)
-    if s.valence_std is not None:
-        parts.append(max(0.0, 1.0 - max(s.valence_std, s.arousal_std or 0) / (2 * v.max_va_std)))
-    if s.au_entropy is not None:
-        parts.append(1.0 - s.au_entropy)
-    c = sum(parts) / len(parts) if parts else 1.0
-    if v.use_priors and s.prior_agreement is not None:
-        c *= 0.5 + 0.5 * s.prior_agreement
-    if v.use_consistency and s.consistency is not None:
-        c *= 0.75 + 0.25 * s.consistency
-    return min(1.0, max(0.0, c))
-
-
-def _expression_decision(s: Stats, v: Verify, trust: Trust, conf: float) -> tuple[str, list[str]]:
-    """(status, reasons to withhold) of the face's expression."""
-    if s.expression_source == "prior":
-        return "prior", []
-    if s.expression_source != "annotator" or not s.n_votes:
-        return "missing", []
-    why = expression_gates(s, v)
-    if not why and not trust.accepts(conf):
-        why = ["low_confidence" if trust.threshold is not None else "no_guarantee"]
-        if v.use_verification and s.verified is False:
-            why.insert(0, "failed_verification")
-    return ("withheld" if why else "accepted"), why
-
-
-def _va_decision(s: Stats, v: Verify, taint: list[str]) -> tuple[str, list[str]]:
-    """(status, reasons to withhold) of the face's valence-arousal."""
-    if s.va_source != "annotator":
-        return s.va_source or "missing", []
-    why = list(taint)
-    if s.valence_std is not None and max(s.valence_std, s.arousal_std or 0) > v.max_va_std:
-        why.append("va_spread")
-    return ("withheld" if why else "accepted"), why
-
-
-def _au_decision(s: Stats, v: Verify, taint: list[str], au_set: set[str]) -> tuple[str, list[str], list[str]]:
-    """(status, AUs withheld, reasons) of the face's generated AUs, one decision per AU."""
-    if s.au_source != "annotator":
-        return s.au_source or "missing", [], []
-    generated = [(a, p) for a, p in zip(AUS, s.au_probs) if p is not None and a not in au_set]
-    out = [a for a, p in generated if taint or binary_entropy(p) > v.max_au_entropy]
-    status = "withheld" if len(out) == len(generated) else "partial" if out else "accepted"
-    return status, out, ((taint or ["au_entropy"]) if out else [])
-
-
-def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trust | None = None) -> Verdict:
-    """Per-granularity acceptance. The expression is the anchor: a generated one is kept when
-    its calibrated confidence passes `trust`'s threshold and no hard gate withholds it. A
-    generated VA or AU is kept only when the expression is kept (prior or accepted), because
-    a VLLM's AUs and VA follow the label it states; VA is then withheld if its samples are
-    spread, and each AU if its occurrence rate is uncertain. The face is rejected only when
-    its expression cannot be kept (or nothing was answered). With `verify.per_granularity`
-    off, any withheld granularity rejects the whole face (the older rule, for ablation)."""
-    trust = trust or fallback_trust(v)
-    s = measure(face, samples, k)
-    conf = confidence(s, v, trust.calibrator) if s.n_ok else 0.0
-    e_status, e_why = _expression_decision(s, v, trust, conf)
-    disagree = v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement
-    taint = ([] if e_status in ("prior", "accepted") else ["expression_withheld"]) + (
-        ["prior_disagreement"] if disagree else []
-    )
-    va_status, va_why = _va_decision(s, v, taint)
-    au_status, au_withheld, au_why = _au_decision(s, v, taint, set(face.get("au_set") or []))
-    withheld = [f"expression:{r}" for r in e_why] + [f"va:{r}" for r in va_why] + [f"aus:{r}" for r in au_why]
-    reasons: list[str] = []
-    if s.n_ok == 0:
-        reasons.append("api_failure" if s.n_failed else "no_samples")
-    elif e_status not in ("prior", "accepted"):
-        reasons += e_why or ["incomplete"]
-    elif not v.per_granularity and withheld:
-        reasons += sorted({w.split(":", 1)[1] for w in withheld})
-    if not reasons and s.expression is None:
-        reasons.append("incomplete")
-    return Verdict(
-        face_id=face["face_id"],
-        accepted=not reasons,
-        reasons=reasons,
-        withheld=withheld,
-        confidence=conf,
-        expression=s.expression,
-        expression_source=s.expression_source,
-        expression_status=e_status,
-        expression_confidence=conf if s.expression_source == "annotator" and s.n_votes else None,
-        vote_share=s.vote_share,
-        entropy=s.entropy,
-        n_samples=s.n_samples,
-        n_failed=s.n_failed,
-        valence=s.valence,
-        arousal=s.arousal,
-        valence_std=s.valence_std,
-        arousal_std=s.arousal_std,
-        va_source=s.va_source,
-        va_status=va_status,
-        aus=[a for a, p in zip(AUS, s.au_probs) if p is not None and p >= v.au_threshold]
-        if any(p is not None for p in s.au_probs)
-        else None,
-        au_probs=s.au_probs,
-        au_withheld=au_withheld,
-        au_status=au_status,
-        au_entropy=s.au_entropy,
-        au_source=s.au_source,
-        prior_agreement=s.prior_agreement,
-        consistency=s.consistency,
-    )
-
-
-def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
-    """Adaptive stopping for a face: its own requests, and (for a labelled face) its blind
-    request measured as its calibration mirror, by the same rule as an unlabelled face."""
-    samples = [x for x in samples if x["variant"] not in VERIFY_VARIANTS]
-    m = mirror(face, samples)
-    if m is None:
-        return _settled(face, samples, k, sp)
-    own = [x for x in samples if x["variant"] != "blind"]
-    return (not own or _settled(face, own, k, sp)) and _settled(m[0], m[1], k, sp)
-
-
-def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
-    """Adaptive stopping: may this face stop sampling?
-
-    Every request needs at least `stop_min_samples` answers. Then, with `stop_rule: bayes`,
-    the generated expression's votes decide by the sequential Beta-posterior rule of
-    `tasks.method.uamc.stop_now` (optionally also requiring knowledge consistency), and faces with
-    no generated expression (it is a prior) fall back to the VA/AU spread thresholds; with
-    `stop_rule: naive`, the `stop_*` thresholds on vote share, entropy, VA std and AU
-    entropy. Thresholds are `sample.*` (kept apart from `verify`'s so that changing a
-    verify threshold never re-runs sampling).
-    Faces whose answers all fail also stop: more samples of a failing call cost money and
-    the failure is recorded.
-    """
-    per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
-    reqs = {x["request_id"]: x["variant"] for x in samples}
-    if reqs and not per_req:
-        return True
-    need = {r: min(sp.stop_min_samples, sp.blind_k) if v == "blind" else sp.stop_min_samples for r, v in reqs.items()}
-    if not reqs or any(per_req.get(r, 0) < n for r, n in need.items()):
-        return False
-    s = measure(face, samples, k)
-    if sp.stop_rule in ("bayes", "lead"):
-        spread = uncertainty_reasons(s, 0.0, float("inf"), sp.stop_max_va_std, sp.stop_max_au_entropy)
-        if s.expression_source != "annotator" or not s.n_votes:
-            return not spread
-        if sp.stop_rule == "lead":
-            e = s.evidence()
-            return uamc.stop_lead(
-                e.top,
-                e.second,
-                e.n,
-                sp.stop_min_samples,
-                sp.stop_lead,
-                sp.kmax,
-                sp.stop_futility,
-                sp.stop_futility_after,
-            )[0]
-        stop, why = uamc.stop_now(
-            s.top_votes,
-            s.n_votes,
-            sp.stop_min_samples,
-            sp.stop_confidence,
-            sp.stop_futility,
-            sp.stop_futility_after,
-            s.consistency,
-            sp.stop_min_consistency,
-        )
-        return stop
-    return not uncertainty_reasons(
-        s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std, sp.stop_max_au_entropy
-    )
-
-
-def wants_verification(s: Stats, sp: SampleParams) -> bool:
-    """Does this face get a verification round? Only a generated expression is verified:
-    `all` of them, the `uncertain` ones (vote posterior below `verify_below`), or the
-    `leaders`: faces whose top answer reached the lead rule's `stop_lead` (the faces that can
-    be accepted; a hopeless face is not worth another call)."""
-    if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
-        return False
-    if sp.verify_round == "leaders":
-        e = s.evidence()
-        return e.top - e.second >= sp.stop_lead
-    return sp.verify_round == "all" or uamc.majority_posterior(s.top_votes, s.n_votes) < sp.verify_below
+    m = t.metrics(tr.report, val)
+    write_metrics(p, "verify", m)
+    return m

@@ -14,7 +14,7 @@ from tasks.annotators.base import Call
 from tasks.core.params import Params
 from tasks.infra import io
 from tasks.infra.cache import ResponseCache
-from tasks.stages.sample import seed_for
+from tasks.method.sampling import seed_for
 
 
 def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):

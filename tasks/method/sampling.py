@@ -1,0 +1,328 @@
+"""sample (Monte Carlo, adaptive): answer each face's requests K times, K chosen per face.
+
+Input: FaceRecord (crop bytes, priors) and that face's RequestRecords. Output: one
+SampleRecord per sample drawn: parsed answer, raw answer, seed, index, status, annotator.
+
+Round 1 draws `k0` samples of every request of every face in a batch; then, while a face is
+not `verify.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
+round (`sample.verify_round`): faces whose generated expression is not certain enough
+(`verify.wants_verification`) get one more call that shows the annotator its aggregated
+answer with the knowledge about it (`prompt.verification_request`); its answer is recorded
+as a sample of variant `verify` (expression = the confirmed or corrected label). Seeds are a
+pure function of (sample.seed, request id, index), and every raw answer goes through the
+response cache first, so `dvc repro` is reproducible and a re-run, or a run resumed after a
+crash, pays for nothing that had already succeeded.
+
+Annotators answer verification requests if they say so (`supports_verification`); the
+OpenAI-compatible one does (any chat model can), others are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from tasks.annotators.base import Annotator, Call, CallResult
+from tasks.core.answer import parse
+from tasks.core.knowledge import AUS, Knowledge
+from tasks.core.params import Params
+from tasks.core.records import SampleRecord
+from tasks.infra.cache import ResponseCache
+from tasks.method.evidence import (
+    MIRROR_VERIFY_VARIANT,
+    VERIFY_VARIANT,
+    VERIFY_VARIANTS,
+    measure,
+    mirror,
+    settled,
+    wants_verification,
+)
+from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request
+
+log = logging.getLogger(__name__)
+
+
+def seed_for(base: int, request_id: str, index: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{base}|{request_id}|{index}".encode()).digest()[:4], "big") >> 1
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    cached: int = 0
+    fresh: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    tokens_in: float = 0.0
+    tokens_out: float = 0.0
+    per_face_k: list[int] = field(default_factory=list)
+    verify_calls: int = 0
+
+
+def _record(
+    ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int, error: str | None, cached: bool
+) -> dict:
+    base = dict(
+        face_id=face_id,
+        request_id=req["request_id"],
+        variant=req["variant"],
+        sample_index=index,
+        seed=seed,
+        annotator=ann.name,
+        annotator_version=ann.version,
+        model=ann.model,
+        cached=cached,
+    )
+    if entry is None:
+        return SampleRecord(**base, status="error", error=error or "no answer").model_dump()
+    p = parse(entry.get("text"), tuple(req["ask"]), entry.get("finish_reason"), entry.get("refusal"))
+    au_probs = None
+    if p.aus is not None:
+        au_probs = [1.0 if a in p.aus else 0.0 for a in AUS]
+    return SampleRecord(
+        **base,
+        status=p.status,
+        error=p.error,
+        raw=entry.get("text"),
+        expression=p.expression,
+        valence=p.valence,
+        arousal=p.arousal,
+        aus=p.aus,
+        au_probs=au_probs,
+        rationale=p.rationale,
+        tokens_in=round(entry.get("tokens_in", 0)),
+        tokens_out=round(entry.get("tokens_out", 0)),
+        latency_ms=entry.get("latency_ms", 0.0),
+        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+    ).model_dump()
+
+
+def cap(req: dict, sp, face: dict) -> int:
+    """Samples a request may get: `kmax`. A blind request of a face whose expression is known
+    is its calibration mirror (`tasks.method.evidence.mirror`) and is sampled exactly like an
+    unlabelled face's request; other blind requests (AU priors only) get `blind_k`."""
+    if req["variant"] == "blind" and not face.get("prior_expression"):
+        return min(sp.kmax, sp.blind_k)
+    return sp.kmax
+
+
+def sample_batch(
+    faces: list[dict],
+    requests: dict[str, list[dict]],
+    ann: Annotator,
+    cache: ResponseCache,
+    params: Params,
+    k: Knowledge,
+    tally: Tally,
+) -> Iterator[dict]:
+    """Adaptive Monte Carlo sampling for one batch of faces; yields SampleRecord dicts,
+    grouped by face, in the faces' order."""
+    sp = params.sample
+    drawn: dict[str, list[dict]] = {f["face_id"]: [] for f in faces}
+    open_faces = [f for f in faces if requests.get(f["face_id"])]
+    size = sp.k0
+    while open_faces:
+        calls: list[Call] = []
+        for f in open_faces:
+            for req in requests[f["face_id"]]:
+                have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
+                idx = tuple(range(have, min(have + size, cap(req, sp, f))))
+                if not idx:
+                    continue
+                seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
+                missing_i, missing_s = [], []
+                for i, s in zip(idx, seeds):
+                    e = cache.get(req["request_id"], i, s)
+                    if e is not None:
+                        tally.cached += 1
+                        drawn[f["face_id"]].append(_record(ann, f["face_id"], req, e, i, s, None, True))
+                    else:
+                        missing_i.append(i)
+                        missing_s.append(s)
+                if missing_i:
+                    calls.append(
+                        Call(
+                            request_id=req["request_id"],
+                            face_id=f["face_id"],
+                            messages=json.loads(req["messages_json"]),
+                            schema=json.loads(req["answer_schema"]),
+                            ask=tuple(req["ask"]),
+                            image=f["crop"],
+                            indices=tuple(missing_i),
+                            seeds=tuple(missing_s),
+                            face_frac=f.get("crop_face_frac"),
+                        )
+                    )
+        by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
+        for res in ann.run(calls):
+            _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
+        still = []
+        for f in open_faces:
+            got = drawn[f["face_id"]]
+            full = all(
+                sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f)
+                for r in requests[f["face_id"]]
+            )
+            if not full and not settled(f, got, k, sp):
+                still.append(f)
+        open_faces = still
+        size = sp.dk
+    _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
+    for f in faces:
+        got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
+        tally.per_face_k.append(
+            max((x["sample_index"] + 1 for x in got if x["variant"] not in VERIFY_VARIANTS), default=0)
+        )
+        yield from got
+
+
+def supports_verification(ann: Annotator) -> bool:
+    return bool(getattr(ann, "supports_verification", ann.name == "openai"))
+
+
+def _proposal(s) -> dict:
+    """The aggregated answer shown to the annotator in the verification round."""
+    proposed: dict = {"expression": s.expression}
+    if s.va_source == "annotator":
+        proposed.update(valence=round(s.valence, 2), arousal=round(s.arousal, 2))
+    if s.au_source == "annotator":
+        proposed["aus"] = [a for a, p in zip(AUS, s.au_probs) if p is not None and p >= 0.5]
+    return proposed
+
+
+def _views(f: dict, reqs: list[dict], got: list[dict]) -> list[tuple[str, dict, list[dict]]]:
+    """(variant, face as measured, its samples) to verify: the face's own generated
+    expression, and for a labelled face its calibration mirror (verified exactly like an
+    unlabelled face)."""
+    gen = [r for r in reqs if r["variant"] != "blind" and "expression" in r["ask"]]
+    views = [(VERIFY_VARIANT, f, got)] if gen else []
+    m = mirror(f, got)
+    if m is not None:
+        views.append((MIRROR_VERIFY_VARIANT, *m))
+    return views
+
+
+def _verification_round(
+    faces: list[dict],
+    requests: dict[str, list[dict]],
+    drawn: dict[str, list[dict]],
+    ann: Annotator,
+    cache: ResponseCache,
+    params: Params,
+    k: Knowledge,
+    tally: Tally,
+) -> None:
+    sp = params.sample
+    if sp.verify_round == "none" or not supports_verification(ann):
+        return
+    calls: list[Call] = []
+    meta: dict[str, tuple[str, str, str]] = {}
+    for f in faces:
+        reqs = requests.get(f["face_id"]) or []
+        got = drawn[f["face_id"]]
+        for variant, face, samples in _views(f, reqs, got):
+            s = measure(face, samples, k)
+            if not wants_verification(s, sp) or not reqs:
+                continue
+            vid, messages, schema = verification_request(
+                k, f["crop_sha256"], _proposal(s), reqs[0]["prompt_version"], params.prompt.knowledge
+            )
+            req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
+            seed = seed_for(sp.seed, vid, 0)
+            e = cache.get(vid, 0, seed)
+            if e is not None:
+                tally.cached += 1
+                got.append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
+            elif vid not in meta:
+                meta[vid] = (f["face_id"], s.expression, variant)
+                calls.append(
+                    Call(
+                        request_id=vid,
+                        face_id=f["face_id"],
+                        messages=messages,
+                        schema=schema,
+                        ask=VERIFY_ASK,
+                        image=f["crop"],
+                        indices=(0,),
+                        seeds=(seed,),
+                    )
+                )
+    for res in ann.run(calls):
+        tally.calls += 1
+        tally.verify_calls += 1
+        fid, proposed_label, variant = meta[res.call.request_id]
+        entries = {e["index"]: e for e in cache.put(res)}
+        tally.fresh += len(entries)
+        tally.cost_usd += res.cost_usd
+        tally.tokens_in += res.tokens_in
+        tally.tokens_out += res.tokens_out
+        e = entries.get(0)
+        if e is None:
+            tally.failed += 1
+        req = {"request_id": res.call.request_id, "variant": variant, "ask": list(VERIFY_ASK)}
+        drawn[fid].append(
+            _verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False, proposed_label, k)
+        )
+
+
+def _verify_record(
+    ann: Annotator,
+    face_id: str,
+    req: dict,
+    entry: dict | None,
+    seed: int,
+    error: str | None,
+    cached: bool,
+    proposed: str,
+    k: Knowledge,
+) -> dict:
+    base = dict(
+        face_id=face_id,
+        request_id=req["request_id"],
+        variant=req["variant"],
+        sample_index=0,
+        seed=seed,
+        annotator=ann.name,
+        annotator_version=ann.version,
+        model=ann.model,
+        cached=cached,
+    )
+    if entry is None:
+        return SampleRecord(**base, status="error", error=error).model_dump()
+    if entry.get("refusal"):
+        status, label, err = "refused", None, f"refusal: {entry['refusal'][:200]}"
+    else:
+        status, label, err = parse_verification(entry.get("text"), proposed, k)
+    return SampleRecord(
+        **base,
+        status=status,
+        error=err,
+        raw=entry.get("text"),
+        expression=label,
+        tokens_in=round(entry.get("tokens_in", 0)),
+        tokens_out=round(entry.get("tokens_out", 0)),
+        latency_ms=entry.get("latency_ms", 0.0),
+        cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+    ).model_dump()
+
+
+def _absorb(
+    res: CallResult, req: dict, ann: Annotator, cache: ResponseCache, drawn: dict[str, list[dict]], tally: Tally
+) -> None:
+    tally.calls += 1
+    fid = res.call.face_id
+    entries = {e["index"]: e for e in cache.put(res)}
+    tally.fresh += len(entries)
+    tally.cost_usd += res.cost_usd
+    tally.tokens_in += res.tokens_in
+    tally.tokens_out += res.tokens_out
+    for i, s in zip(res.call.indices, res.call.seeds):
+        e = entries.get(i)
+        if e is None:
+            tally.failed += 1
+        drawn[fid].append(
+            _record(ann, fid, req, e, i, s, res.error or "the annotator returned no answer for this index", False)
+        )
