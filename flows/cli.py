@@ -444,6 +444,7 @@ def compare(
     Versions are read through DVC (`dvc.api`), so they may live only in a DVC remote.
     """
     from tasks.tools import compare as C
+    from tasks.tools import compare_report
 
     try:
         with progress("reading versions", 2) as up:
@@ -455,7 +456,7 @@ def compare(
         raise Fail(str(ex)) from None
     c = C.compare(va, vb)
     dest = out_dir or Path("reports/compare") / f"{_slug(a)}_vs_{_slug(b)}"
-    files = C.write(c, dest, va, vb)
+    files = compare_report.write(c, dest, va, vb)
     A, Bv = c["a"], c["b"]
     rows = [(k, A[k], Bv[k]) for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows")]
     rows += [

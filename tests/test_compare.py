@@ -18,6 +18,7 @@ import yaml
 from sklearn.metrics import cohen_kappa_score
 
 from tasks.tools import compare as C
+from tasks.tools import compare_report
 
 ROOT = Path(__file__).resolve().parents[1]
 N_PER_CLASS = 5  # London images per class (neutral, happy)
@@ -100,7 +101,7 @@ def test_compare_on_constructed_versions():
         cohen_kappa_score(["happy", "neutral", "sad"], ["happy", "happy", "sad"]), abs=1e-4
     )
     assert c["params"] == [{"param": "verify.t", "a": 0.5, "b": 0.9}]
-    assert "verify.t" in C.markdown(c)
+    assert "verify.t" in compare_report.markdown(c)
 
 
 # ---------------------------------------------------------------- end to end

@@ -24,6 +24,7 @@ from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop
 from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
 
 local = pytest.importorskip("tasks.annotators.local")
+local_models = pytest.importorskip("tasks.annotators.local_models")
 
 IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
 # Chosen by running the annotator on london_happy_001..010: these three gave happy in 5/5
@@ -232,27 +233,28 @@ def blend(**kw) -> dict[str, float]:
 
 
 def test_table_covers_the_17_aus():
-    assert tuple(local.AU_TABLE) == AUS
+    assert tuple(local_models.AU_TABLE) == AUS
 
 
 def test_relaxed_face_has_no_aus():
-    inten = local.au_intensities(blend(), lip_gap=0.0)
-    assert set(inten) == set(AUS) and local.active_aus(inten) == []
+    inten = local_models.au_intensities(blend(), lip_gap=0.0)
+    assert set(inten) == set(AUS) and local_models.active_aus(inten) == []
 
 
 def test_smile_maps_to_au12_and_duchenne_proxy_to_au06():
-    inten = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6))
-    assert local.active_aus(inten) == ["AU12"] and inten["AU12"] == 1.0
-    inten = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6, eyeSquintLeft=0.4, eyeSquintRight=0.4))
-    assert local.active_aus(inten) == ["AU06", "AU12"]  # 0.4 * 0.6 = 0.24 >= 0.08
+    inten = local_models.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6))
+    assert local_models.active_aus(inten) == ["AU12"] and inten["AU12"] == 1.0
+    smile_squint = blend(mouthSmileLeft=0.6, mouthSmileRight=0.6, eyeSquintLeft=0.4, eyeSquintRight=0.4)
+    inten = local_models.au_intensities(smile_squint)
+    assert local_models.active_aus(inten) == ["AU06", "AU12"]  # 0.4 * 0.6 = 0.24 >= 0.08
     # a one-sided, weak smile averages below the threshold
-    assert "AU12" not in local.active_aus(local.au_intensities(blend(mouthSmileLeft=0.3)))
+    assert "AU12" not in local_models.active_aus(local_models.au_intensities(blend(mouthSmileLeft=0.3)))
 
 
 def test_threshold_is_inclusive_and_intensity_scales():
-    inten = local.au_intensities(blend(browInnerUp=0.45))
-    assert inten["AU01"] == pytest.approx(0.5) and "AU01" in local.active_aus(inten)
-    assert local.au_intensities(blend(browInnerUp=0.2))["AU01"] == pytest.approx(0.5 * 0.2 / 0.45)
+    inten = local_models.au_intensities(blend(browInnerUp=0.45))
+    assert inten["AU01"] == pytest.approx(0.5) and "AU01" in local_models.active_aus(inten)
+    assert local_models.au_intensities(blend(browInnerUp=0.2))["AU01"] == pytest.approx(0.5 * 0.2 / 0.45)
 
 
 @pytest.mark.parametrize(
@@ -277,17 +279,17 @@ def test_threshold_is_inclusive_and_intensity_scales():
     ],
 )
 def test_mapping_table(kw, expected):
-    assert local.active_aus(local.au_intensities(blend(**kw), lip_gap=0.0)) == expected
+    assert local_models.active_aus(local_models.au_intensities(blend(**kw), lip_gap=0.0)) == expected
 
 
 def test_lip_gap_alone_means_lips_part_not_jaw_drop():
-    assert local.active_aus(local.au_intensities(blend(), lip_gap=0.03)) == ["AU25"]
+    assert local_models.active_aus(local_models.au_intensities(blend(), lip_gap=0.03)) == ["AU25"]
 
 
 # -- expression, VA ------------------------------------------------------------------------------
 def test_class_mapping_puts_zero_on_contempt():
-    for spec in local.CLASSIFIERS.values():
-        p = local.to_project(np.eye(7), spec["classes"])
+    for spec in local_models.CLASSIFIERS.values():
+        p = local_models.to_project(np.eye(7), spec["classes"])
         assert p.shape == (7, 8) and np.all(p[:, EXPRESSIONS.index("contempt")] == 0)
         assert sorted(EXPRESSIONS[j] for j in p.argmax(1)) == sorted(spec["classes"])
 
@@ -295,23 +297,23 @@ def test_class_mapping_puts_zero_on_contempt():
 def test_draw_temperature():
     p = np.array([0.6, 0.3, 0.1, 0, 0, 0, 0, 0])
     rng = np.random.default_rng(0)
-    assert all(local.draw(p, 0.0, rng) == 0 for _ in range(20))
-    sharp = Counter(local.draw(p, 0.2, rng) for _ in range(400))
-    flat = Counter(local.draw(p, 1.0, rng) for _ in range(400))
+    assert all(local_models.draw(p, 0.0, rng) == 0 for _ in range(20))
+    sharp = Counter(local_models.draw(p, 0.2, rng) for _ in range(400))
+    flat = Counter(local_models.draw(p, 1.0, rng) for _ in range(400))
     assert sharp[0] > flat[0] and 3 not in flat and 7 not in flat
 
 
 def test_derived_va_follows_centroids_and_au_directions():
     k = load()
     onehot = lambda e: np.eye(8)[EXPRESSIONS.index(e)]  # noqa: E731
-    v, a = local.derive_va(onehot("happy"), None)
+    v, a = local_models.derive_va(onehot("happy"), None)
     assert (v, a) == pytest.approx((k.centroids["happy"]["valence"], k.centroids["happy"]["arousal"]))
     none = dict.fromkeys(AUS, 0.0)
-    v2, _ = local.derive_va(onehot("neutral"), {**none, "AU12": 1.0})
-    v3, _ = local.derive_va(onehot("neutral"), {**none, "AU15": 1.0})
-    _, a4 = local.derive_va(onehot("neutral"), {**none, "AU26": 1.0})
+    v2, _ = local_models.derive_va(onehot("neutral"), {**none, "AU12": 1.0})
+    v3, _ = local_models.derive_va(onehot("neutral"), {**none, "AU15": 1.0})
+    _, a4 = local_models.derive_va(onehot("neutral"), {**none, "AU26": 1.0})
     assert v2 > 0 > v3 and a4 > 0
-    assert local.derive_va(onehot("happy"), {**none, "AU12": 1.0, "AU06": 1.0})[0] <= 1.0
+    assert local_models.derive_va(onehot("happy"), {**none, "AU12": 1.0, "AU06": 1.0})[0] <= 1.0
 
 
 # -- signature -------------------------------------------------------------------------------------
@@ -412,22 +414,22 @@ def test_verify_scores_on_constructed_signals():
             p[EXPRESSIONS.index(e)] = v
         return p
 
-    smile = local.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6), lip_gap=0.0)
-    still = local.au_intensities(blend(), lip_gap=0.0)
+    smile = local_models.au_intensities(blend(mouthSmileLeft=0.6, mouthSmileRight=0.6), lip_gap=0.0)
+    still = local_models.au_intensities(blend(), lip_gap=0.0)
     # the dissenting classifier is the one backing the proposal least
     per = {"fer": onehot(happy=0.4, neutral=0.6), "facex": onehot(happy=0.9, neutral=0.1)}
-    dissent, sc = local.verify_scores("happy", per, smile)
+    dissent, sc = local_models.verify_scores("happy", per, smile)
     assert dissent == "fer" and max(sc, key=sc.get) == "happy"  # AU12 outweighs fer's doubt
-    dissent, sc = local.verify_scores("happy", per, still)
+    dissent, sc = local_models.verify_scores("happy", per, still)
     assert max(sc, key=sc.get) == "neutral"  # no AU12 and fer says neutral
     assert "contempt" not in sc
     # AU09 is dead: disgust's support rests on AU15 alone; None without AUs
-    assert local.au_support("disgust", still) == 0.0 and local.au_support("happy", None) is None
-    assert local.au_support("neutral", still) == 1.0 and local.au_support("neutral", smile) == 0.0
-    assert local.au_evidence(0.25) == 0.0 and local.au_evidence(0.5) == 1.0
+    assert local_models.au_support("disgust", still) == 0.0 and local_models.au_support("happy", None) is None
+    assert local_models.au_support("neutral", still) == 1.0 and local_models.au_support("neutral", smile) == 0.0
+    assert local_models.au_evidence(0.25) == 0.0 and local_models.au_evidence(0.5) == 1.0
 
 
 def test_proposed_of_reads_the_last_proposal():
     k = load()
     _, messages, _ = verification_request(k, "sha", {"expression": "fear", "valence": -0.5}, "v", True)
-    assert local.proposed_of(messages)["expression"] == "fear"
+    assert local_models.proposed_of(messages)["expression"] == "fear"

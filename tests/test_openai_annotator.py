@@ -199,7 +199,7 @@ def test_missing_key_and_early_close(monkeypatch):
 def test_rate_limit_requests_per_minute():
     import asyncio
 
-    from tasks.annotators.openai_compat import _Bucket
+    from tasks.annotators.transport import Bucket as _Bucket
 
     async def take(n):
         b = _Bucket(120)  # 120/min: a burst of 120, then 2 per second

@@ -14,7 +14,6 @@ difference); which faces changed label, entered or left; and the parameter diffe
 from __future__ import annotations
 
 import io
-import json
 import math
 import subprocess
 from collections import Counter
@@ -241,20 +240,21 @@ def _r(x, nd=4):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
 
 
-def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
-    def sizes(v: Version) -> dict:
-        n = len(v.verdicts)
-        acc = sum(1 for x in v.verdicts if x["accepted"])
-        return {
-            "faces": n,
-            "accepted": acc,
-            "rejected": n - acc,
-            "acceptance_rate": _r(acc / n) if n else None,
-            "feid_rows": len(v.feid),
-            "reasons": dict(sorted(Counter(r for x in v.verdicts for r in (x["reasons"] or [])).items())),
-        }
+def _sizes(v: Version) -> dict:
+    n = len(v.verdicts)
+    acc = sum(1 for x in v.verdicts if x["accepted"])
+    return {
+        "faces": n,
+        "accepted": acc,
+        "rejected": n - acc,
+        "acceptance_rate": _r(acc / n) if n else None,
+        "feid_rows": len(v.feid),
+        "reasons": dict(sorted(Counter(r for x in v.verdicts for r in (x["reasons"] or [])).items())),
+    }
 
-    sa, sb = sizes(a), sizes(b)
+
+def _distribution(a: Version, b: Version) -> tuple[list[dict], dict]:
+    """Per-class counts and shares in A and B, and their divergence."""
     da = Counter(r["expression"] for r in a.feid)
     db = Counter(r["expression"] for r in b.feid)
     classes = [e for e in EXPRESSIONS if da[e] or db[e]]
@@ -270,16 +270,14 @@ def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
         }
         for e in classes
     ]
-    fa = {r["id"]: r for r in a.feid}
-    fb = {r["id"]: r for r in b.feid}
-    shared = sorted(set(fa) & set(fb))
-    ea, eb = [fa[i]["expression"] for i in shared], [fb[i]["expression"] for i in shared]
-    changed = [
-        {"face_id": i, "a": fa[i]["expression"], "b": fb[i]["expression"]}
-        for i in shared
-        if fa[i]["expression"] != fb[i]["expression"]
-    ]
-    unchanged = [i for i in shared if fa[i]["expression"] == fb[i]["expression"]]
+    div = {
+        "js_bits": _r(js_divergence(da, db)),
+        "total_variation": _r(0.5 * sum(abs(da[e] / na - db[e] / nb) for e in classes)),
+    }
+    return dist, div
+
+
+def _per_au(fa: dict, fb: dict, shared: list[str]) -> dict:
     per_au = {}
     for au in AUS:
         xs = [(au in (fa[i]["aus"] or []), au in (fb[i]["aus"] or [])) for i in shared]
@@ -290,182 +288,67 @@ def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
                 "a_rate": _r(sum(x for x, _ in xs) / len(xs)),
                 "b_rate": _r(sum(y for _, y in xs) / len(xs)),
             }
-    mad = {
-        d: _r(sum(abs(fa[i][d] - fb[i][d]) for i in shared) / len(shared)) if shared else None
-        for d in ("valence", "arousal")
+    return per_au
+
+
+def _agreement(fa: dict, fb: dict, va_: dict, vb_: dict) -> dict:
+    """Agreement of A and B on the faces both kept (and on every face both labelled)."""
+    shared = sorted(set(fa) & set(fb))
+    ea, eb = [fa[i]["expression"] for i in shared], [fb[i]["expression"] for i in shared]
+    unchanged = [i for i in shared if fa[i]["expression"] == fb[i]["expression"]]
+    both = sorted(i for i in set(va_) & set(vb_) if va_[i]["expression"] and vb_[i]["expression"])
+    return {
+        "shared_faces": len(shared),
+        "expression_agreement": _r(sum(x == y for x, y in zip(ea, eb)) / len(shared)) if shared else None,
+        "kappa": _r(cohen_kappa(ea, eb)),
+        "kappa_unchanged": _r(
+            cohen_kappa([fa[i]["expression"] for i in unchanged], [fb[i]["expression"] for i in unchanged])
+        ),
+        "kappa_all_verdicts": _r(
+            cohen_kappa([va_[i]["expression"] for i in both], [vb_[i]["expression"] for i in both])
+        ),
+        "per_au": _per_au(fa, fb, shared),
+        "va_mad": {
+            d: _r(sum(abs(fa[i][d] - fb[i][d]) for i in shared) / len(shared)) if shared else None
+            for d in ("valence", "arousal")
+        },
     }
-    va_ = {x["face_id"]: x for x in a.verdicts}
-    vb_ = {x["face_id"]: x for x in b.verdicts}
-    left = sorted(set(fa) - set(fb))
-    entered = sorted(set(fb) - set(fa))
-    all_faces = sorted(i for i in set(va_) & set(vb_) if va_[i]["expression"] and vb_[i]["expression"])
+
+
+def _changes(fa: dict, fb: dict, vb_: dict, max_changed: int) -> dict:
+    shared = sorted(set(fa) & set(fb))
+    changed = [
+        {"face_id": i, "a": fa[i]["expression"], "b": fb[i]["expression"]}
+        for i in shared
+        if fa[i]["expression"] != fb[i]["expression"]
+    ]
+    left, entered = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
+    reasons = Counter(r for i in left for r in (vb_.get(i, {}).get("reasons") or ["not in B"]))
+    return {
+        "n": len(changed),
+        "faces": changed[:max_changed],
+        "left": {"n": len(left), "reasons": dict(sorted(reasons.items())), "faces": left[:max_changed]},
+        "entered": {"n": len(entered), "faces": entered[:max_changed]},
+    }
+
+
+PROVENANCE = ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
+
+
+def compare(a: Version, b: Version, max_changed: int = 200) -> dict:
+    """Everything `seke compare` reports about versions A and B."""
+    sa, sb = _sizes(a), _sizes(b)
+    dist, div = _distribution(a, b)
+    fa, fb = {r["id"]: r for r in a.feid}, {r["id"]: r for r in b.feid}
+    va_, vb_ = {x["face_id"]: x for x in a.verdicts}, {x["face_id"]: x for x in b.verdicts}
     return {
         "a": {"name": a.name, "rev": a.rev, **sa},
         "b": {"name": b.name, "rev": b.rev, **sb},
         "acceptance_change": _r((sb["acceptance_rate"] or 0) - (sa["acceptance_rate"] or 0)),
         "label_distribution": dist,
-        "divergence": {
-            "js_bits": _r(js_divergence(da, db)),
-            "total_variation": _r(0.5 * sum(abs(da[e] / na - db[e] / nb) for e in classes)),
-        },
-        "agreement": {
-            "shared_faces": len(shared),
-            "expression_agreement": _r(sum(x == y for x, y in zip(ea, eb)) / len(shared)) if shared else None,
-            "kappa": _r(cohen_kappa(ea, eb)),
-            "kappa_unchanged": _r(
-                cohen_kappa([fa[i]["expression"] for i in unchanged], [fb[i]["expression"] for i in unchanged])
-            ),
-            "kappa_all_verdicts": _r(
-                cohen_kappa([va_[i]["expression"] for i in all_faces], [vb_[i]["expression"] for i in all_faces])
-            ),
-            "per_au": per_au,
-            "va_mad": mad,
-        },
-        "changed": {
-            "n": len(changed),
-            "faces": changed[:max_changed],
-            "left": {
-                "n": len(left),
-                "reasons": dict(
-                    sorted(Counter(r for i in left for r in (vb_.get(i, {}).get("reasons") or ["not in B"])).items())
-                ),
-                "faces": left[:max_changed],
-            },
-            "entered": {"n": len(entered), "faces": entered[:max_changed]},
-        },
+        "divergence": div,
+        "agreement": _agreement(fa, fb, va_, vb_),
+        "changed": _changes(fa, fb, vb_, max_changed),
         "params": param_diff(a.params, b.params),
-        "provenance": {
-            v.name: {
-                k: sorted({str(r[k]) for r in v.feid})
-                for k in ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
-            }
-            for v in (a, b)
-        },
+        "provenance": {v.name: {k: sorted({str(r[k]) for r in v.feid}) for k in PROVENANCE} for v in (a, b)},
     }
-
-
-# ---------------------------------------------------------------- outputs
-def markdown(c: dict) -> str:
-    A, B = c["a"], c["b"]
-    la = f"{A['name']}" + (f" ({A['rev'][:7]})" if A["rev"] else "")
-    lb = f"{B['name']}" + (f" ({B['rev'][:7]})" if B["rev"] else "")
-    L = [f"# FEID: {la} vs {lb}", "", "## Sizes", "", f"| | {la} | {lb} |", "|---|---|---|"]
-    for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows"):
-        L.append(f"| {k} | {A[k]} | {B[k]} |")
-    L += [
-        "",
-        f"Acceptance change: {c['acceptance_change']:+.4f}",
-        "",
-        "Rejection reasons:",
-        "",
-        f"| reason | {la} | {lb} |",
-        "|---|---|---|",
-    ]
-    for r in sorted(set(A["reasons"]) | set(B["reasons"])):
-        L.append(f"| {r} | {A['reasons'].get(r, 0)} | {B['reasons'].get(r, 0)} |")
-    L += ["", "## Parameter differences", ""]
-    if c["params"]:
-        L += ["| param | A | B |", "|---|---|---|"] + [f"| `{p['param']}` | {p['a']} | {p['b']} |" for p in c["params"]]
-    else:
-        L.append("None: both versions have the same params.yaml.")
-    L += [
-        "",
-        "## Label distribution",
-        "",
-        "| expression | A | B | A share | B share | delta |",
-        "|---|---|---|---|---|---|",
-    ]
-    L += [
-        f"| {d['expression']} | {d['a']} | {d['b']} | {d['a_share']} | {d['b_share']} | {d['delta']:+d} |"
-        for d in c["label_distribution"]
-    ]
-    g = c["agreement"]
-    L += [
-        "",
-        f"Jensen-Shannon divergence {c['divergence']['js_bits']} bits; total variation "
-        f"{c['divergence']['total_variation']}.",
-        "",
-        "## Agreement on shared faces",
-        "",
-        f"- shared faces: {g['shared_faces']}",
-        f"- expression agreement: {g['expression_agreement']}; Cohen's kappa: {g['kappa']} "
-        f"(faces whose label did not change: {g['kappa_unchanged']}; all faces labelled by both, accepted or not: "
-        f"{g['kappa_all_verdicts']})",
-        f"- VA mean absolute difference: valence {g['va_mad']['valence']}, arousal {g['va_mad']['arousal']}",
-    ]
-    if g["per_au"]:
-        L += ["", "| AU | agreement | kappa | A rate | B rate |", "|---|---|---|---|---|"]
-        L += [
-            f"| {au} | {v['agreement']} | {v['kappa']} | {v['a_rate']} | {v['b_rate']} |"
-            for au, v in g["per_au"].items()
-        ]
-    ch = c["changed"]
-    L += [
-        "",
-        "## Changes",
-        "",
-        f"- faces whose label changed: {ch['n']}",
-        f"- faces in A, not in B: {ch['left']['n']} (B's reasons: {ch['left']['reasons'] or '-'})",
-        f"- faces in B, not in A: {ch['entered']['n']}",
-    ]
-    if ch["faces"]:
-        L += ["", "| face | A | B |", "|---|---|---|"] + [
-            f"| `{x['face_id'][:16]}…` | {x['a']} | {x['b']} |" for x in ch["faces"]
-        ]
-    return "\n".join(L) + "\n"
-
-
-def plots(c: dict, out: Path, a: Version, b: Version) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    with (out / "label_distribution.csv").open("w") as fh:
-        fh.write("expression,version,count\n")
-        for d in c["label_distribution"]:
-            fh.write(f"{d['expression']},A,{d['a']}\n{d['expression']},B,{d['b']}\n")
-    files.append(out / "label_distribution.csv")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
-        return files
-    dist = c["label_distribution"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    x = np.arange(len(dist))
-    axes[0].bar(x - 0.2, [d["a"] for d in dist], 0.4, label=f"A: {a.name}")
-    axes[0].bar(x + 0.2, [d["b"] for d in dist], 0.4, label=f"B: {b.name}")
-    axes[0].set_xticks(x, [d["expression"] for d in dist], rotation=45, ha="right")
-    axes[0].set_title("accepted faces per expression")
-    axes[0].legend()
-    reasons = sorted(set(c["a"]["reasons"]) | set(c["b"]["reasons"]))
-    y = np.arange(len(reasons))
-    axes[1].barh(y - 0.2, [c["a"]["reasons"].get(r, 0) for r in reasons], 0.4, label="A")
-    axes[1].barh(y + 0.2, [c["b"]["reasons"].get(r, 0) for r in reasons], 0.4, label="B")
-    axes[1].set_yticks(y, reasons)
-    axes[1].set_title("rejection reasons")
-    axes[1].legend()
-    fa = {r["id"]: r for r in a.feid}
-    shared = [(fa[r["id"]], r) for r in b.feid if r["id"] in fa]
-    for d, m in (("valence", "o"), ("arousal", "^")):
-        axes[2].scatter([p[d] for p, _ in shared], [q[d] for _, q in shared], s=10, marker=m, alpha=0.6, label=d)
-    axes[2].plot([-1, 1], [-1, 1], "k--", lw=0.8)
-    axes[2].set(xlim=(-1, 1), ylim=(-1, 1), xlabel="A", ylabel="B", title="VA of shared faces")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=100)
-    plt.close(fig)
-    files.append(out / "compare.png")
-    return files
-
-
-def write(c: dict, out: Path, a: Version, b: Version) -> dict[str, str]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(c, indent=2, default=str) + "\n")
-    md = markdown(c)
-    figs = plots(c, out, a, b)
-    if any(f.suffix == ".png" for f in figs):
-        md += "\n![comparison](compare.png)\n"
-    (out / "compare.md").write_text(md)
-    return {"json": str(out / "compare.json"), "markdown": str(out / "compare.md"), "plots": [str(f) for f in figs]}

@@ -1,5 +1,4 @@
-"""FEAB outputs: DVC metrics and plots, figures and the markdown report.
-"""
+"""FEAB outputs: DVC metrics and plots, figures and the markdown report."""
 
 from __future__ import annotations
 
