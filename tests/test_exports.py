@@ -170,3 +170,13 @@ def test_export_refuses_to_overwrite_and_unknown_format(feid, tmp_path):
     assert not (out / "feid_llava.json").exists()
     with pytest.raises(ValueError):
         X.export(feid, "alpaca", tmp_path / "y", _card(tmp_path))
+
+
+def test_card_of_a_feid_with_withheld_va_averages_the_kept_values(feid, tmp_path):
+    """A withheld VA is null in FEID; the card's means are over the rows that keep theirs
+    (the card used to crash on the sample set's own FEID)."""
+    rows = feid.drop_columns(["image"]).to_pylist()
+    rows[0]["valence"] = rows[0]["arousal"] = None
+    card = X.dataset_card(rows, "hf", _card(tmp_path), [])
+    kept = [r["valence"] for r in rows[1:]]
+    assert f"mean valence {round(sum(kept) / len(kept), 3):+.3f}" in card

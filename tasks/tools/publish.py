@@ -190,6 +190,11 @@ def export(table: pa.Table, fmt: str, out: str | Path, card: CardInfo, overwrite
 
 
 # ---------------------------------------------------------------- dataset card
+def _mean(xs) -> float:
+    kept = [x for x in xs if x is not None]
+    return round(sum(kept) / len(kept), 3) if kept else 0.0
+
+
 def _stats(rows: list[dict]) -> dict:
     n = len(rows) or 1
     return {
@@ -201,8 +206,9 @@ def _stats(rows: list[dict]) -> dict:
             for a in AUS
             if any(a in (r["aus"] or []) for r in rows)
         },
-        "mean_valence": round(sum(r["valence"] for r in rows) / n, 3),
-        "mean_arousal": round(sum(r["arousal"] for r in rows) / n, 3),
+        # over the rows that keep their VA (a withheld VA is null)
+        "mean_valence": _mean(r["valence"] for r in rows),
+        "mean_arousal": _mean(r["arousal"] for r in rows),
         "mean_confidence": round(sum(r["confidence"] for r in rows) / n, 3),
     }
 
@@ -212,16 +218,7 @@ def _demote(md: str) -> str:
     return "\n".join("##" + ln if ln.startswith("#") else ln for ln in md.splitlines())
 
 
-def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) -> str:
-    s = _stats(rows)
-    prov = {
-        k: sorted({str(r[k]) for r in rows})
-        for k in ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
-        if rows and k in rows[0]
-    }
-    label_sets = sorted({",".join(r["label_set"]) for r in rows})
-    au_sets = sorted({",".join(r["au_set"]) for r in rows})
-    p = card.params
+def _card_header(s: dict, fmt: str, card: CardInfo, files: list[Path]) -> list[str]:
     front = [
         "---",
         "license: other",
@@ -270,6 +267,11 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
         ]
     else:
         L += ["", "LLaVA: `--data_path " + f"{card.name.lower()}_llava.json --image_folder <this folder>`."]
+    return L
+
+
+def _card_statistics(s: dict, label_sets: list[str], au_sets: list[str]) -> list[str]:
+    L: list[str] = []
     L += [
         "",
         "## Statistics",
@@ -297,6 +299,12 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
         "(null = not asked).",
         "",
     ]
+    return L
+
+
+def _card_annotation(card: CardInfo, prov: dict) -> list[str]:
+    p = card.params
+    L: list[str] = []
     L += ["## Sources and licences", ""]
     L += [
         _demote(card.sources_text.strip())
@@ -318,6 +326,11 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
             json.dumps(card.metrics, indent=1, sort_keys=True),
             "```",
         ]
+    return L
+
+
+def _card_citation(card: CardInfo, prov: dict) -> list[str]:
+    L: list[str] = []
     L += [
         "",
         "## Citation",
@@ -334,4 +347,18 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
         "```",
         "",
     ]
+    return L
+
+
+def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) -> str:
+    s = _stats(rows)
+    prov = {
+        k: sorted({str(r[k]) for r in rows})
+        for k in ("annotator", "model", "prompt_version", "params_hash", "knowledge_version")
+        if rows and k in rows[0]
+    }
+    label_sets = sorted({",".join(r["label_set"]) for r in rows})
+    au_sets = sorted({",".join(r["au_set"]) for r in rows})
+    L = _card_header(s, fmt, card, files) + _card_statistics(s, label_sets, au_sets)
+    L += _card_annotation(card, prov) + _card_citation(card, prov)
     return "\n".join(L)

@@ -1,0 +1,119 @@
+"""What every `seke` command shares: the Typer app, consoles, params with `-S` overrides,
+errors, progress bars and running DVC."""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    name="seke",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    help="Build, benchmark, compare and export FEID, the facial-emotion instruction dataset.\n\n"
+    "Run from the project root. Every command takes [bold]--params[/] (default params.yaml).",
+)
+console = Console(stderr=True)
+out = Console()
+
+PARAMS = typer.Option("params.yaml", "--params", "-p", help="params file", show_default=True)
+SET = typer.Option(None, "--set", "-S", help="override a param for this command: -S section.key=value (repeatable)")
+
+
+# ---------------------------------------------------------------- helpers
+class Fail(typer.Exit):
+    def __init__(self, msg: str, code: int = 1):
+        console.print(f"[bold red]error:[/] {msg}")
+        super().__init__(code)
+
+
+def load_params(path: str, overrides: Optional[List[str]] = None):
+    """params.yaml with `-S a.b=c` overrides applied, validated (`tasks.core.params.load`)."""
+    from tasks.core.params import ParamsError, load
+
+    try:
+        return load(path, overrides)
+    except ParamsError as ex:
+        raise Fail(str(ex)) from None
+
+
+@contextmanager
+def progress(description: str, total: int | None = None, every_s: float = 10.0) -> Iterator:
+    """Progress on stderr, yielding update(done, total, desc): a live bar on a terminal, else a
+    plain line at most every `every_s` seconds (logs, CI)."""
+    import time
+
+    if console.is_terminal:
+        cols = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*cols, console=console, transient=False) as pr:
+            task = pr.add_task(description, total=total)
+
+            def update(done: int, tot: int | None = None, desc: str | None = None):
+                pr.update(
+                    task,
+                    completed=done,
+                    total=tot if tot is not None else total,
+                    **({"description": desc} if desc else {}),
+                )
+
+            yield update
+        return
+    t0 = last = time.monotonic()
+
+    def update(done: int, tot: int | None = None, desc: str | None = None):
+        nonlocal last
+        now, tot = time.monotonic(), tot if tot is not None else total
+        if now - last >= every_s or (tot and done >= tot):
+            last = now
+            rate = done / (now - t0) if now > t0 else 0
+            eta = f", ETA {(tot - done) / rate:.0f} s" if tot and rate else ""
+            console.print(f"{desc or description}: {done}/{tot or '?'} ({rate:.1f}/s{eta})")
+
+    yield update
+
+
+def _tool_env() -> dict:
+    """DVC stage commands call `python`: put this interpreter's bin first; DVC/Prefect quiet and local."""
+    from flows import env
+
+    env.apply()
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    e.setdefault("DVC_NO_ANALYTICS", "1")
+    return e
+
+
+def _dvc_exe() -> str:
+    exe = Path(sys.executable).with_name("dvc")
+    return str(exe) if exe.exists() else "dvc"
+
+
+def _table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for h in headers:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*[("" if x is None else str(x)) for x in r])
+    return t
+
+
+def _fmt(v: dict | None) -> str:
+    if not v or v.get("value") is None:
+        return "n/a"
+    return f"{v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" if v.get("lo") is not None else f"{v['value']:.3f}"
