@@ -116,15 +116,7 @@ def bench(
     ov += [f"bench.limit={limit}"] if limit is not None else []
     ov += [f"bench.bootstrap={bootstrap}"] if bootstrap is not None else []
     p = load_params(params, ov)
-    try:
-        items = B.read_split(p.bench.split, p.bench.eval_split, p.bench.limit)
-    except FileNotFoundError as ex:
-        raise Fail(str(ex)) from None
-    if not items:
-        raise Fail(f"no `{p.bench.eval_split}` rows in {p.bench.split}")
-    missing = [i["path"] for i in items if not Path(i["path"]).exists()]
-    if missing:
-        raise Fail(f"{len(missing)} benchmark images are missing (first: {missing[0]}); rebuild with `seke split`")
+    items = _bench_items(p)
     k = load_knowledge()
     try:
         with progress(f"FEAB {p.annotator.backend}/{p.annotator.model}", len(items)) as up:
@@ -137,17 +129,7 @@ def bench(
     with progress("bootstrap", None):
         res = B.evaluate(rows, p.bench.bootstrap, p.bench.ci, p.bench.seed)
     res["selective"] = B.selective(rows)
-    meta = {
-        "annotator": info["annotator"],
-        "model": info["model"],
-        "split": p.bench.split,
-        "eval_split": p.bench.eval_split,
-        "limit": p.bench.limit,
-        "prompt_version": p.prompt.version,
-        "knowledge": p.prompt.knowledge,
-        "sampling": info,
-        "params": {"annotator": p.annotator.model_dump(mode="json"), "sample": p.sample.model_dump(mode="json")},
-    }
+    meta = _bench_meta(p, info)
     files = B.write_outputs(
         res,
         rows,
@@ -161,6 +143,36 @@ def bench(
     sel = res["selective"]
     out.print(f"verify would accept {sel['coverage']} of the faces; accuracy on those {sel['accuracy_accepted']}")
     out.print(f"wrote {files['metrics']}, {files['plots']}/, {files['report']}")
+
+
+def _bench_items(p) -> list[dict]:
+    """The benchmark split's rows to evaluate; a missing split or image is a clear error."""
+    from tasks.tools import feab as B
+
+    try:
+        items = B.read_split(p.bench.split, p.bench.eval_split, p.bench.limit)
+    except FileNotFoundError as ex:
+        raise Fail(str(ex)) from None
+    if not items:
+        raise Fail(f"no `{p.bench.eval_split}` rows in {p.bench.split}")
+    missing = [i["path"] for i in items if not Path(i["path"]).exists()]
+    if missing:
+        raise Fail(f"{len(missing)} benchmark images are missing (first: {missing[0]}); rebuild with `seke split`")
+    return items
+
+
+def _bench_meta(p, info: dict) -> dict:
+    return {
+        "annotator": info["annotator"],
+        "model": info["model"],
+        "split": p.bench.split,
+        "eval_split": p.bench.eval_split,
+        "limit": p.bench.limit,
+        "prompt_version": p.prompt.version,
+        "knowledge": p.prompt.knowledge,
+        "sampling": info,
+        "params": {"annotator": p.annotator.model_dump(mode="json"), "sample": p.sample.model_dump(mode="json")},
+    }
 
 
 def _print_eval(res: dict, title: str) -> None:
@@ -192,6 +204,31 @@ def _print_eval(res: dict, title: str) -> None:
 
 
 # ---------------------------------------------------------------- quality
+def _quality_scores(p, rows: list[dict], label: str) -> dict:
+    """FEAB's metrics on the accepted faces and on all faces, each printed."""
+    from tasks.tools import feab as B
+
+    res = {}
+    for name, sub in (("accepted", [r for r in rows if r["accepted"]]), ("all", rows)):
+        res[name] = B.evaluate(sub, p.bench.bootstrap, p.bench.ci, p.bench.seed) if sub else None
+        if res[name]:
+            _print_eval(res[name], f"annotation quality of {label}: {name} faces (n={len(sub)})")
+    return res
+
+
+def _verdicts_at(rev: str):
+    """(version, its verdict rows) of a git rev, tag or DVC experiment."""
+    from tasks.tools import compare as C
+
+    try:
+        v = C.load_version(".", rev)
+        params_at = v.params.get("paths", {})
+        verdicts = C.Store(".", v.rev).parquet(f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
+    except C.VersionError as ex:
+        raise Fail(str(ex)) from None
+    return v, verdicts
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  seke quality --truth ../held_out/manifest.csv\n\n"
@@ -223,35 +260,25 @@ def quality(
     import json
 
     from tasks.core.knowledge import load as load_knowledge
-    from tasks.tools import compare as C
     from tasks.tools import feab as B
 
     p = load_params(params, set_)
     if not truth.exists():
         raise Fail(f"{truth} not found")
-    try:
-        v = C.load_version(".", rev)
-        params_at = v.params.get("paths", {})
-        verdicts = C.Store(".", v.rev).parquet(f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
-    except C.VersionError as ex:
-        raise Fail(str(ex)) from None
+    v, verdicts = _verdicts_at(rev)
     with progress("hashing ground-truth images"):
         gt = B.truth_from_manifest(truth, root, load_knowledge())
     rows = B.quality_rows(verdicts, gt)
     if not rows:
         raise Fail(f"no FEID face of {rev} matches an image of {truth} (matched by SHA-256 of the bytes)")
-    res = {}
-    for name, sub in (("accepted", [r for r in rows if r["accepted"]]), ("all", rows)):
-        res[name] = B.evaluate(sub, p.bench.bootstrap, p.bench.ci, p.bench.seed) if sub else None
-        if res[name]:
-            _print_eval(res[name], f"annotation quality of {v.label}: {name} faces (n={len(sub)})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    res = _quality_scores(p, rows, v.label)
     meta = {
         "version": v.label,
         "truth": str(truth),
         "matched_faces": len(rows),
         "accepted": sum(r["accepted"] for r in rows),
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     if res["accepted"]:
         B.write_outputs(
             res["accepted"],

@@ -282,6 +282,22 @@ class SimVLLM:
             choices.append(self._choice(j, obj, rf_type, r))
         return choices
 
+    @staticmethod
+    def _entry(fp: str, attempt: int, sha: str, n: int, seed, rf_type: str) -> dict:
+        """The request log's entry for one call (completed as the call ends)."""
+        return {
+            "t": time.time(),
+            "fingerprint": fp,
+            "attempt": attempt,
+            "image_sha256": sha,
+            "n": n,
+            "seed": seed,
+            "response_format": rf_type,
+            "status": 200,
+            "fault": None,
+            "choices": 0,
+        }
+
     async def chat(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
         c = self.config
@@ -300,18 +316,7 @@ class SimVLLM:
         rf_type = (body.get("response_format") or {}).get("type", "text")
         text, images = self._parts(body)
         sha = hashlib.sha256(images[0]).hexdigest() if images else hashlib.sha256(text.encode()).hexdigest()
-        entry = {
-            "t": time.time(),
-            "fingerprint": fp,
-            "attempt": attempt,
-            "image_sha256": sha,
-            "n": n,
-            "seed": body.get("seed"),
-            "response_format": rf_type,
-            "status": 200,
-            "fault": None,
-            "choices": 0,
-        }
+        entry = self._entry(fp, attempt, sha, n, body.get("seed"), rf_type)
 
         def done(**kw) -> None:
             entry.update(**kw, ms=round((time.perf_counter() - t0) * 1e3, 1))

@@ -154,6 +154,11 @@ class OpenAIAnnotator(Annotator):
     def _tokens_in(self, call: Call) -> int:
         return tokens_in(call, self.a.image_detail)
 
+    def _call_cost(self, call: Call) -> float:
+        """The expected cost of a call, before it is sent (for the budget)."""
+        n = len(call.indices)
+        return self._cost(self._requests_for(n) * self._tokens_in(call), n * self._out_per_answer)
+
     def _cost(self, tin: float, tout: float) -> float:
         return (tin * self.a.price_in_per_mtok + tout * self.a.price_out_per_mtok) / 1e6
 
@@ -389,10 +394,7 @@ class OpenAIAnnotator(Annotator):
                 call, held = (held, None) if held is not None else (next(it, None), None)
                 if call is None:
                     break
-                est = self._cost(
-                    self._requests_for(len(call.indices)) * self._tokens_in(call),
-                    len(call.indices) * self._out_per_answer,
-                )
+                est = self._call_cost(call)
                 budget = self.a.budget_usd
                 if budget and self.spent_usd + fl.reserved + est > budget:
                     if tasks:  # let in-flight calls settle first: their real cost may be lower

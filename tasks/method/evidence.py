@@ -117,48 +117,39 @@ def au_agreement(answered: set[str], prior: set[str]) -> float:
     return len(answered & prior) / len(u) if u else 1.0
 
 
-def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
-    s = Stats(n_samples=len(samples))
-    ok = [x for x in samples if x["status"] == "ok"]
-    s.n_ok, s.n_failed = len(ok), len(samples) - len(ok)
-    gen = [x for x in ok if x["variant"] not in ("blind", *VERIFY_VARIANTS)]
-    blind = [x for x in ok if x["variant"] == "blind"]
-    ver = [x for x in ok if x["variant"] == VERIFY_VARIANT]
-    s.n_samples = sum(1 for x in samples if x["variant"] not in VERIFY_VARIANTS)
-    s.n_ok = len(ok) - len(ver)
-    s.n_failed = s.n_samples - s.n_ok
-
-    # expression
+def _measure_expression(s: Stats, face: dict, gen: list[dict], ver: list[dict], k: Knowledge) -> None:
     if face.get("prior_expression"):
         s.expression, s.expression_source = face["prior_expression"], "prior"
-    else:
-        votes = Counter(x["expression"] for x in gen if x.get("expression"))
-        if votes:
-            (label, top), n = votes.most_common(1)[0], sum(votes.values())
-            # ties break towards the label set's order, so the result never depends on sample order
-            tied = [lab for lab, c in votes.items() if c == top]
-            label = min(tied, key=k.expressions.index)
-            s.expression, s.expression_source = label, "annotator"
-            s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
-            s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
-            if ver:
-                s.n_verify = len(ver)
-                # all verification answers must confirm the aggregated answer
-                s.verified = all(x.get("expression") == label for x in ver)
+        return
+    votes = Counter(x["expression"] for x in gen if x.get("expression"))
+    if not votes:
+        return
+    (label, top), n = votes.most_common(1)[0], sum(votes.values())
+    # ties break towards the label set's order, so the result never depends on sample order
+    tied = [lab for lab, c in votes.items() if c == top]
+    label = min(tied, key=k.expressions.index)
+    s.expression, s.expression_source = label, "annotator"
+    s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
+    s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
+    if ver:
+        s.n_verify = len(ver)
+        # all verification answers must confirm the aggregated answer
+        s.verified = all(x.get("expression") == label for x in ver)
 
-    # valence / arousal
+
+def _measure_va(s: Stats, face: dict, gen: list[dict]) -> None:
     if face.get("prior_valence") is not None:
         s.valence, s.arousal, s.va_source = face["prior_valence"], face["prior_arousal"], "prior"
-    else:
-        va = [(x["valence"], x["arousal"]) for x in gen if x.get("valence") is not None]
-        if va:
-            s.valence, s.valence_std = mean_std([v for v, _ in va])
-            s.arousal, s.arousal_std = mean_std([a for _, a in va])
-            s.va_source = "annotator"
+        return
+    va = [(x["valence"], x["arousal"]) for x in gen if x.get("valence") is not None]
+    if va:
+        s.valence, s.valence_std = mean_std([v for v, _ in va])
+        s.arousal, s.arousal_std = mean_std([a for _, a in va])
+        s.va_source = "annotator"
 
-    # action units: prior where the source annotates them, else occurrence rate over samples
-    au_set = set(face.get("au_set") or [])
-    prior_aus = set(face.get("prior_aus") or [])
+
+def _measure_aus(s: Stats, au_set: set[str], prior_aus: set[str], gen: list[dict]) -> None:
+    """Prior where the source annotates an AU, else its occurrence rate over the samples."""
     answered = [set(x["aus"]) for x in gen if x.get("aus") is not None]
     ents = []
     for i, a in enumerate(AUS):
@@ -173,7 +164,9 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
     elif au_set:
         s.au_source = "prior"
 
-    # self-verification against priors: blind answers vs. known labels
+
+def _prior_agreement(face: dict, blind: list[dict], au_set: set[str], prior_aus: set[str]) -> float | None:
+    """Self-verification against priors: how well the blind answers match the known labels."""
     checks = []
     if face.get("prior_expression"):
         be = [x["expression"] for x in blind if x.get("expression")]
@@ -183,17 +176,39 @@ def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
         ba = [set(x["aus"]) & au_set for x in blind if x.get("aus") is not None]
         if ba:
             checks.append(sum(au_agreement(b, prior_aus & au_set) for b in ba) / len(ba))
-    if checks:
-        s.prior_agreement = sum(checks) / len(checks)
+    return sum(checks) / len(checks) if checks else None
 
-    # cross-granularity consistency from the knowledge
-    if s.expression:
-        rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
-        s.consistency = k.consistency(s.expression, rates or None, s.valence, s.arousal)
-        others = [c for c in s.votes if c != s.expression]
-        if s.consistency is not None and others:
-            alt = [k.consistency(c, rates or None, s.valence, s.arousal) for c in others]
-            s.consistency_margin = s.consistency - max(a for a in alt if a is not None)
+
+def _measure_consistency(s: Stats, k: Knowledge) -> None:
+    """Cross-granularity consistency from the knowledge, and its margin over the runner-up labels."""
+    if not s.expression:
+        return
+    rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
+    s.consistency = k.consistency(s.expression, rates or None, s.valence, s.arousal)
+    others = [c for c in s.votes if c != s.expression]
+    if s.consistency is not None and others:
+        alt = [k.consistency(c, rates or None, s.valence, s.arousal) for c in others]
+        s.consistency_margin = s.consistency - max(a for a in alt if a is not None)
+
+
+def measure(face: dict, samples: list[dict], k: Knowledge) -> Stats:
+    """Everything the samples of one face say: aggregated labels, their spread, agreement
+    with the known labels, and consistency with the emotion knowledge."""
+    ok = [x for x in samples if x["status"] == "ok"]
+    gen = [x for x in ok if x["variant"] not in ("blind", *VERIFY_VARIANTS)]
+    blind = [x for x in ok if x["variant"] == "blind"]
+    ver = [x for x in ok if x["variant"] == VERIFY_VARIANT]
+    s = Stats(n_samples=sum(1 for x in samples if x["variant"] not in VERIFY_VARIANTS))
+    s.n_ok = len(ok) - len(ver)
+    s.n_failed = s.n_samples - s.n_ok
+    au_set, prior_aus = set(face.get("au_set") or []), set(face.get("prior_aus") or [])
+    _measure_expression(s, face, gen, ver, k)
+    _measure_va(s, face, gen)
+    _measure_aus(s, au_set, prior_aus, gen)
+    agreement = _prior_agreement(face, blind, au_set, prior_aus)
+    if agreement is not None:
+        s.prior_agreement = agreement
+    _measure_consistency(s, k)
     return s
 
 

@@ -109,6 +109,59 @@ def cap(req: dict, sp, face: dict) -> int:
     return sp.kmax
 
 
+def _call_for(f: dict, req: dict, idx: tuple, sp, ann, cache, drawn, tally) -> Call | None:
+    """The call for the sample indices `idx` of one request: cached answers are taken from
+    the cache (recorded in `drawn`); the call asks only for the others (None: nothing left)."""
+    seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
+    missing_i, missing_s = [], []
+    for i, s in zip(idx, seeds):
+        e = cache.get(req["request_id"], i, s)
+        if e is not None:
+            tally.cached += 1
+            drawn[f["face_id"]].append(_record(ann, f["face_id"], req, e, i, s, None, True))
+        else:
+            missing_i.append(i)
+            missing_s.append(s)
+    if not missing_i:
+        return None
+    return Call(
+        request_id=req["request_id"],
+        face_id=f["face_id"],
+        messages=json.loads(req["messages_json"]),
+        schema=json.loads(req["answer_schema"]),
+        ask=tuple(req["ask"]),
+        image=f["crop"],
+        indices=tuple(missing_i),
+        seeds=tuple(missing_s),
+        face_frac=f.get("crop_face_frac"),
+    )
+
+
+def _round_calls(open_faces, requests, drawn, size: int, sp, ann, cache, tally) -> list[Call]:
+    """The calls of one sampling round: `size` more answers per request of each open face."""
+    calls: list[Call] = []
+    for f in open_faces:
+        for req in requests[f["face_id"]]:
+            have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
+            idx = tuple(range(have, min(have + size, cap(req, sp, f))))
+            if idx and (c := _call_for(f, req, idx, sp, ann, cache, drawn, tally)) is not None:
+                calls.append(c)
+    return calls
+
+
+def _still_open(open_faces, requests, drawn, sp, k: Knowledge) -> list[dict]:
+    """Faces that may take more answers: below their cap and not yet settled."""
+    still = []
+    for f in open_faces:
+        got = drawn[f["face_id"]]
+        full = all(
+            sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f) for r in requests[f["face_id"]]
+        )
+        if not full and not settled(f, got, k, sp):
+            still.append(f)
+    return still
+
+
 def sample_batch(
     faces: list[dict],
     requests: dict[str, list[dict]],
@@ -125,50 +178,11 @@ def sample_batch(
     open_faces = [f for f in faces if requests.get(f["face_id"])]
     size = sp.k0
     while open_faces:
-        calls: list[Call] = []
-        for f in open_faces:
-            for req in requests[f["face_id"]]:
-                have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
-                idx = tuple(range(have, min(have + size, cap(req, sp, f))))
-                if not idx:
-                    continue
-                seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
-                missing_i, missing_s = [], []
-                for i, s in zip(idx, seeds):
-                    e = cache.get(req["request_id"], i, s)
-                    if e is not None:
-                        tally.cached += 1
-                        drawn[f["face_id"]].append(_record(ann, f["face_id"], req, e, i, s, None, True))
-                    else:
-                        missing_i.append(i)
-                        missing_s.append(s)
-                if missing_i:
-                    calls.append(
-                        Call(
-                            request_id=req["request_id"],
-                            face_id=f["face_id"],
-                            messages=json.loads(req["messages_json"]),
-                            schema=json.loads(req["answer_schema"]),
-                            ask=tuple(req["ask"]),
-                            image=f["crop"],
-                            indices=tuple(missing_i),
-                            seeds=tuple(missing_s),
-                            face_frac=f.get("crop_face_frac"),
-                        )
-                    )
+        calls = _round_calls(open_faces, requests, drawn, size, sp, ann, cache, tally)
         by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
         for res in ann.run(calls):
             _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
-        still = []
-        for f in open_faces:
-            got = drawn[f["face_id"]]
-            full = all(
-                sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f)
-                for r in requests[f["face_id"]]
-            )
-            if not full and not settled(f, got, k, sp):
-                still.append(f)
-        open_faces = still
+        open_faces = _still_open(open_faces, requests, drawn, sp, k)
         size = sp.dk
     _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
     for f in faces:
@@ -251,21 +265,26 @@ def _verification_round(
                     )
                 )
     for res in ann.run(calls):
-        tally.calls += 1
-        tally.verify_calls += 1
-        fid, proposed_label, variant = meta[res.call.request_id]
-        entries = {e["index"]: e for e in cache.put(res)}
-        tally.fresh += len(entries)
-        tally.cost_usd += res.cost_usd
-        tally.tokens_in += res.tokens_in
-        tally.tokens_out += res.tokens_out
-        e = entries.get(0)
-        if e is None:
-            tally.failed += 1
-        req = {"request_id": res.call.request_id, "variant": variant, "ask": list(VERIFY_ASK)}
-        drawn[fid].append(
-            _verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False, proposed_label, k)
-        )
+        _absorb_verification(res, meta, ann, cache, drawn, k, tally)
+
+
+def _absorb_verification(res: CallResult, meta: dict, ann, cache, drawn, k: Knowledge, tally: Tally) -> None:
+    """Cache a verification answer and record it as its face's `verify` sample."""
+    tally.calls += 1
+    tally.verify_calls += 1
+    fid, proposed_label, variant = meta[res.call.request_id]
+    entries = {e["index"]: e for e in cache.put(res)}
+    tally.fresh += len(entries)
+    tally.cost_usd += res.cost_usd
+    tally.tokens_in += res.tokens_in
+    tally.tokens_out += res.tokens_out
+    e = entries.get(0)
+    if e is None:
+        tally.failed += 1
+    req = {"request_id": res.call.request_id, "variant": variant, "ask": list(VERIFY_ASK)}
+    drawn[fid].append(
+        _verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False, proposed_label, k)
+    )
 
 
 def _verify_record(

@@ -171,49 +171,49 @@ def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
     return out
 
 
+def _read(e: Entry, root: str, params: Ingest, read=None) -> tuple[str, bytes] | QuarantineRecord:
+    """(url, bytes) of an entry, or why it cannot be read. Links are resolved first: nothing
+    outside the root is ever read."""
+    url = resolve(root, e.path)
+    if url is None:
+        return QuarantineRecord(path=e.path, reason="outside_root", detail=f"{e.path!r} is not under {root}")
+    try:
+        fs, p = fsspec.core.url_to_fs(url)
+        why = _escapes(fs, root, p)
+        if why == "outside_root":
+            return QuarantineRecord(path=e.path, reason=why, detail="a link to a file outside the input root")
+        if why == "unreadable":
+            return QuarantineRecord(path=e.path, reason=why, detail="a broken link (its target does not exist)")
+        size = fs.size(p)
+        if size is not None and size > params.max_bytes:
+            detail = f"{size} bytes > ingest.max_bytes={params.max_bytes}"
+            return QuarantineRecord(path=e.path, reason="too_large", detail=detail)
+        data = read(url) if read else fs.cat_file(p)
+    except FileNotFoundError:
+        return QuarantineRecord(path=e.path, reason="unreadable", detail="FileNotFoundError: the file is gone")
+    except PermissionError:
+        return QuarantineRecord(path=e.path, reason="unreadable", detail="PermissionError: not allowed to read it")
+    except (OSError, ValueError) as ex:
+        return QuarantineRecord(path=e.path, reason="unreadable", detail=f"{type(ex).__name__}: {ex}")
+    if len(data) == 0:
+        return QuarantineRecord(path=e.path, reason="empty", detail="0 bytes")
+    if len(data) > params.max_bytes:
+        detail = f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}"
+        return QuarantineRecord(path=e.path, reason="too_large", detail=detail)
+    return url, data
+
+
 def ingest(
     entries: Iterable[Entry], root: str, k: Knowledge, params: Ingest, read=None
 ) -> Iterator[ImageRecord | QuarantineRecord]:
     """Yield an ImageRecord or a QuarantineRecord for every entry, never dropping one."""
     seen: dict[str, str] = {}
     for e in entries:
-        url = resolve(root, e.path)
-        if url is None:
-            yield QuarantineRecord(path=e.path, reason="outside_root", detail=f"{e.path!r} is not under {root}")
+        got = _read(e, root, params, read)
+        if isinstance(got, QuarantineRecord):
+            yield got
             continue
-        try:
-            fs, p = fsspec.core.url_to_fs(url)
-            why = _escapes(fs, root, p)
-            if why == "outside_root":
-                yield QuarantineRecord(path=e.path, reason=why, detail="a link to a file outside the input root")
-                continue
-            if why == "unreadable":
-                yield QuarantineRecord(path=e.path, reason=why, detail="a broken link (its target does not exist)")
-                continue
-            size = fs.size(p)
-            if size is not None and size > params.max_bytes:
-                yield QuarantineRecord(
-                    path=e.path, reason="too_large", detail=f"{size} bytes > ingest.max_bytes={params.max_bytes}"
-                )
-                continue
-            data = read(url) if read else fs.cat_file(p)
-        except FileNotFoundError:
-            yield QuarantineRecord(path=e.path, reason="unreadable", detail="FileNotFoundError: the file is gone")
-            continue
-        except PermissionError:
-            yield QuarantineRecord(path=e.path, reason="unreadable", detail="PermissionError: not allowed to read it")
-            continue
-        except (OSError, ValueError) as ex:
-            yield QuarantineRecord(path=e.path, reason="unreadable", detail=f"{type(ex).__name__}: {ex}")
-            continue
-        if len(data) == 0:
-            yield QuarantineRecord(path=e.path, reason="empty", detail="0 bytes")
-            continue
-        if len(data) > params.max_bytes:
-            yield QuarantineRecord(
-                path=e.path, reason="too_large", detail=f"{len(data)} bytes > ingest.max_bytes={params.max_bytes}"
-            )
-            continue
+        url, data = got
         im, fmt, detail = _open_image(data)
         if im is None:
             yield QuarantineRecord(path=e.path, reason=fmt, detail=detail)

@@ -60,6 +60,45 @@ def face_of(item: dict, data: bytes, crop) -> dict:
     ).model_dump()
 
 
+def _predicted(it: dict, f: dict, v) -> dict:
+    return {
+        **it,
+        "pred_expression": v.expression,
+        "pred_valence": v.valence,
+        "pred_arousal": v.arousal,
+        "pred_aus": v.aus,
+        "accepted": v.accepted,
+        "confidence": v.confidence,
+        "vote_share": v.vote_share,
+        "reasons": v.reasons,
+        "n_samples": v.n_samples,
+        "detector": f["detector"],
+    }
+
+
+def _predict_batch(chunk: list[dict], p: Params, k: Knowledge, read, ann, cache, tally) -> tuple[list[dict], int]:
+    """One batch of benchmark items through crop, prompt, sampling and decide: (rows, no-face count)."""
+    from tasks.core.records import FaceRecord
+    from tasks.method.decide import decide
+    from tasks.method.sampling import sample_batch
+    from tasks.stages.prompt import requests_for
+
+    faces, reqs, no_face = [], {}, 0
+    for it in chunk:
+        f = face_of(it, read(it["path"]), p.crop)
+        no_face += f["detector"] == "none" and p.crop.detector != "none"
+        faces.append(f)
+        face = FaceRecord(**f)
+        reqs[f["face_id"]] = [
+            r.model_dump() for r in requests_for(k, face, p.prompt.version, p.prompt.knowledge, p.prompt.blind)
+        ]
+    by_face: dict[str, list[dict]] = {}
+    for s in sample_batch(faces, reqs, ann, cache, p, k, tally):
+        by_face.setdefault(s["face_id"], []).append(s)
+    rows = [_predicted(it, f, decide(f, by_face.get(f["face_id"], []), k, p.verify)) for it, f in zip(chunk, faces)]
+    return rows, no_face
+
+
 def predict(
     items: list[dict],
     p: Params,
@@ -71,11 +110,8 @@ def predict(
     """Annotate the benchmark items like FEID annotates an unlabelled face. Returns the items
     with `pred_*` keys (and verify's verdict) added, and the sampling tally."""
     from tasks import annotators
-    from tasks.core.records import FaceRecord
     from tasks.infra.cache import ResponseCache
-    from tasks.method.decide import decide
-    from tasks.method.sampling import Tally, sample_batch
-    from tasks.stages.prompt import requests_for
+    from tasks.method.sampling import Tally
 
     read = read or (lambda path: Path(path).read_bytes())
     ann = annotator or annotators.build(p)
@@ -85,36 +121,9 @@ def predict(
     no_face = 0
     try:
         for start in range(0, len(items), p.runtime.batch_size):
-            chunk = items[start : start + p.runtime.batch_size]
-            faces, reqs = [], {}
-            for it in chunk:
-                f = face_of(it, read(it["path"]), p.crop)
-                no_face += f["detector"] == "none" and p.crop.detector != "none"
-                faces.append(f)
-                reqs[f["face_id"]] = [
-                    r.model_dump()
-                    for r in requests_for(k, FaceRecord(**f), p.prompt.version, p.prompt.knowledge, p.prompt.blind)
-                ]
-            by_face: dict[str, list[dict]] = {}
-            for s in sample_batch(faces, reqs, ann, cache, p, k, tally):
-                by_face.setdefault(s["face_id"], []).append(s)
-            for it, f in zip(chunk, faces):
-                v = decide(f, by_face.get(f["face_id"], []), k, p.verify)
-                out.append(
-                    {
-                        **it,
-                        "pred_expression": v.expression,
-                        "pred_valence": v.valence,
-                        "pred_arousal": v.arousal,
-                        "pred_aus": v.aus,
-                        "accepted": v.accepted,
-                        "confidence": v.confidence,
-                        "vote_share": v.vote_share,
-                        "reasons": v.reasons,
-                        "n_samples": v.n_samples,
-                        "detector": f["detector"],
-                    }
-                )
+            rows, nf = _predict_batch(items[start : start + p.runtime.batch_size], p, k, read, ann, cache, tally)
+            out += rows
+            no_face += nf
             if progress:
                 progress(len(out), len(items))
     finally:

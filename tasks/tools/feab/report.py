@@ -125,18 +125,8 @@ def _fmt(v: dict | None) -> str:
     return s
 
 
-def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: Path) -> str:
-    import os
-
-    e, au, va = result.get("expression", {}), result.get("au", {}), result.get("va", {})
-    level = int(round(result["bootstrap"]["level"] * 100))
-    L = [f"# {title}", ""]
-    L += [f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, dict)]
-    L += [
-        f"- items: {result['n']} ({result['subjects']} subjects); bootstrap {result['bootstrap']['resamples']} "
-        f"resamples of subjects, {level}% percentile intervals",
-        "",
-    ]
+def _md_expression(e: dict, c: dict) -> list[str]:
+    L: list[str] = []
     L += [
         "## Expression",
         "",
@@ -147,7 +137,6 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
         "|---|---|",
     ]
     L += [f"| {m} | {_fmt(e.get(m))} |" for m in ("accuracy", "macro_f1", "uar")]
-    c = result["confusion"]
     keep = [i for i, row in enumerate(c["matrix"]) if sum(row) > 0]
     if keep:
         L += [
@@ -158,6 +147,11 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
             "|---" * (len(c["cols"]) + 1) + "|",
         ]
         L += [f"| **{c['rows'][i]}** | " + " | ".join(str(x) for x in c["matrix"][i]) + " |" for i in keep]
+    return L
+
+
+def _md_aus(au: dict) -> list[str]:
+    L: list[str] = []
     L += ["", "## Action units", ""]
     if au.get("annotated"):
         L += [
@@ -172,6 +166,11 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
         L += [f"| {a} | {_fmt(au.get('f1', {}).get(a))} |" for a in au["annotated"]]
     else:
         L += ["No source in this set annotates action units: no AU metrics."]
+    return L
+
+
+def _md_va(result: dict, va: dict) -> list[str]:
+    L: list[str] = []
     L += ["", "## Valence / arousal", ""]
     if va.get("n"):
         L += [f"n = {va['n']}", "", "| | CCC | RMSE | Pearson r |", "|---|---|---|---|"]
@@ -188,6 +187,11 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
             f"Selective: verify would accept {sel['coverage']:.3f} of the faces; expression accuracy on "
             f"those {sel['accuracy_accepted'] if sel['accuracy_accepted'] is not None else 'n/a'}.",
         ]
+    return L
+
+
+def _md_per_source(result: dict) -> list[str]:
+    L: list[str] = []
     if "per_source" in result:
         L += [
             "",
@@ -206,6 +210,22 @@ def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: 
                 f"{g('expression', 'uar')} | {g('au', 'mean_f1')} | {g('va', 'valence', 'ccc')} | "
                 f"{g('va', 'arousal', 'ccc')} |"
             )
+    return L
+
+
+def markdown(result: dict, title: str, meta: dict, figs: dict[str, Path], base: Path) -> str:
+    import os
+
+    e, au, va = result.get("expression", {}), result.get("au", {}), result.get("va", {})
+    level = int(round(result["bootstrap"]["level"] * 100))
+    L = [f"# {title}", ""]
+    L += [f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, dict)]
+    L += [
+        f"- items: {result['n']} ({result['subjects']} subjects); bootstrap {result['bootstrap']['resamples']} "
+        f"resamples of subjects, {level}% percentile intervals",
+        "",
+    ]
+    L += _md_expression(e, result["confusion"]) + _md_aus(au) + _md_va(result, va) + _md_per_source(result)
     for k, v in meta.items():
         if isinstance(v, dict):
             L += ["", f"## {k}", "", "```json", json.dumps(v, indent=2, sort_keys=True), "```"]

@@ -64,6 +64,90 @@ def training_set(ingest_images: str | None = None, feid: str | None = None) -> t
     return ids, subjects
 
 
+def _labels_of(src: BenchSource, r: dict) -> dict:
+    """A labels-table row's priors, in the manifest's column names (for `parse_labels`)."""
+    lab = {"expression": r.get(src.label_column), "label_scheme": src.label_scheme or None}
+    if src.label_set:
+        lab["label_set"] = ",".join(src.label_set)
+    lab.update(
+        {
+            c: v
+            for c, v in r.items()
+            if c in ("valence", "arousal")
+            or (c.upper().startswith("AU") and c.upper().removeprefix("AU").split("_")[0].isdigit())
+        }
+    )
+    return lab
+
+
+def _split_row(full: Path, sha: str, src: BenchSource, subject: str, split: str, parsed: dict) -> dict:
+    return {
+        "path": str(full),
+        "image_id": sha,
+        "source": src.name,
+        "subject": subject,
+        "split": split,
+        "expression": parsed["prior_expression"] or "",
+        "label_set": ",".join(parsed["label_set"]),
+        "valence": "" if parsed["prior_valence"] is None else parsed["prior_valence"],
+        "arousal": "" if parsed["prior_arousal"] is None else parsed["prior_arousal"],
+        "aus": "" if parsed["prior_aus"] is None else ",".join(parsed["prior_aus"]),
+        "au_set": ",".join(parsed["au_set"]),
+    }
+
+
+def _source_rows(src, k, exclude_ids, exclude_subjects, dev_fraction, seed, progress, seen, excluded):
+    """The split rows of one source; what it excludes is counted in `excluded` (`why` keys)."""
+    from tasks.stages.ingest import parse_labels
+
+    labels_csv = Path(src.labels)
+    if not labels_csv.exists():
+        raise FileNotFoundError(
+            f"bench source {src.name!r}: labels file {labels_csv} not found (bench.sources in params.yaml)"
+        )
+    root = Path(src.root) if src.root else labels_csv.parent
+    with labels_csv.open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    ip = IngestParams(label_set=src.label_set or list(k.expressions), au_set=src.au_set)
+    rows: list[dict] = []
+    for i, r in enumerate(table):
+        if progress:
+            progress(src.name, i + 1, len(table))
+        rel = r.get(src.path_column)
+        if not rel:
+            excluded[f"{src.name}:no_path"] += 1
+            continue
+        full = root / rel
+        try:
+            data = full.read_bytes()
+        except OSError:
+            excluded[f"{src.name}:missing_file"] += 1
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            parsed = parse_labels(k, _labels_of(src, r), ip)
+        except (UnknownLabel, ValueError):
+            excluded[f"{src.name}:bad_label"] += 1
+            continue
+        subject = _subject(src, r, rel, sha)
+        why = (
+            "image_in_feid"
+            if sha in exclude_ids
+            else "subject_in_feid"
+            if subject in exclude_subjects
+            else "duplicate"
+            if sha in seen
+            else None
+        )
+        if why:
+            excluded[f"{src.name}:{why}"] += 1
+            continue
+        seen.add(sha)
+        split = "dev" if _unit(seed, subject) < dev_fraction else "test"
+        rows.append(_split_row(full, sha, src, subject, split, parsed))
+    return rows, len(table)
+
+
 def build_split(
     sources: list[BenchSource],
     k: Knowledge,
@@ -74,85 +158,17 @@ def build_split(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Rows of the split manifest (SPLIT_COLUMNS) and a summary with what was excluded and why."""
-    from tasks.stages.ingest import parse_labels
-
     rows: list[dict] = []
     excluded: Counter = Counter()
     seen: set[str] = set()
     summary: dict = {"sources": {}}
     for src in sources:
-        labels_csv = Path(src.labels)
-        if not labels_csv.exists():
-            raise FileNotFoundError(
-                f"bench source {src.name!r}: labels file {labels_csv} not found (bench.sources in params.yaml)"
-            )
-        root = Path(src.root) if src.root else labels_csv.parent
-        with labels_csv.open(newline="") as fh:
-            table = list(csv.DictReader(fh))
-        ip = IngestParams(label_set=src.label_set or list(k.expressions), au_set=src.au_set)
-        kept = Counter()
-        for i, r in enumerate(table):
-            if progress:
-                progress(src.name, i + 1, len(table))
-            rel = r.get(src.path_column)
-            if not rel:
-                excluded[f"{src.name}:no_path"] += 1
-                continue
-            full = root / rel
-            try:
-                data = full.read_bytes()
-            except OSError:
-                excluded[f"{src.name}:missing_file"] += 1
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            lab = {"expression": r.get(src.label_column), "label_scheme": src.label_scheme or None}
-            if src.label_set:
-                lab["label_set"] = ",".join(src.label_set)
-            lab.update(
-                {
-                    c: v
-                    for c, v in r.items()
-                    if c in ("valence", "arousal")
-                    or (c.upper().startswith("AU") and c.upper().removeprefix("AU").split("_")[0].isdigit())
-                }
-            )
-            try:
-                parsed = parse_labels(k, lab, ip)
-            except (UnknownLabel, ValueError):
-                excluded[f"{src.name}:bad_label"] += 1
-                continue
-            subject = _subject(src, r, rel, sha)
-            if sha in exclude_ids:
-                excluded[f"{src.name}:image_in_feid"] += 1
-                continue
-            if subject in exclude_subjects:
-                excluded[f"{src.name}:subject_in_feid"] += 1
-                continue
-            if sha in seen:
-                excluded[f"{src.name}:duplicate"] += 1
-                continue
-            seen.add(sha)
-            split = "dev" if _unit(seed, subject) < dev_fraction else "test"
-            kept[split] += 1
-            rows.append(
-                {
-                    "path": str(full),
-                    "image_id": sha,
-                    "source": src.name,
-                    "subject": subject,
-                    "split": split,
-                    "expression": parsed["prior_expression"] or "",
-                    "label_set": ",".join(parsed["label_set"]),
-                    "valence": "" if parsed["prior_valence"] is None else parsed["prior_valence"],
-                    "arousal": "" if parsed["prior_arousal"] is None else parsed["prior_arousal"],
-                    "aus": "" if parsed["prior_aus"] is None else ",".join(parsed["prior_aus"]),
-                    "au_set": ",".join(parsed["au_set"]),
-                }
-            )
+        got, n_table = _source_rows(src, k, exclude_ids, exclude_subjects, dev_fraction, seed, progress, seen, excluded)
+        rows += got
         summary["sources"][src.name] = {
-            "rows": len(table),
-            **dict(kept),
-            "subjects": len({x["subject"] for x in rows if x["source"] == src.name}),
+            "rows": n_table,
+            **dict(Counter(r["split"] for r in got)),
+            "subjects": len({x["subject"] for x in got}),
         }
     summary["excluded"] = dict(sorted(excluded.items()))
     summary["total"] = dict(Counter(r["split"] for r in rows))
