@@ -53,7 +53,7 @@ def test_crop_and_sample_on_a_local_cluster_match_one_process(tmp_path, monkeypa
         with cluster.get_client() as client:
             distributed = _run(proj, monkeypatch)
             # the batches really ran on the cluster's worker processes
-            built = client.run(lambda: bool(__import__("flows.stages").stages._WORKER))
+            built = client.run(lambda: bool(__import__("tasks.stages.sample").stages.sample._WORKER))
             assert len(built) == 2 and any(built.values())
     assert len(single) >= 1
     assert distributed == single

@@ -21,7 +21,7 @@ from tasks.core.knowledge import AUS, EXPRESSIONS, load
 from tasks.core.params import Annotator as AnnotatorParams
 from tasks.core.params import LocalAnnotator as LocalParams
 from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop
-from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request, verification_schema
+from tasks.method.verification import VERIFY_ASK, parse_verification, verification_request, verification_schema
 
 local = pytest.importorskip("tasks.annotators.local")
 local_models = pytest.importorskip("tasks.annotators.local_models")

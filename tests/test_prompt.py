@@ -6,7 +6,8 @@ import json
 
 from tasks.core.knowledge import load
 from tasks.core.records import FaceRecord
-from tasks.stages.prompt import missing, parse_verification, requests_for, verification_request, verification_schema
+from tasks.method.verification import parse_verification, verification_request, verification_schema
+from tasks.stages.prompt import missing, requests_for
 
 K = load()
 

@@ -40,7 +40,7 @@ from tasks.method.evidence import (
     settled,
     wants_verification,
 )
-from tasks.stages.prompt import VERIFY_ASK, parse_verification, verification_request
+from tasks.method.verification import VERIFY_ASK, parse_verification, verification_request
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import pandas as pd
 
@@ -26,34 +26,10 @@ from tasks.core import knowledge
 from tasks.core.answer import json_schema
 from tasks.core.knowledge import Knowledge
 from tasks.core.params import Params
+from tasks.core.prompts import SYSTEM, au_catalogue_text, prototype_line, va_line
 from tasks.core.records import GRANULARITIES, FaceRecord, RequestRecord
 from tasks.infra import io
 from tasks.stages.base import validate, write_metrics
-
-SYSTEM = (
-    "You are an expert FACS coder and affective-computing annotator. You look at one "
-    "cropped face and answer only with a JSON object that follows the given schema."
-)
-
-
-def _catalogue(k: Knowledge, aus: Iterable[str]) -> str:
-    return "\n".join(f"- {a} {k.au_catalogue[a]['name']}: {k.au_catalogue[a]['description']}" for a in aus)
-
-
-def _prototype_line(k: Knowledge, expr: str) -> str:
-    core, often = k.prototype(expr)
-    if not core:
-        return f"A {expr} face typically shows no action units."
-    s = f"A {expr} face typically shows {', '.join(core)}"
-    return s + (f" (often also {', '.join(often)})." if often else ".")
-
-
-def _va_line(k: Knowledge, expr: str) -> str:
-    v, a, s = k.va_centroid(expr)
-    return (
-        f"{expr.capitalize()} sits near valence {v:+.2f}, arousal {a:+.2f} "
-        f"(plausible within about {s:.2f} of that point)."
-    )
 
 
 def missing(face: FaceRecord) -> tuple[str, ...]:
@@ -82,7 +58,7 @@ def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], vari
             lines.append("Human annotators labelled this face: " + "; ".join(priors) + ".")
             if knowledge and face.prior_expression:
                 lines.append(
-                    "Knowledge: " + _prototype_line(k, face.prior_expression) + " " + _va_line(k, face.prior_expression)
+                    "Knowledge: " + prototype_line(k, face.prior_expression) + " " + va_line(k, face.prior_expression)
                 )
     tasks = []
     if "expression" in ask:
@@ -93,11 +69,11 @@ def build_text(k: Knowledge, face: FaceRecord | None, ask: tuple[str, ...], vari
         tasks.append("the visibly active facial action units")
     lines.append("Report " + "; ".join(tasks) + ", and a one- or two-sentence rationale.")
     if knowledge and "aus" in ask:
-        lines.append("Action units you may report:\n" + _catalogue(k, k.aus))
+        lines.append("Action units you may report:\n" + au_catalogue_text(k, k.aus))
     # the same for every request that asks the expression, so that a labelled face's blind
     # request reads exactly like an unlabelled face's (its calibration mirror)
     if knowledge and "expression" in ask:
-        lines.append("Knowledge: " + " ".join(_prototype_line(k, e) for e in k.expressions))
+        lines.append("Knowledge: " + " ".join(prototype_line(k, e) for e in k.expressions))
     if knowledge and "va" in ask and not (variant == "primed" and face and face.prior_expression):
         lines.append(
             "Knowledge: AU06 and AU12 raise valence; AU04, AU09, AU15 and AU20 lower it. "
@@ -143,91 +119,6 @@ def requests_for(k: Knowledge, face: FaceRecord, version: str, knowledge: bool, 
         yield make_request(k, face, variant, ask, version, knowledge)
     if has_priors and blind:
         yield make_request(k, face, "blind", GRANULARITIES, version, knowledge)
-
-
-# ---------------------------------------------------------------- the verification round
-VERIFY_ASK = ("verify",)
-
-
-def verification_schema(k: Knowledge) -> dict:
-    """Strict JSON schema of a verification answer."""
-    return {
-        "title": "Verification",
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "confirmed": {"type": "boolean", "description": "true if the proposed expression is right"},
-            "expression": {
-                "type": "string",
-                "enum": list(k.expressions),
-                "description": "the proposed expression if confirmed, else the correct one",
-            },
-            "rationale": {"type": "string", "description": "one sentence naming the visible evidence"},
-        },
-        "required": ["confirmed", "expression", "rationale"],
-    }
-
-
-def verification_text(k: Knowledge, proposed: dict, knowledge: bool) -> str:
-    """The verification round's prompt: the aggregated answer and (with `knowledge`) only the
-    knowledge about the proposed expression. The proposed answer comes last, as JSON."""
-    expr = proposed["expression"]
-    lines = ["Check a proposed annotation of this face, made by an annotator who looked at it several times."]
-    if knowledge:
-        lines.append("Knowledge: " + _prototype_line(k, expr) + " " + _va_line(k, expr))
-    lines.append(
-        "Look at the face. If the proposed expression is right, answer confirmed=true and repeat it. "
-        "If it is wrong, answer confirmed=false and give the correct expression from the label set "
-        "of the schema. Add a one-sentence rationale. Answer with JSON only."
-    )
-    lines.append("Proposed answer: " + json.dumps(proposed, sort_keys=True))
-    return "\n\n".join(lines)
-
-
-def verification_request(
-    k: Knowledge, image_sha256: str, proposed: dict, version: str, knowledge: bool
-) -> tuple[str, list[dict], dict]:
-    """(request id, messages, schema) of one face's verification request. The id hashes the
-    proposed answer too, so a different aggregate is a different (separately cached) call."""
-    schema = verification_schema(k)
-    messages = [
-        {"role": "system", "content": SYSTEM},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": verification_text(k, proposed, knowledge)},
-                {"type": "image_ref", "sha256": image_sha256},
-            ],
-        },
-    ]
-    canon = json.dumps({"v": version, "variant": "verify", "m": messages, "s": schema}, sort_keys=True)
-    return hashlib.sha256(canon.encode()).hexdigest(), messages, schema
-
-
-def parse_verification(text: str | None, proposed: str, k: Knowledge) -> tuple[str, str | None, str | None]:
-    """(status, final expression, error) of a verification answer. A confirmation returns the
-    proposed expression; a correction returns the corrected one; a refusal to confirm that
-    names no other label returns None (not confirmed). Never raises."""
-    from tasks.core.answer import _extract_json
-    from tasks.core.knowledge import UnknownLabel
-
-    if text is None or not text.strip():
-        return "invalid", None, "empty answer"
-    obj = _extract_json(text)
-    if obj is None:
-        return "invalid", None, "no JSON object in the answer"
-    conf = obj.get("confirmed")
-    if isinstance(conf, str):
-        conf = conf.strip().lower() in ("true", "yes", "1")
-    if not isinstance(conf, bool):
-        return "invalid", None, "confirmed: not a boolean"
-    if conf:
-        return "ok", proposed, None
-    try:
-        corrected = k.expression(obj.get("expression", ""))
-    except UnknownLabel as e:
-        return "invalid", None, f"expression: {e}"
-    return "ok", (corrected if corrected != proposed else None), None
 
 
 def run(p: Params) -> dict:
