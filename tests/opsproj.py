@@ -83,7 +83,8 @@ def set_params(proj: Path, **sections: dict) -> None:
 
 
 def env(proj: Path, **extra: str) -> dict:
-    e = dict(os.environ)
+    # the project's own Prefect database (under its PREFECT_HOME), not the checkout's
+    e = {k: v for k, v in os.environ.items() if k != "PREFECT_API_DATABASE_CONNECTION_URL"}
     e.update(
         PATH=f"{BIN}:{e.get('PATH', '')}",
         PYTHONPATH=str(proj),

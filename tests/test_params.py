@@ -59,3 +59,15 @@ def test_overrides_are_applied_and_checked_by_the_one_loader():
         load(ROOT / "params.yaml", ["sample.kmax"])
     with pytest.raises(ParamsError, match="kmax"):
         load(ROOT / "params.yaml", ["sample.kmax=banana"])
+
+
+def test_a_checkout_too_deep_for_sqlite_gets_a_short_prefect_database(tmp_path, monkeypatch):
+    """SQLite cannot open a file whose path passes 512 bytes; Prefect's database then moves
+    to a short per-project folder (a fresh clone nested ten levels deep failed here)."""
+    from flows import env
+
+    deep = tmp_path.joinpath(*[f"level{i:02d}_" + "x" * 45 for i in range(10)], ".seke", "prefect")
+    url = env._short_database_url(str(deep))
+    assert url is not None and url.startswith("sqlite+aiosqlite:///") and len(url) < 450
+    assert url == env._short_database_url(str(deep))  # the same project keeps its database
+    assert env._short_database_url(str(tmp_path / ".seke" / "prefect")) is None
