@@ -14,7 +14,6 @@ export DO_NOT_TRACK := 1
 # dvc.yaml stage commands call `python`: make it the venv's
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
-export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.seke/dvc-site
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 

@@ -23,17 +23,25 @@ DEFAULTS = {
 _SQLITE_MAX_PATH = 400
 
 
+def _short_home(path: str, kind: str) -> Path | None:
+    """A short per-user folder standing in for `path` (keyed by it), or None when `path`
+    leaves SQLite room for its files."""
+    if len(str(path)) + 40 <= _SQLITE_MAX_PATH:
+        return None
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    for base in (Path.home() / ".cache" / "seke", Path(tempfile.gettempdir()) / "seke"):
+        d = base / f"{kind}-{key}"
+        if len(str(d)) + 40 <= _SQLITE_MAX_PATH:
+            d.mkdir(parents=True, exist_ok=True)
+            return d
+    return None
+
+
 def _short_database_url(home: str) -> str | None:
     """For a checkout so deep that `PREFECT_HOME/prefect.db` is too long for SQLite, a
     database file of the same project under a short per-user folder; None otherwise."""
-    if len(str(Path(home) / "prefect.db")) <= _SQLITE_MAX_PATH:
-        return None
-    key = hashlib.sha256(str(Path(home).resolve()).encode()).hexdigest()[:16]
-    for base in (Path.home() / ".cache" / "seke", Path(tempfile.gettempdir()) / "seke"):
-        if len(str(base / key / "prefect.db")) <= _SQLITE_MAX_PATH:
-            (base / key).mkdir(parents=True, exist_ok=True)
-            return f"sqlite+aiosqlite:///{base / key / 'prefect.db'}"
-    return None
+    d = _short_home(home, "prefect")
+    return f"sqlite+aiosqlite:///{d / 'prefect.db'}" if d else None
 
 
 def apply() -> None:
@@ -41,6 +49,11 @@ def apply() -> None:
         os.environ.setdefault(k, v)
     # Prefect creates its home without parents; an absent .seke/ would make its SQLite fail
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    # DVC keeps SQLite databases in its site cache dir: project-local, unless too deep for SQLite
+    site = os.environ.setdefault("DVC_SITE_CACHE_DIR", str(_ROOT / ".seke" / "dvc-site"))
+    short = _short_home(site, "dvc-site")
+    if short:
+        os.environ["DVC_SITE_CACHE_DIR"] = str(short)
     if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
         url = _short_database_url(os.environ["PREFECT_HOME"])
         if url:

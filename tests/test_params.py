@@ -71,3 +71,4 @@ def test_a_checkout_too_deep_for_sqlite_gets_a_short_prefect_database(tmp_path, 
     assert url is not None and url.startswith("sqlite+aiosqlite:///") and len(url) < 450
     assert url == env._short_database_url(str(deep))  # the same project keeps its database
     assert env._short_database_url(str(tmp_path / ".seke" / "prefect")) is None
+    assert env._short_home(str(deep.parent / "dvc-site"), "dvc-site") is not None
