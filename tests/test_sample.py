@@ -164,3 +164,34 @@ def test_a_labelled_face_is_sampled_blind_like_an_unlabelled_one(tmp_path):
     # the blind request and its verification read exactly like the unlabelled face's
     blind_req = [c for c in lab_calls if "Human annotators" not in c.messages[1]["content"][0]["text"]]
     assert [c.messages for c in blind_req] == [c.messages for c in free_calls]
+
+
+class FailsFirst(Scripted):
+    """Scripted, but the first two answers of every sampling request fail (a 500 that
+    exhausted its retries: no answer for those indices)."""
+
+    def run(self, calls):
+        for res in super().run(calls):
+            if res.call.ask != ("verify",):
+                kept = [a for a in res.answers if a.index >= 2]
+                res = CallResult(
+                    call=res.call, answers=kept, error="APIStatusError 500" if len(kept) < len(res.answers) else None
+                )
+            yield res
+
+
+def test_failed_answers_are_replaced_by_fresh_indices_and_never_use_up_kmax(tmp_path):
+    """Issue 11: a failed sample used to count towards kmax, so a face whose first answers all
+    failed was given up. Failed indices are now replaced, each with its own seed."""
+    out, _ = run(tmp_path / "retry", FailsFirst(), retry_failed=2)
+    for fid in ("easy", "hard"):
+        mine = [s for s in out if s["face_id"] == fid and s["variant"] not in ("verify", "verify_blind")]
+        ok = [s for s in mine if s["status"] == "ok"]
+        assert len(ok) >= 2, (fid, [(s["sample_index"], s["status"]) for s in mine])
+        assert len({s["seed"] for s in mine}) == len(mine)  # every replacement has a fresh seed
+    easy = [s for s in out if s["face_id"] == "easy" and s["variant"] not in ("verify", "verify_blind")]
+    assert max(s["sample_index"] for s in easy) < 6 + 2  # kmax plus at most retry_failed
+
+    old, _ = run(tmp_path / "no_retry", FailsFirst(), retry_failed=0)
+    gave_up = [s for s in old if s["face_id"] == "easy" and s["variant"] not in ("verify", "verify_blind")]
+    assert not any(s["status"] == "ok" for s in gave_up)  # the old rule: k0 failures end the face

@@ -90,6 +90,12 @@ class Sample(Section):
     k0: int = Field(2, ge=1)
     dk: int = Field(1, ge=1)
     kmax: int = Field(6, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
+    retry_failed: int = Field(
+        2,
+        ge=0,
+        description="extra sample indices per request that replace failed or unparseable answers (each a new "
+        "seed, cached like any other): a failure never counts towards kmax; 0 = failures use up kmax",
+    )
     seed: int = 1234
     blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
     stop_rule: Literal["lead", "bayes", "naive"] = Field(

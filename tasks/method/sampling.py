@@ -137,27 +137,44 @@ def _call_for(f: dict, req: dict, idx: tuple, sp, ann, cache, drawn, tally) -> C
     )
 
 
+def limit(req: dict, sp, face: dict, got: list[dict]) -> int:
+    """Sample indices a request may use: its `cap`, plus one per failed answer so far, up to
+    `sample.retry_failed` (a failed answer never counts towards kmax)."""
+    failed = sum(1 for x in got if x["request_id"] == req["request_id"] and x["status"] != "ok")
+    return cap(req, sp, face) + min(failed, sp.retry_failed)
+
+
 def _round_calls(open_faces, requests, drawn, size: int, sp, ann, cache, tally) -> list[Call]:
     """The calls of one sampling round: `size` more answers per request of each open face."""
     calls: list[Call] = []
     for f in open_faces:
         for req in requests[f["face_id"]]:
-            have = sum(1 for x in drawn[f["face_id"]] if x["request_id"] == req["request_id"])
-            idx = tuple(range(have, min(have + size, cap(req, sp, f))))
+            got = drawn[f["face_id"]]
+            have = sum(1 for x in got if x["request_id"] == req["request_id"])
+            idx = tuple(range(have, min(have + size, limit(req, sp, f, got))))
             if idx and (c := _call_for(f, req, idx, sp, ann, cache, drawn, tally)) is not None:
                 calls.append(c)
     return calls
 
 
 def _still_open(open_faces, requests, drawn, sp, k: Knowledge) -> list[dict]:
-    """Faces that may take more answers: below their cap and not yet settled."""
+    """Faces that may take more answers: below their limit, and not settled (or every answer failed)."""
     still = []
     for f in open_faces:
         got = drawn[f["face_id"]]
-        full = all(
-            sum(1 for x in got if x["request_id"] == r["request_id"]) >= cap(r, sp, f) for r in requests[f["face_id"]]
-        )
-        if not full and not settled(f, got, k, sp):
+        reqs = requests[f["face_id"]]
+        used = {r["request_id"]: sum(1 for x in got if x["request_id"] == r["request_id"]) for r in reqs}
+        full = all(used[r["request_id"]] >= limit(r, sp, f, got) for r in reqs)
+        # a face whose answers have all failed so far is not settled while it may still retry
+        failed = {r["request_id"]: 0 for r in reqs}
+        for x in got:
+            if x["status"] != "ok" and x["request_id"] in failed:
+                failed[x["request_id"]] += 1
+        all_failed = bool(got) and not any(x["status"] == "ok" for x in got)
+        # ... i.e. while a request has drawn fewer than its first round plus its replacements
+        first = {r["request_id"]: min(sp.k0, cap(r, sp, f)) for r in reqs}
+        retrying = all_failed and any(used[r] < first[r] + min(failed[r], sp.retry_failed) for r in failed)
+        if not full and (retrying or not settled(f, got, k, sp)):
             still.append(f)
     return still
 
