@@ -55,7 +55,7 @@ env.apply()
 import yaml  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
 
-from tasks.core.params import Params, load  # noqa: E402
+from tasks.core.params import Params, load, stage_names  # noqa: E402
 from tasks.infra import io, storage  # noqa: E402
 from tasks.tools.incremental import (  # noqa: E402
     append_part,
@@ -147,6 +147,21 @@ def effective_params(p: Params, annotator: str = "", budget_usd: float = 0.0) ->
     return run_p, shaping.data_digest()
 
 
+def _run_stages(rp: Params) -> dict[str, dict]:
+    """The stage flows before export, in dvc.yaml's order, on the new images (the incremental
+    flow appends its own FEID part instead of exporting); stops early when no face is left."""
+    from flows import stages
+
+    out: dict[str, dict] = {}
+    for name in stage_names():
+        if name == "export":
+            break
+        out[name] = stages.stage_flow(name)(params=rp)
+        if out[name].get("faces", 1) == 0:
+            break
+    return out
+
+
 @flow(name="feid-incremental", log_prints=True)
 def incremental_flow(
     input: str = "",
@@ -160,8 +175,6 @@ def incremental_flow(
     """Append the faces of new images at `input` (default: incremental.input, else
     paths.input) to FEID; see the module docstring. `annotator` and `budget_usd` override
     annotator.backend / annotator.budget_usd for this run."""
-    from flows import stages
-
     log = _log()
     t0 = time.perf_counter()
     base = load(params_path)
@@ -180,12 +193,9 @@ def incremental_flow(
     try:
         write_manifest(wd / "new.csv", new)
         rp = run_params(p, wd, location, str(wd / "new.csv"))
-        stages.ingest_flow(params=rp)
-        crop = stages.crop_flow(params=rp)
-        if crop["faces"]:
-            stages.prompt_flow(params=rp)
-            sample = stages.sample_flow(params=rp)
-            stages.verify_flow(params=rp)
+        ran = _run_stages(rp)
+        if "verify" in ran:
+            sample = ran["sample"]
             summary.update(calls=sample["calls"], cache_hits=sample["cache_hits"], cost_usd=sample["cost_usd"])
             summary.update(append_part(base, p, wd, part, params_hash, stale))
         else:

@@ -6,16 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.core.params import load
+from tasks.core.params import load, stage_names
 
 
 def main() -> int:
     p = load(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
-    m = {
-        s: json.loads(f.read_text())
-        for s in ("ingest", "crop", "sample", "verify", "export")
-        if (f := Path(p.paths.metrics) / f"{s}.json").exists()
-    }
+    m = {s: json.loads(f.read_text()) for s in stage_names() if (f := Path(p.paths.metrics) / f"{s}.json").exists()}
     if "export" not in m:
         print("no FEID yet: run `dvc repro`")
         return 1
