@@ -62,10 +62,9 @@ class Tally:
     verify_calls: int = 0
 
 
-def _record(
-    ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int, error: str | None, cached: bool
-) -> dict:
-    base = dict(
+def _base(ann: Annotator, face_id: str, req: dict, index: int, seed: int, cached: bool) -> dict:
+    """The fields every SampleRecord of this request and index has, answered or not."""
+    return dict(
         face_id=face_id,
         request_id=req["request_id"],
         variant=req["variant"],
@@ -76,6 +75,12 @@ def _record(
         model=ann.model,
         cached=cached,
     )
+
+
+def _record(
+    ann: Annotator, face_id: str, req: dict, entry: dict | None, index: int, seed: int, error: str | None, cached: bool
+) -> dict:
+    base = _base(ann, face_id, req, index, seed, cached)
     if entry is None:
         return SampleRecord(**base, status="error", error=error or "no answer").model_dump()
     p = parse(entry.get("text"), tuple(req["ask"]), entry.get("finish_reason"), entry.get("refusal"))
@@ -122,18 +127,21 @@ def _call_for(f: dict, req: dict, idx: tuple, sp, ann, cache, drawn, tally) -> C
         else:
             missing_i.append(i)
             missing_s.append(s)
-    if not missing_i:
-        return None
+    return call_of(f, req, missing_i, missing_s) if missing_i else None
+
+
+def call_of(face: dict, req: dict, indices, seeds) -> Call:
+    """The annotator call for some sample indices of one request about one face."""
     return Call(
         request_id=req["request_id"],
-        face_id=f["face_id"],
+        face_id=face["face_id"],
         messages=json.loads(req["messages_json"]),
         schema=json.loads(req["answer_schema"]),
         ask=tuple(req["ask"]),
-        image=f["crop"],
-        indices=tuple(missing_i),
-        seeds=tuple(missing_s),
-        face_frac=f.get("crop_face_frac"),
+        image=face["crop"],
+        indices=tuple(indices),
+        seeds=tuple(seeds),
+        face_frac=face.get("crop_face_frac"),
     )
 
 
@@ -315,17 +323,7 @@ def _verify_record(
     proposed: str,
     k: Knowledge,
 ) -> dict:
-    base = dict(
-        face_id=face_id,
-        request_id=req["request_id"],
-        variant=req["variant"],
-        sample_index=0,
-        seed=seed,
-        annotator=ann.name,
-        annotator_version=ann.version,
-        model=ann.model,
-        cached=cached,
-    )
+    base = _base(ann, face_id, req, 0, seed, cached)
     if entry is None:
         return SampleRecord(**base, status="error", error=error).model_dump()
     if entry.get("refusal"):

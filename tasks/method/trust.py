@@ -37,16 +37,7 @@ from tasks.method import uamc
 
 # features of the self-fitted model: the ones an unlabelled face and a calibration face have alike
 # (prior_agreement needs a known label, so it would differ between the two)
-SELF_FEATURES = (
-    "vote_logodds",
-    "vote_share",
-    "vote_lead",
-    "consistency",
-    "verified",
-    "refuted",
-    "va_spread",
-    "au_entropy",
-)
+SELF_FEATURES = tuple(f for f in uamc.FEATURES if f != "prior_agreement")
 GRID = tuple(round(1 - i / 400, 4) for i in range(401))  # 1.0, 0.9975, ..., 0.0
 
 

@@ -8,13 +8,10 @@ response cache, at the two ends of adaptive sampling: every face stopping after 
 
 from __future__ import annotations
 
-import json
-
-from tasks.annotators.base import Call
 from tasks.core.params import Params
 from tasks.infra import io
 from tasks.infra.cache import ResponseCache
-from tasks.method.sampling import seed_for
+from tasks.method.sampling import call_of, seed_for
 
 
 def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):
@@ -30,18 +27,7 @@ def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):
         ]
         if not idx:
             continue
-        f = faces[req["face_id"]]
-        yield Call(
-            request_id=req["request_id"],
-            face_id=req["face_id"],
-            messages=json.loads(req["messages_json"]),
-            schema=json.loads(req["answer_schema"]),
-            ask=tuple(req["ask"]),
-            image=f["crop"],
-            indices=tuple(idx),
-            seeds=tuple(seed_for(p.sample.seed, req["request_id"], i) for i in idx),
-            face_frac=f["crop_face_frac"],
-        )
+        yield call_of(faces[req["face_id"]], req, idx, [seed_for(p.sample.seed, req["request_id"], i) for i in idx])
 
 
 def dry_run(p: Params) -> dict:
