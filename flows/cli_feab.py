@@ -41,11 +41,12 @@ def split(
     and every person FEID was built from (data/ingest, data/feid) is left out.
     """
     from tasks.core.knowledge import load as load_knowledge
+    from tasks.tools import feab as B
 
     p = load_params(params, set_)
     if not p.bench.sources:
         raise Fail("bench.sources is empty in params.yaml: list the labelled sources first")
-    ids, subjects = bench.training_set(f"{p.paths.ingest}/images.parquet", p.paths.feid)
+    ids, subjects = B.training_set(f"{p.paths.ingest}/images.parquet", p.paths.feid)
     if not ids:
         console.print(
             "[yellow]warning:[/] no FEID training set found (data/ingest, data/feid): "
@@ -53,7 +54,7 @@ def split(
         )
     try:
         with progress("hashing images") as up:
-            rows, summary = bench.build_split(
+            rows, summary = B.build_split(
                 list(p.bench.sources),
                 load_knowledge(),
                 ids,
@@ -64,9 +65,9 @@ def split(
             )
     except FileNotFoundError as ex:
         raise Fail(str(ex)) from None
-    bench.check_disjoint(rows, ids, subjects)
+    B.check_disjoint(rows, ids, subjects)
     dest = out_path or p.bench.split
-    bench.write_split(dest, rows)
+    B.write_split(dest, rows)
     t = _table(
         f"split -> {dest}",
         [

@@ -24,7 +24,7 @@ sampler and response cache, and aggregated by the verify stage's code (`tasks.me
 from tasks.tools.feab.metrics import ccc, confusion, evaluate, macro_f1
 from tasks.tools.feab.predict import predict, quality_rows, selective, truth_from_manifest
 from tasks.tools.feab.report import write_outputs
-from tasks.tools.feab.split import build_split, check_disjoint, read_split, write_split
+from tasks.tools.feab.split import build_split, check_disjoint, read_split, training_set, write_split
 
 __all__ = [
     "build_split",
@@ -37,6 +37,7 @@ __all__ = [
     "quality_rows",
     "read_split",
     "selective",
+    "training_set",
     "truth_from_manifest",
     "write_outputs",
     "write_split",
