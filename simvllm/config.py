@@ -29,6 +29,7 @@ class SimConfig:
     follow_stated: float = (
         0.85  # share of AUs/VA that follow the stated expression, not the truth (real VLLMs rationalise)
     )
+    rationale_contradict: float = 0.15  # share of rationales that name another expression or an AU not reported
     # protocol behaviour
     n_mode: str = "honour"  # honour | ignore (always 1 choice) | cap (at most n_cap)
     n_cap: int = 4

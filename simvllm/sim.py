@@ -99,12 +99,37 @@ class SimVLLM:
             elif f == "aus":
                 out[f] = aus
             elif f == "rationale":
-                out[f] = f"The face looks {stated}" + (
-                    f", with {', '.join(aus[:3])} visible." if aus else ", with no clear action units."
-                )
+                out[f] = self.rationale(sha, stated, aus, val, aro)
             else:
                 out[f] = None
         return out
+
+    def rationale(self, sha: str, stated: str, aus: list[str], val: float, aro: float) -> str:
+        """A rationale in the model's words, for the stated label. It draws from its own
+        generator (seeded by the answer), so adding it changes no other field. A share
+        `rationale_contradict` of them name another expression, or an AU the answer did not
+        report, as real models' explanations sometimes do."""
+        k = self.k
+        r = random.Random(f"{self.config.seed}:{sha}:{stated}:{','.join(aus)}:{val:.3f}:{aro:.3f}")
+        cat = k.au_catalogue
+        cues = [f"{cat[a]['description']}" + (f" ({a})" if r.random() < 0.5 else "") for a in aus[:3]]
+        opener = r.choice(["The face looks", "This person appears", "I read the expression as", "The expression is"])
+        text = f"{opener} {stated}"
+        if cues:
+            text += r.choice([": ", ", because ", "; "]) + ", and ".join(cues) + "."
+        else:
+            text += r.choice([", with a relaxed face and no clear muscle movement.", "; no action unit stands out."])
+        mood = "pleasant" if val > 0.2 else "unpleasant" if val < -0.2 else "neither pleasant nor unpleasant"
+        energy = "energised" if aro > 0.3 else "calm" if aro < -0.3 else "moderately activated"
+        text += r.choice([f" Overall it feels {mood} and {energy}.", f" The mood seems {mood}, {energy}.", ""])
+        if r.random() < self.config.rationale_contradict:
+            other = r.choice([e for e in k.expressions if e != stated])
+            extra = [a for a in k.prototype(other)[0] if a not in aus]
+            if extra and r.random() < 0.5:
+                text += f" The {cat[extra[0]]['name']} ({extra[0]}) is also visible."
+            else:
+                text += f" Some might read it as {other}, though."
+        return text
 
     # -- request parsing --------------------------------------------------------------
     @staticmethod

@@ -42,6 +42,9 @@ def _verdicts(**over):
         va_status="accepted",
         au_withheld=[],
         au_status="accepted",
+        rationale="Cheeks lift.",
+        rationale_sample="r#0",
+        rationale_status="verified",
     )
     row.update(over)
     return pd.DataFrame([row, {**row, "face_id": "b_0"}])

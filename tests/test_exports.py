@@ -14,6 +14,7 @@ from PIL import Image
 
 from tasks.core.knowledge import AUS
 from tasks.core.knowledge import load as load_knowledge
+from tasks.core.params import Export
 from tasks.core.records import FeidRecord
 from tasks.stages.export import feid_row
 from tasks.tools import publish as X
@@ -53,7 +54,14 @@ def feid() -> pa.Table:
         face = {"crop": _jpeg(i), "source": "london" if i % 2 else "demo", "label_set": [], "au_set": []}
         rows.append(
             feid_row(
-                v, face, k, annotator="local", model="local-ensemble-v1", prompt_version="seke-v1", params_hash="abc"
+                v,
+                face,
+                k,
+                Export(),
+                annotator="local",
+                model="local-ensemble-v1",
+                prompt_version="seke-v1",
+                params_hash="abc",
             ).model_dump(by_alias=True)
         )
     return pa.Table.from_pylist(rows, schema=FeidRecord.arrow_schema())

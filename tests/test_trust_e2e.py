@@ -70,4 +70,5 @@ def test_self_calibrated_run_reports_its_calibration_and_bound(tmp_path):
     assert feid.height == m["accepted"]
     for r in feid.iter_rows(named=True):
         asked = " ".join(t["value"] for t in r["conversations"] if t["from"] == "human")
-        assert (r["valence"] is None) == (r["va_status"] == "withheld") == ("valence" not in asked.lower())
+        assert (r["valence"] is None) == (r["va_status"] == "withheld")
+        assert r["valence"] is not None or "valence" not in asked.lower()  # a withheld granularity has no turn

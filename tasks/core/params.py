@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -200,6 +200,23 @@ class Verify(Section):
 
 class Export(Section):
     min_rows: int = Field(1, ge=0)
+    instructions: str = Field("v1", description="instruction bank: a name in tasks/instructions/, or a path")
+    multi_turn: float = Field(0.5, ge=0, le=1, description="share of rows with a multi-turn conversation")
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: {"classification": 1.0, "va": 1.0, "au": 1.0, "description": 1.0, "chain": 0.5},
+        description="weights of the task types (single-turn draw, and which lead a multi-turn row); 0 = never",
+    )
+    seed: int = 0
+
+    @field_validator("task_mix")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        from tasks.core.instructions import TASKS
+
+        bad = sorted(set(v) - set(TASKS))
+        if bad or any(w < 0 for w in v.values()) or not any(v.values()):
+            raise ValueError(f"task_mix: tasks are {', '.join(TASKS)} with weights >= 0, not all 0 (got {v})")
+        return v
 
 
 class Expectations(Section):

@@ -16,6 +16,7 @@ export   data/feid/feid.parquet                FeidRecord
 from __future__ import annotations
 
 import builtins
+import json
 import types
 import typing
 from typing import Literal, Optional, Union, get_args, get_origin
@@ -212,6 +213,9 @@ class Verdict(Record):
     au_source: Optional[Literal["prior", "annotator"]] = None
     prior_agreement: Optional[float] = None
     consistency: Optional[float] = None
+    rationale: Optional[str] = Field(None, description="the annotator's verified rationale (tasks/method/rationale.py)")
+    rationale_sample: Optional[str] = Field(None, description="<request_id>#<sample_index> the rationale came from")
+    rationale_status: Optional[Literal["verified", "contradicts", "inconsistent", "none", "not_written"]] = None
 
 
 class Turn(BaseModel):
@@ -249,11 +253,50 @@ class FeidRecord(Record):
     au_probabilities: AUProbs  # type: ignore[valid-type]
     confidence: float
     conversations: list[Turn]
+    description_source: Literal["annotator", "template"] = Field(
+        description="annotator: the description turn is the annotator's verified rationale"
+    )
+    rationale_sample: Optional[str] = Field(None, description="<request_id>#<sample_index> of that rationale")
+    instructions_version: str = Field(description="the instruction bank's version")
     annotator: str
     model: str
     prompt_version: str
     params_hash: str
     knowledge_version: str
+
+    @classmethod
+    def arrow_schema(cls) -> pa.Schema:
+        """Nullable throughout (`datasets` applies the features in the metadata only to fields
+        that match its own all-nullable schema), with the Hugging Face features metadata, so
+        `load_dataset("parquet", data_dir=<feid>)` decodes `image` as an Image."""
+        base = super().arrow_schema()
+        schema = pa.schema([pa.field(f.name, all_nullable(f.type), nullable=True) for f in base])
+        return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": hf_features(schema)}}).encode()})
+
+
+def all_nullable(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, all_nullable(f.type), nullable=True) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(pa.field(t.value_field.name, all_nullable(t.value_type), nullable=True))
+    return t
+
+
+_HF_DTYPE = {"string": "string", "bool": "bool", "int64": "int64", "double": "float64", "binary": "binary"}
+
+
+def hf_features(schema: pa.Schema, images: tuple[str, ...] = ("image",)) -> dict:
+    """Hugging Face `datasets` features, in the dict form every version from 2.16 (LLaMA-Factory's
+    oldest) to today reads: a list is `[feature]`, a struct a dict of fields, an image `Image`."""
+
+    def feat(t: pa.DataType):
+        if pa.types.is_struct(t):
+            return {x.name: feat(x.type) for x in t}
+        if pa.types.is_list(t):
+            return [feat(t.value_type)]
+        return {"dtype": _HF_DTYPE[str(t)], "_type": "Value"}
+
+    return {f.name: {"_type": "Image"} if f.name in images else feat(f.type) for f in schema}
 
 
 class LedgerRecord(Record):

@@ -218,6 +218,7 @@ class Trust:
     calibrator: uamc.Calibrator
     threshold: float | None  # None: no generated expression is accepted
     report: dict = field(default_factory=dict)
+    scores: list[tuple[float, bool]] = field(default_factory=list)  # (out-of-fold confidence, right) per labelled face
 
     def accepts(self, confidence: float) -> bool:
         return self.threshold is not None and confidence >= self.threshold
@@ -333,4 +334,5 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
     if rows:
         rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
     rep["confidence_model"] = cal.to_json()
-    return Trust(cal, _threshold(rows, scores, v, rep), rep)
+    pairs = [(float(s), bool(r.correct)) for s, r in zip(scores, rows)]
+    return Trust(cal, _threshold(rows, scores, v, rep), rep, pairs)

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -19,67 +20,39 @@ import pandas as pd
 from expectations import ExpectationsFailed
 from expectations.frames import Light
 from expectations.suites import label_distribution
-from tasks.core import knowledge
+from tasks.core import instructions, knowledge
+from tasks.core.instructions import IMAGE
 from tasks.core.knowledge import AUS, Knowledge
-from tasks.core.params import Params
-from tasks.core.records import FeidRecord, Image, Turn, Verdict
+from tasks.core.params import Export, Params
+from tasks.core.records import FeidRecord, Image, Verdict
 from tasks.infra import io
 from tasks.stages.base import annotator_of, validate, write_metrics
 
 FEID_BASE = "feid.parquet"  # the export stage's rows; flows/incremental.py appends part-*.parquet beside it
 REJECTS_DIR = ".rejects"  # hidden, so `datasets.load_dataset("parquet", data_dir=<feid>)` loads FEID rows only
 
-IMAGE = "<image>"
 
-
-def _au_text(k: Knowledge, aus: list[str]) -> str:
-    if not aus:
-        return "No action units are clearly active."
-    return ", ".join(f"{a} ({k.au_catalogue[a]['name']})" for a in aus) + "."
-
-
-def _va_words(v: float, a: float) -> str:
-    pv = "pleasant" if v > 0.2 else "unpleasant" if v < -0.2 else "neutral"
-    pa = "high" if a > 0.3 else "low" if a < -0.3 else "moderate"
-    return f"{pv} valence and {pa} arousal"
-
-
-def conversations(
-    k: Knowledge, expression: str, valence: float | None, arousal: float | None, aus: list[str] | None
-) -> list[Turn]:
-    """Instruction turns for the granularities FEID keeps; a withheld one (None) has none."""
-    q_expr = f"{IMAGE}\nWhat is the facial expression of this person? Answer with one of: {', '.join(k.expressions)}."
-    q_va = "Estimate the valence and arousal of this face, each in [-1, 1]."
-    q_au = "Which facial action units (FACS) are active in this face?"
-    q_all = "Describe the emotion this face shows, with the facial evidence for it."
-    core, _ = k.prototype(expression)
-    pairs = [(q_expr, expression)]
-    desc = f"The face shows {expression}."
-    if valence is not None and arousal is not None:
-        pairs.append((q_va, f"Valence: {valence:+.2f}, arousal: {arousal:+.2f}."))
-    if aus is not None:
-        shared = [a for a in aus if a in core]
-        pairs.append((q_au, _au_text(k, aus)))
-        desc += " " + _au_text(k, aus)
-        if shared:
-            desc += (
-                f" The {', '.join(shared)} {'movement supports' if len(shared) == 1 else 'movements support'}"
-                " that reading."
-            )
-    if valence is not None and arousal is not None:
-        desc += f" Its valence is {valence:+.2f} and its arousal {arousal:+.2f}, that is {_va_words(valence, arousal)}."
-    pairs.append((q_all, desc))
-    out: list[Turn] = []
-    for q, a in pairs:
-        out += [Turn(**{"from": "human", "value": q}), Turn(**{"from": "gpt", "value": a})]
-    return out
+def _face(verdict: dict, k: Knowledge, labels: list[str], va, aus: list[str] | None) -> instructions.Face:
+    """The kept labels of a verdict, described by its verified rationale or a template."""
+    f = instructions.Face(verdict["face_id"], verdict["expression"], labels, va[0], va[1], aus, "")
+    text = verdict.get("rationale") if verdict.get("rationale_status") == "verified" else None
+    return replace(f, description=text or instructions.templated_description(k, f))
 
 
 def feid_row(
-    verdict: dict, face: dict, k: Knowledge, *, annotator: str, model: str, prompt_version: str, params_hash: str
+    verdict: dict,
+    face: dict,
+    k: Knowledge,
+    ex: Export,
+    *,
+    annotator: str,
+    model: str,
+    prompt_version: str,
+    params_hash: str,
 ) -> FeidRecord:
     """An accepted verdict as a FEID row: withheld VA is null, withheld AUs are listed in
-    `aus_withheld` with a null probability, and neither gets a conversation turn."""
+    `aus_withheld` with a null probability, and neither gets a conversation turn. The
+    conversation is drawn from the instruction bank `ex.instructions` (`tasks.core.instructions`)."""
     probs = list(verdict["au_probs"] or [None] * len(AUS))
     withheld = set(verdict.get("au_withheld") or [])
     probs = [None if a in withheld else p for a, p in zip(AUS, probs)]
@@ -88,11 +61,15 @@ def feid_row(
     valence, arousal = (verdict["valence"], verdict["arousal"]) if va_kept else (None, None)
     au_kept = verdict.get("au_status") in ("prior", "accepted", "partial")
     expr_conf = verdict.get("expression_confidence") if verdict["expression_source"] == "annotator" else 1.0
+    labels = face["label_set"] or list(k.expressions)
+    f = _face(verdict, k, list(k.expressions), (valence, arousal), aus if au_kept else None)
+    bank = instructions.load_bank(ex.instructions)
+    verified = verdict.get("rationale_status") == "verified"
     return FeidRecord(
         id=verdict["face_id"],
         image=Image(bytes=face["crop"], path=f"{verdict['face_id']}.jpg"),
         source=face["source"],
-        label_set=face["label_set"] or list(k.expressions),
+        label_set=labels,
         au_set=face["au_set"] or list(AUS),
         expression=verdict["expression"],
         expression_confidence=float(expr_conf),
@@ -105,7 +82,10 @@ def feid_row(
         au_status=verdict.get("au_status") or "missing",
         au_probabilities=dict(zip(AUS, probs)),
         confidence=verdict["confidence"],
-        conversations=conversations(k, verdict["expression"], valence, arousal, aus if au_kept else None),
+        conversations=instructions.conversation(f, k, bank, ex.task_mix, ex.multi_turn, ex.seed),
+        description_source="annotator" if verified else "template",
+        rationale_sample=verdict.get("rationale_sample") if verified else None,
+        instructions_version=bank.version,
         annotator=annotator,
         model=model,
         prompt_version=prompt_version,
@@ -122,6 +102,7 @@ class Plots:
         self.d = Path(p.paths.plots)
         self.d.mkdir(parents=True, exist_ok=True)
         self.counts, self.bins, self.n, self.conf = Counter(), [0] * 10, 0, 0.0
+        self.phrasings, self.turns, self.described = set(), Counter(), Counter()
         self._tmp = tempfile.NamedTemporaryFile("w", newline="", dir=self.d, suffix=".tmp", delete=False)
         self._va = csv.DictWriter(self._tmp, fieldnames=["valence", "arousal", "expression"], extrasaction="ignore")
         self._va.writeheader()
@@ -132,6 +113,10 @@ class Plots:
         self.n += 1
         self.conf += row["confidence"]
         self._va.writerow(row)
+        asked = [t["value"].removeprefix(IMAGE + "\n") for t in row["conversations"] if t["from"] == "human"]
+        self.phrasings.update(asked)
+        self.turns["multi" if len(asked) > 1 else "single"] += 1
+        self.described[row["description_source"]] += 1
 
     def write(self) -> None:
         self._tmp.close()
@@ -181,6 +166,7 @@ def export_rows(
             v,
             face,
             k,
+            p.export,
             annotator=annotator,
             model=model,
             prompt_version=p.prompt.version,
@@ -240,6 +226,12 @@ def run(p: Params) -> dict:
         "rejects": rejects,
         "per_class": dict(sorted(plots.counts.items())),
         "mean_confidence": round(plots.conf / plots.n, 4) if plots.n else 0,
+        "instructions": {
+            "bank": p.export.instructions,
+            "distinct_phrasings": len(plots.phrasings),
+            "rows": dict(sorted(plots.turns.items())),
+            "description_source": dict(sorted(plots.described.items())),
+        },
         "validation": val,
     }
     write_metrics(p, "export", m)

@@ -18,20 +18,53 @@ from tasks.core import knowledge
 from tasks.core.params import Params, Verify
 from tasks.core.records import FaceRecord, Verdict
 from tasks.infra import dask, io
-from tasks.method import trust
+from tasks.method import rationale, trust
 from tasks.method.decide import calibration_row, decide
 from tasks.stages.base import annotator_of, grouped, log, validate, write_metrics
 
-SAMPLE_COLUMNS = ["face_id", "request_id", "variant", "status", "expression", "valence", "arousal", "aus"]
+SAMPLE_COLUMNS = [
+    "face_id",
+    "request_id",
+    "sample_index",
+    "variant",
+    "status",
+    "expression",
+    "valence",
+    "arousal",
+    "aus",
+    "rationale",
+]
 TRUST_FILE = "trust.json"  # the run's confidence model and threshold, beside the verdicts
 GRANULARITIES = ("expression", "va", "au")
 
 
 @dask.batch_task("verify")
-def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp: Verify, tr=None) -> list[dict]:
-    """`decide` for one batch of faces (on a Dask worker when configured)."""
+def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp: Verify, tr=None, texts=True) -> list[dict]:
+    """`decide` for one batch of faces (on a Dask worker when configured), and the verified
+    rationale of each accepted face (`texts`: the annotator writes its own rationales)."""
     k = knowledge.load()
-    return [decide(f, samples.get(f["face_id"], []), k, vp, tr).model_dump() for f in faces]
+    out = []
+    for f in faces:
+        smp = samples.get(f["face_id"], [])
+        v = decide(f, smp, k, vp, tr).model_dump()
+        if v["accepted"]:
+            r = rationale.pick(rationale_view(v), smp, k) if texts else rationale.Pick("not_written")
+            v.update(rationale=r.text, rationale_sample=r.sample, rationale_status=r.status)
+        out.append(v)
+    return out
+
+
+def rationale_view(v: dict) -> dict:
+    """What `rationale.pick` needs of a verdict: the kept labels."""
+    return {
+        "expression": v["expression"],
+        "aus": v["aus"],
+        "au_withheld": v["au_withheld"],
+        "au_kept": v["au_status"] in ("prior", "accepted", "partial"),
+        "va_kept": v["va_status"] in ("prior", "accepted"),
+        "valence": v["valence"],
+        "arousal": v["arousal"],
+    }
 
 
 def batches(faces_url: str, smp_url: str, size: int) -> Iterator[tuple[list[dict], dict]]:
@@ -70,6 +103,7 @@ class _Tally:
         self.reasons, self.withheld, self.per_class = Counter(), Counter(), Counter()
         self.status = {g: Counter() for g in GRANULARITIES}
         self.n_acc, self.conf_sum, self.gen_conf = 0, 0.0, []
+        self.rationales = {"all": Counter(), "generated": Counter()}
 
     def add(self, v: dict) -> None:
         self.light.add(v)
@@ -82,8 +116,10 @@ class _Tally:
         self.per_class[v["expression"]] += 1
         for g in self.status:
             self.status[g][v[f"{g}_status"]] += 1
+        self.rationales["all"][v.get("rationale_status") or "none"] += 1
         if v["expression_status"] == "accepted":
             self.gen_conf.append(v["expression_confidence"])
+            self.rationales["generated"][v.get("rationale_status") or "none"] += 1
 
     def metrics(self, report: dict, val: dict) -> dict:
         n_faces, n_acc, gen = self.light.n, self.n_acc, self.gen_conf
@@ -102,9 +138,20 @@ class _Tally:
             "reasons": dict(self.reasons),
             "withheld": dict(sorted(self.withheld.items())),
             "per_class": dict(sorted(self.per_class.items())),
+            "rationales": self.rationale_metrics(),
             "calibration": report,
             "validation": val,
         }
+
+    def rationale_metrics(self) -> dict:
+        """Rationale status of the accepted faces (`all`) and of those with a generated
+        expression (`generated`), with the verified share of each."""
+        out = {}
+        for part, c in self.rationales.items():
+            n = sum(c.values())
+            out[part] = {"faces": n, **dict(sorted(c.items()))}
+            out[part]["verified_share"] = round(c["verified"] / n, 4) if n else 0
+        return out
 
 
 def _fit(p: Params, faces_url: str, smp_url: str) -> trust.Trust:
@@ -128,7 +175,8 @@ def run(p: Params) -> dict:
     tr = _fit(p, faces_url, smp_url)
     t = _Tally()
     runner = dask.task_runner(p)
-    args = ((b, by, p.verify, tr) for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)))
+    texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose
+    args = ((b, by, p.verify, tr, texts) for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)))
     with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
         for verdicts in dask.mapped(runner, "verify", args, dask.in_flight(p)):
             for v in verdicts:
@@ -139,7 +187,12 @@ def run(p: Params) -> dict:
     report = {k: v for k, v in tr.report.items() if k != "confidence_model"}
     io.write_json(
         io.join(p.paths.verify, TRUST_FILE),
-        {"model": tr.calibrator.to_json(), "threshold": tr.threshold, "report": report},
+        {
+            "model": tr.calibrator.to_json(),
+            "threshold": tr.threshold,
+            "report": report,
+            "calibration_scores": [[round(c, 4), int(ok)] for c, ok in tr.scores],  # reliability, risk-coverage
+        },
     )
     m = t.metrics(tr.report, val)
     write_metrics(p, "verify", m)

@@ -26,10 +26,12 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.core.instructions import IMAGE
 from tasks.core.knowledge import AUS, EXPRESSIONS
+from tasks.core.records import all_nullable, hf_features
 
 FORMATS = ("hf", "sharegpt", "llava")
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = IMAGE  # the token FEID puts in its first human turn
 ROLE = {"human": "user", "gpt": "assistant"}
 
 
@@ -45,49 +47,11 @@ class CardInfo:
     metrics: dict = field(default_factory=dict)
 
 
-def _hf_features(schema: pa.Schema) -> dict:
-    """`datasets` feature metadata for the FEID schema; the image column is an Image feature."""
-    try:
-        from datasets import Features, Image
-
-        f = Features.from_arrow_schema(schema)
-        f["image"] = Image()
-        return f.to_dict()
-    except ImportError:  # hand-written equivalent (datasets >= 4 layout)
-
-        def feat(t: pa.DataType) -> dict:
-            if pa.types.is_struct(t):
-                return {x.name: feat(x.type) for x in t}
-            if pa.types.is_list(t) or pa.types.is_large_list(t):
-                return {"feature": feat(t.value_type), "_type": "List"}
-            dtype = {
-                "string": "string",
-                "large_string": "large_string",
-                "bool": "bool",
-                "int64": "int64",
-                "double": "float64",
-                "binary": "binary",
-            }[str(t)]
-            return {"dtype": dtype, "_type": "Value"}
-
-        out = {x.name: feat(x.type) for x in schema}
-        out["image"] = {"_type": "Image"}
-        return out
-
-
-def _nullable(t: pa.DataType) -> pa.DataType:
-    if pa.types.is_struct(t):
-        return pa.struct([pa.field(f.name, _nullable(f.type), nullable=True) for f in t])
-    if pa.types.is_list(t):
-        return pa.list_(pa.field(t.value_field.name, _nullable(t.value_type), nullable=True))
-    return t
-
-
 def export_hf(table: pa.Table, out: Path, rows_per_shard: int = 5000) -> list[Path]:
     # `datasets` applies the features in the metadata only to fields that match its own
     # (all-nullable) Arrow schema exactly, so the schema is made nullable throughout
-    base = pa.schema([pa.field(f.name, _nullable(f.type), nullable=True) for f in table.schema])
-    features = _hf_features(base)
+    base = pa.schema([pa.field(f.name, all_nullable(f.type), nullable=True) for f in table.schema])
+    features = hf_features(base)
     meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
     schema = base.with_metadata(meta)
     table = table.cast(schema)
