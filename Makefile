@@ -32,6 +32,7 @@ $(VENV)/.ready: requirements.lock requirements-models.txt pyproject.toml
 feid: setup
 	$(PY) -m flows.server $(VENV)/bin/dvc repro
 	$(PY) -m flows.summary
+	$(PY) -m flows.cli report
 
 test: setup
 	$(VENV)/bin/ruff check .

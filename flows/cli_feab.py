@@ -311,6 +311,7 @@ def compare(
     ),
     repo: str = typer.Option(".", help="project (a path or a git URL: read through dvc.api)"),
     show_changed: int = typer.Option(10, help="changed faces listed in the terminal"),
+    as_html: bool = typer.Option(False, "--html", help="also write compare.html: both versions' reports side by side"),
 ):
     """Compare two FEID versions: sizes, acceptance, label shift, agreement, changes, params.
 
@@ -330,6 +331,10 @@ def compare(
     c = C.compare(va, vb)
     dest = out_dir or Path("reports/compare") / f"{_slug(a)}_vs_{_slug(b)}"
     files = compare_report.write(c, dest, va, vb)
+    if as_html:
+        from tasks.tools import report as R
+
+        files["html"] = str(R.write_side_by_side(R.load(repo, a), R.load(repo, b), Path(dest) / "compare.html"))
     A, Bv = c["a"], c["b"]
     rows = [(k, A[k], Bv[k]) for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows")]
     rows += [
@@ -360,7 +365,7 @@ def compare(
         )
     else:
         out.print("no parameter differences")
-    out.print(f"wrote {files['markdown']}, {files['json']}")
+    out.print(f"wrote {', '.join(str(files[k]) for k in ('markdown', 'json', 'html') if k in files)}")
 
 
 def _slug(s: str) -> str:

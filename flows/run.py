@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             stage_flow(a.stage)(params_path=a.params)
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.instance().wait_until_empty()  # the run's last events (artifact, state) before exit
     except ExpectationsFailed as e:
         print(f"\nstage {a.stage} FAILED its expectations; its output was not written.\n{e}", file=sys.stderr)
         return 1

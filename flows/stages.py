@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 from tasks.core.params import Params, load, stage_names
 
@@ -20,7 +21,24 @@ def _run(stage: str, params_path: str, params: Params | None) -> dict:
     p = params if params is not None else load(params_path)
     m = importlib.import_module(f"tasks.stages.{stage}").run(p)
     get_run_logger().info(f"{stage}: { ({k: v for k, v in m.items() if not isinstance(v, (dict, list))}) }")
+    create_markdown_artifact(markdown=metrics_markdown(stage, m), key=f"{stage}-metrics", description=stage)
     return m
+
+
+COUNTS = ("reasons", "withheld", "quarantine_reasons", "status", "per_class", "rationales", "instructions")
+
+
+def metrics_markdown(stage: str, m: dict) -> str:
+    """A stage's metrics as the markdown of its Prefect artifact: the scalar counts, then
+    the rejection reasons and the other tallies, each as a table."""
+    out = [f"# {stage}", "", "| metric | value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in m.items() if not isinstance(v, (dict, list))]
+    for key in COUNTS:
+        d = m.get(key)
+        if isinstance(d, dict) and d:
+            out += ["", f"## {key}", "", "| | |", "|---|---|"]
+            out += [f"| {k} | {v} |" for k, v in sorted(d.items(), key=lambda kv: str(kv[0]))]
+    return "\n".join(out) + "\n"
 
 
 @flow(name="ingest", log_prints=True)

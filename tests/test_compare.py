@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import CHROMIUM, render
 from sklearn.metrics import cohen_kappa_score
 
 from tasks.tools import compare as C
@@ -207,7 +208,7 @@ def _verdicts(proj: Path, env: dict, rev: str) -> list[dict]:
 def test_compare_two_experiments_differing_in_one_threshold(project):
     proj, tmp = project
     env = _env(proj)
-    text = _seke(proj, env, "compare", "vs-050", "vs-100", "--out", str(tmp / "cmp"))
+    text = _seke(proj, env, "compare", "vs-050", "vs-100", "--out", str(tmp / "cmp"), "--html")
     c = json.loads((tmp / "cmp" / "compare.json").read_text())
     va = _verdicts(proj, env, "vs-050")
     # expected: the faces accepted at 0.5 whose vote share is below 1.0 leave FEID, nothing enters
@@ -228,6 +229,12 @@ def test_compare_two_experiments_differing_in_one_threshold(project):
     md = (tmp / "cmp" / "compare.md").read_text()
     assert "verify.min_vote_share" in md and "Cohen's kappa" in md
     assert (tmp / "cmp" / "label_distribution.csv").exists() and (tmp / "cmp" / "compare.png").exists()
+    # --html: both versions' reports side by side, every image loading in headless Chromium
+    page = (tmp / "cmp" / "compare.html").read_text()
+    assert "vs-050" in page and "vs-100" in page and page.count("<h2>Figures</h2>") == 2
+    if CHROMIUM:
+        loaded, total = render(tmp / "cmp" / "compare.html", tmp / "cmp" / "shot.png")
+        assert total >= 8 and loaded == total
 
 
 @pytest.mark.e2e

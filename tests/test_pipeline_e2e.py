@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from browser import render
+from PIL import Image
 from project import make_project, project_env, run
 
 from tasks.core.knowledge import AUS, EXPRESSIONS
@@ -137,3 +142,28 @@ def test_a_stage_whose_output_breaks_its_expectations_fails_and_nothing_downstre
         assert "verify" in status  # DVC recorded nothing for the failed stage
     finally:
         src.write_text(code)
+        run(proj, "dvc", "checkout", "-q")  # the failed stage's outputs back, for the tests after this one
+
+
+def test_report_of_a_built_feid_renders_in_chromium(built, tmp_path):
+    """`seke report` on a project built by `dvc repro`: every image on the page loads in
+    headless Chromium and the screenshot is not blank."""
+    proj, _ = built
+    env = project_env(proj)
+    out = tmp_path / "feid.html"
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "report", "--out", str(out)],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = {p.name for p in (tmp_path / "feid_files").iterdir()}
+    assert {"label_distribution.png", "au_distribution.png", "va_density.png", "confidence.png"} <= files
+    assert {"reliability.png", "risk_coverage.png"} <= files  # the run has labelled faces
+    shot = tmp_path / "shot.png"
+    loaded, total = render(out, shot)
+    assert total >= 8 and loaded == total, f"{loaded} of {total} images loaded"
+    px = np.asarray(Image.open(shot).convert("L"))
+    assert px.std() > 10, "the screenshot is blank"
