@@ -81,7 +81,7 @@ def run(
 
 
 # split, bench, quality, compare, export: registered on `app` in this order, after `run`
-from flows import cli_feab, cli_report  # noqa: E402, F401
+from flows import cli_feab, cli_publish  # noqa: E402, F401
 
 
 # ---------------------------------------------------------------- estimate

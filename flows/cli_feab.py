@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 
 from flows.cli_common import (
     PARAMS,
@@ -370,69 +369,3 @@ def compare(
 
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in s)[:40]
-
-
-# ---------------------------------------------------------------- export
-@app.command(
-    epilog="Examples:\n\n"
-    "  seke export --format hf                     # -> exports/hf (datasets.load_dataset)\n\n"
-    "  seke export --format sharegpt --out /data/feid_lf   # LLaMA-Factory\n\n"
-    "  seke export --format llava --rev v1.0 --overwrite"
-)
-def export(
-    fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | llava"),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default exports/<format>)"),
-    rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
-    name: str = typer.Option("FEID", help="dataset name (LLaMA-Factory entry, file names)"),
-    overwrite: bool = typer.Option(False, help="replace a non-empty export folder"),
-    repo: str = typer.Option(".", help="project (a path or git URL)"),
-):
-    """Export a FEID version for training frameworks, with a dataset card (README.md).
-
-    hf: Parquet that `datasets.load_dataset("parquet", ...)` decodes (image column = Image);
-    sharegpt: LLaMA-Factory multimodal JSON + dataset_info.json; llava: LLaVA JSON + images/.
-    """
-    import json
-
-    from tasks.tools import compare as C
-    from tasks.tools import publish as X
-
-    if fmt not in X.FORMATS:
-        raise Fail(f"--format {fmt!r}: choose one of {', '.join(X.FORMATS)}")
-    try:
-        sha = C.resolve(repo, rev)
-        st = C.Store(repo, sha)
-        prm = yaml.safe_load(st.read("params.yaml")) or {}
-        paths = prm.get("paths", {})
-        with progress("reading FEID"):
-            table = st.feid(paths.get("feid", "data/feid"))
-    except C.VersionError as ex:
-        raise Fail(str(ex)) from None
-    if table.num_rows == 0:
-        raise Fail(f"FEID at {rev} has no rows: nothing to export")
-    sources = ""
-    inp = paths.get("input", "")
-    if inp and "://" not in inp:
-        try:
-            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
-        except C.VersionError:
-            pass
-    metrics = {}
-    for stage in ("verify", "export"):
-        try:
-            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
-            metrics[stage].pop("validation", None)
-        except (C.VersionError, ValueError):
-            pass
-    card = X.CardInfo(name=name, version=rev, rev=sha, params=prm, sources_text=sources, metrics=metrics)
-    dest = out_dir or Path("exports") / fmt
-    try:
-        with progress(f"writing {fmt}"):
-            res = X.export(table, fmt, dest, card, overwrite=overwrite)
-    except (FileExistsError, ValueError) as ex:
-        raise Fail(str(ex)) from None
-    out.print(
-        f"exported {res['rows']} faces as {fmt} to {res['out']}: "
-        + ", ".join(Path(f).name for f in res["files"])
-        + " + README.md"
-    )

@@ -188,3 +188,46 @@ def test_card_of_a_feid_with_withheld_va_averages_the_kept_values(feid, tmp_path
     card = X.dataset_card(rows, "hf", _card(tmp_path), [])
     kept = [r["valence"] for r in rows[1:]]
     assert f"mean valence {round(sum(kept) / len(kept), 3):+.3f}" in card
+
+
+def test_card_header_is_valid_for_any_size_and_names_its_licence(feid, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    assert [X.size_category(n) for n in (0, 999, 1000, 25_000, 3_000_000, 10**13)] == [
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "10K<n<100K",
+        "1M<n<10M",
+        "n>1T",
+    ]
+    out = tmp_path / "hf"
+    X.export(feid, "hf", out, X.CardInfo(year=2031, sources_text="| london | CC BY 4.0 |"))
+    card = DatasetCard.load(out / "README.md")
+    d = card.data.to_dict()
+    assert d["license"] == "other" and d["license_name"] and d["size_categories"] == [X.size_category(N)]
+    assert "## Personal and sensitive information" in card.text and "biometric" in card.text
+    assert "year   = {2031}" in card.text
+
+
+def test_push_to_hub_uploads_the_export_folder(feid, tmp_path, monkeypatch):
+    """The upload goes through huggingface_hub's HfApi (recorded here: no hub runs offline)."""
+    import huggingface_hub
+
+    calls = []
+
+    class Api:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw))
+            return f"https://huggingface.co/datasets/{repo_id}"
+
+        def upload_folder(self, **kw):
+            calls.append(("upload", kw["repo_id"], kw))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    out = tmp_path / "hf"
+    X.export(feid, "hf", out, _card(tmp_path))
+    url = X.push_to_hub(out, "lab/feid", private=True)
+    assert url.endswith("lab/feid")
+    assert calls[0][:2] == ("create", "lab/feid") and calls[0][2]["repo_type"] == "dataset" and calls[0][2]["private"]
+    assert calls[1][2]["folder_path"] == str(out) and calls[1][2]["repo_type"] == "dataset"

@@ -20,6 +20,7 @@ import json
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Iterable
 
@@ -45,6 +46,7 @@ class CardInfo:
     params: dict = field(default_factory=dict)
     sources_text: str = ""  # licences and attributions of the input images
     metrics: dict = field(default_factory=dict)
+    year: int | None = None  # of the version (its commit); None = this year
 
 
 def export_hf(table: pa.Table, out: Path, rows_per_shard: int = 5000) -> list[Path]:
@@ -182,33 +184,44 @@ def _demote(md: str) -> str:
     return "\n".join("##" + ln if ln.startswith("#") else ln for ln in md.splitlines())
 
 
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+SIZE_CATEGORIES += [(10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B"), (10**10, "1B<n<10B")]
+SIZE_CATEGORIES += [(10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
+
+
+def size_category(n: int) -> str:
+    """Hugging Face's `size_categories` value for `n` rows (any size)."""
+    return next((c for top, c in SIZE_CATEGORIES if n < top), "n>1T")
+
+
+def card_data(rows: int, fmt: str, name: str):
+    """The card's YAML header (`huggingface_hub.DatasetCardData`). The licence is `other`,
+    named, because every image keeps its source's licence (the card lists them)."""
+    from huggingface_hub import DatasetCardData
+
+    extra = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}]}
+    return DatasetCardData(
+        license="other",
+        license_name=f"{name.lower()}-source-licences",
+        license_link="README.md#sources-and-licences",
+        task_categories=["image-text-to-text", "image-classification"],
+        tags=["facial-expression", "emotion", "action-units", "instruction-tuning", "biometric"],
+        pretty_name=name,
+        size_categories=[size_category(rows)],
+        **(extra if fmt == "hf" else {}),
+    )
+
+
 def _card_header(s: dict, fmt: str, card: CardInfo, files: list[Path]) -> list[str]:
-    front = [
-        "---",
-        "license: other",
-        "task_categories:",
-        "- image-text-to-text",
-        "- image-classification",
-        "tags:",
-        "- facial-expression",
-        "- emotion",
-        "- action-units",
-        "- instruction-tuning",
-        "pretty_name: FEID",
-        f"size_categories:\n- {'n<1K' if s['rows'] < 1000 else '1K<n<10K' if s['rows'] < 10000 else '10K<n<100K'}",
-    ]
-    if fmt == "hf":
-        front += ["configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: data/*.parquet"]
-    front.append("---")
-    L = front + [
-        "",
+    L = [
         f"# {card.name}: facial-emotion instruction data",
         "",
         f"Version `{card.version}`"
         + (f" (commit `{card.rev}`)" if card.rev else " (working tree)")
         + f", exported as **{fmt}**. Every row is one face that passed self-verification (SV-UAMC): its "
-        "expression, valence/arousal and action units, with per-AU probabilities, a confidence and "
-        "four instruction/answer turns.",
+        "expression, valence/arousal and action units (a granularity verify could not trust is withheld), "
+        "with per-AU probabilities, a calibrated confidence and instruction/answer turns drawn from a "
+        "versioned bank; the description turn is the annotator's own verified rationale where there is one.",
         "",
         "## Files",
         "",
@@ -232,6 +245,25 @@ def _card_header(s: dict, fmt: str, card: CardInfo, files: list[Path]) -> list[s
     else:
         L += ["", "LLaVA: `--data_path " + f"{card.name.lower()}_llava.json --image_folder <this folder>`."]
     return L
+
+
+PERSONAL = """
+## Personal and sensitive information
+
+Every row holds a photograph of a person's face. Faces are **biometric data**: under the
+GDPR (Art. 9) and similar laws, processing them to identify a person is a special category
+of personal data, and emotion labels add inferences about that person. FEID stores no names
+or identity labels, but the faces themselves can identify people.
+
+- Use the images only as their source licences (above) and the consent under which they
+  were collected allow. Check both before publishing this dataset.
+- Do not use FEID to identify people, or to infer emotions for decisions about them
+  (hiring, policing, education, insurance): expression labels describe a facial display,
+  not an inner state, and are less reliable for some groups.
+- Honour removal requests: remove the person's rows and publish a new version.
+- The `source` column says where each image came from; `subject` identifiers of the sources
+  are not exported.
+"""
 
 
 def _card_statistics(s: dict, label_sets: list[str], au_sets: list[str]) -> list[str]:
@@ -306,7 +338,7 @@ def _card_citation(card: CardInfo, prov: dict) -> list[str]:
         "  title  = {FEID: knowledge-enhanced, self-verified facial-emotion instruction data},",
         f"  note   = {{version {card.version}{', commit ' + card.rev if card.rev else ''}, params "
         f"{', '.join(prov.get('params_hash', []))}}},",
-        "  year   = {2026}",
+        f"  year   = {{{card.year or date.today().year}}}",
         "}",
         "```",
         "",
@@ -324,5 +356,20 @@ def dataset_card(rows: list[dict], fmt: str, card: CardInfo, files: list[Path]) 
     label_sets = sorted({",".join(r["label_set"]) for r in rows})
     au_sets = sorted({",".join(r["au_set"]) for r in rows})
     L = _card_header(s, fmt, card, files) + _card_statistics(s, label_sets, au_sets)
-    L += _card_annotation(card, prov) + _card_citation(card, prov)
-    return "\n".join(L)
+    L += _card_annotation(card, prov) + PERSONAL.splitlines() + _card_citation(card, prov)
+    from huggingface_hub import DatasetCard
+
+    body = "\n".join(L)
+    return str(DatasetCard(f"---\n{card_data(s['rows'], fmt, card.name).to_yaml()}\n---\n\n{body}"))
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload an export folder (data and card) as a Hugging Face dataset repository. The
+    token comes from the environment (`HF_TOKEN`) or `huggingface-cli login`, never from
+    params. Returns the repository URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset", commit_message="FEID export")
+    return str(url)
