@@ -60,7 +60,8 @@ from tasks.infra.cache import ResponseCache  # noqa: E402
 from tasks.method import trust, uamc
 from tasks.method.decide import calibration_row, decide
 from tasks.method.evidence import VERIFY_VARIANTS, measure
-from tasks.method.sampling import Tally, sample_batch  # noqa: E402
+from tasks.method.pipeline import sample_batch  # noqa: E402
+from tasks.method.sampling import Tally  # noqa: E402
 from tasks.stages.crop import crop_image  # noqa: E402
 from tasks.stages.prompt import requests_for  # noqa: E402
 from tasks.tools.feab import ccc as bench_ccc  # noqa: E402

@@ -9,7 +9,8 @@ from tasks.core.knowledge import load
 from tasks.core.params import Params, Paths, Sample
 from tasks.core.records import FaceRecord
 from tasks.infra.cache import ResponseCache
-from tasks.method.sampling import Tally, sample_batch
+from tasks.method.pipeline import sample_batch
+from tasks.method.sampling import Tally
 from tasks.stages.prompt import requests_for
 
 K = load()

@@ -9,6 +9,11 @@ Contract of `Annotator.run`: yield exactly one `CallResult` per `Call`, in any o
 results arrive. A failed call is a `CallResult` with `error` set (never an exception),
 unless the annotator decides the whole run must stop (e.g. a budget or a persistent
 outage), in which case it raises `AnnotatorStop` after yielding what it has.
+
+`calls` may be a pipelined feed that gives `WAIT` when no call is ready yet: the caller is
+still working on results already yielded. An annotator that answers synchronously never
+sees it (the caller has made the next calls before it asks); a concurrent one waits a
+moment, or for a call in flight, and asks again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
+
+WAIT = object()  # from a pipelined call feed: no call ready yet, more may come (tasks.method.sampling.Feed)
 
 
 class AnnotatorStop(RuntimeError):

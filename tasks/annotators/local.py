@@ -106,7 +106,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from tasks.annotators.base import Annotator, Call, CallResult, RawAnswer
+from tasks.annotators.base import WAIT, Annotator, Call, CallResult, RawAnswer
 from tasks.annotators.local_models import (
     AU_RELIABILITY,
     AU_TABLE,
@@ -187,6 +187,8 @@ class LocalAnnotator(Annotator):
     # -- answering ---------------------------------------------------------------------------
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
         for call in calls:
+            if call is WAIT:  # a synchronous annotator's feed always has the next call ready
+                raise RuntimeError("the call feed gave WAIT to a synchronous annotator")
             t0 = time.perf_counter()
             try:
                 with _Models.lock:  # interpreters are shared and not thread-safe

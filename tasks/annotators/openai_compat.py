@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 import openai
 from openai.types.chat import ChatCompletion
 
-from tasks.annotators.base import Annotator, AnnotatorStop, Call, CallResult, RawAnswer
+from tasks.annotators.base import WAIT, Annotator, AnnotatorStop, Call, CallResult, RawAnswer
 from tasks.annotators.transport import (
     Bucket,
     Endpoint,
@@ -394,6 +394,13 @@ class OpenAIAnnotator(Annotator):
                 call, held = (held, None) if held is not None else (next(it, None), None)
                 if call is None:
                     break
+                if call is WAIT:  # a pipelined feed: the sampler is still deciding what to ask next
+                    if tasks:
+                        done, _ = await asyncio.wait(tasks, timeout=0.005, return_when=asyncio.FIRST_COMPLETED)
+                        fl.settle(done)
+                    else:
+                        await asyncio.sleep(0.002)
+                    continue
                 est = self._call_cost(call)
                 budget = self.a.budget_usd
                 if budget and self.spent_usd + fl.reserved + est > budget:

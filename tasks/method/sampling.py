@@ -3,7 +3,7 @@
 Input: FaceRecord (crop bytes, priors) and that face's RequestRecords. Output: one
 SampleRecord per sample drawn: parsed answer, raw answer, seed, index, status, annotator.
 
-Round 1 draws `k0` samples of every request of every face in a batch; then, while a face is
+A face's first round draws `k0` samples of each of its requests; then, while the face is
 not `verify.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
 round (`sample.verify_round`): faces whose generated expression is not certain enough
 (`verify.wants_verification`) get one more call that shows the annotator its aggregated
@@ -15,6 +15,9 @@ crash, pays for nothing that had already succeeded.
 
 Annotators answer verification requests if they say so (`supports_verification`); the
 OpenAI-compatible one does (any chat model can), others are skipped.
+
+This module holds the steps of one face; `tasks.method.pipeline` runs them for many faces
+at once, with no barrier between faces.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from tasks.annotators.base import Annotator, Call, CallResult
 from tasks.core.answer import parse
@@ -34,7 +36,6 @@ from tasks.infra.cache import ResponseCache
 from tasks.method.evidence import (
     MIRROR_VERIFY_VARIANT,
     VERIFY_VARIANT,
-    VERIFY_VARIANTS,
     measure,
     mirror,
     settled,
@@ -114,7 +115,7 @@ def cap(req: dict, sp, face: dict) -> int:
     return sp.kmax
 
 
-def _call_for(f: dict, req: dict, idx: tuple, sp, ann, cache, drawn, tally) -> Call | None:
+def call_for(f: dict, req: dict, idx: tuple, sp, ann, cache, drawn, tally) -> Call | None:
     """The call for the sample indices `idx` of one request: cached answers are taken from
     the cache (recorded in `drawn`); the call asks only for the others (None: nothing left)."""
     seeds = tuple(seed_for(sp.seed, req["request_id"], i) for i in idx)
@@ -160,62 +161,26 @@ def _round_calls(open_faces, requests, drawn, size: int, sp, ann, cache, tally) 
             got = drawn[f["face_id"]]
             have = sum(1 for x in got if x["request_id"] == req["request_id"])
             idx = tuple(range(have, min(have + size, limit(req, sp, f, got))))
-            if idx and (c := _call_for(f, req, idx, sp, ann, cache, drawn, tally)) is not None:
+            if idx and (c := call_for(f, req, idx, sp, ann, cache, drawn, tally)) is not None:
                 calls.append(c)
     return calls
 
 
-def _still_open(open_faces, requests, drawn, sp, k: Knowledge) -> list[dict]:
-    """Faces that may take more answers: below their limit, and not settled (or every answer failed)."""
-    still = []
-    for f in open_faces:
-        got = drawn[f["face_id"]]
-        reqs = requests[f["face_id"]]
-        used = {r["request_id"]: sum(1 for x in got if x["request_id"] == r["request_id"]) for r in reqs}
-        full = all(used[r["request_id"]] >= limit(r, sp, f, got) for r in reqs)
-        # a face whose answers have all failed so far is not settled while it may still retry
-        failed = {r["request_id"]: 0 for r in reqs}
-        for x in got:
-            if x["status"] != "ok" and x["request_id"] in failed:
-                failed[x["request_id"]] += 1
-        all_failed = bool(got) and not any(x["status"] == "ok" for x in got)
-        # ... i.e. while a request has drawn fewer than its first round plus its replacements
-        first = {r["request_id"]: min(sp.k0, cap(r, sp, f)) for r in reqs}
-        retrying = all_failed and any(used[r] < first[r] + min(failed[r], sp.retry_failed) for r in failed)
-        if not full and (retrying or not settled(f, got, k, sp)):
-            still.append(f)
-    return still
-
-
-def sample_batch(
-    faces: list[dict],
-    requests: dict[str, list[dict]],
-    ann: Annotator,
-    cache: ResponseCache,
-    params: Params,
-    k: Knowledge,
-    tally: Tally,
-) -> Iterator[dict]:
-    """Adaptive Monte Carlo sampling for one batch of faces; yields SampleRecord dicts,
-    grouped by face, in the faces' order."""
-    sp = params.sample
-    drawn: dict[str, list[dict]] = {f["face_id"]: [] for f in faces}
-    open_faces = [f for f in faces if requests.get(f["face_id"])]
-    size = sp.k0
-    while open_faces:
-        calls = _round_calls(open_faces, requests, drawn, size, sp, ann, cache, tally)
-        by_req = {r["request_id"]: r for f in open_faces for r in requests[f["face_id"]]}
-        for res in ann.run(calls):
-            _absorb(res, by_req[res.call.request_id], ann, cache, drawn, tally)
-        open_faces = _still_open(open_faces, requests, drawn, sp, k)
-        size = sp.dk
-    _verification_round(faces, requests, drawn, ann, cache, params, k, tally)
-    for f in faces:
-        got = sorted(drawn[f["face_id"]], key=lambda x: (x["variant"], x["request_id"], x["sample_index"]))
-        tally.per_face_k.append(
-            max((x["sample_index"] + 1 for x in got if x["variant"] not in VERIFY_VARIANTS), default=0)
-        )
-        yield from got
+def is_open(f: dict, reqs: list[dict], got: list[dict], sp, k: Knowledge) -> bool:
+    """Whether a face may take more answers: below its limit, and not settled (or every
+    answer failed so far while a request may still replace failures)."""
+    used = {r["request_id"]: sum(1 for x in got if x["request_id"] == r["request_id"]) for r in reqs}
+    if all(used[r["request_id"]] >= limit(r, sp, f, got) for r in reqs):
+        return False
+    failed = {r["request_id"]: 0 for r in reqs}
+    for x in got:
+        if x["status"] != "ok" and x["request_id"] in failed:
+            failed[x["request_id"]] += 1
+    all_failed = bool(got) and not any(x["status"] == "ok" for x in got)
+    # ... i.e. while a request has drawn fewer than its first round plus its replacements
+    first = {r["request_id"]: min(sp.k0, cap(r, sp, f)) for r in reqs}
+    retrying = all_failed and any(used[r] < first[r] + min(failed[r], sp.retry_failed) for r in failed)
+    return retrying or not settled(f, got, k, sp)
 
 
 def supports_verification(ann: Annotator) -> bool:
@@ -244,57 +209,37 @@ def _views(f: dict, reqs: list[dict], got: list[dict]) -> list[tuple[str, dict, 
     return views
 
 
-def _verification_round(
-    faces: list[dict],
-    requests: dict[str, list[dict]],
-    drawn: dict[str, list[dict]],
-    ann: Annotator,
-    cache: ResponseCache,
-    params: Params,
-    k: Knowledge,
-    tally: Tally,
-) -> None:
+def verification_calls(
+    f: dict, reqs: list[dict], got: list[dict], ann: Annotator, cache: ResponseCache, params: Params, k, pipe
+) -> list[Call]:
+    """The verification calls of one face whose sampling is over (cached answers are taken
+    at once); `pipe.meta` records what each call verifies."""
     sp = params.sample
-    if sp.verify_round == "none" or not supports_verification(ann):
-        return
+    if sp.verify_round == "none" or not supports_verification(ann) or not reqs:
+        return []
     calls: list[Call] = []
-    meta: dict[str, tuple[str, str, str]] = {}
-    for f in faces:
-        reqs = requests.get(f["face_id"]) or []
-        got = drawn[f["face_id"]]
-        for variant, face, samples in _views(f, reqs, got):
-            s = measure(face, samples, k)
-            if not wants_verification(s, sp) or not reqs:
-                continue
-            vid, messages, schema = verification_request(
-                k, f["crop_sha256"], _proposal(s), reqs[0]["prompt_version"], params.prompt.knowledge
-            )
-            req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
-            seed = seed_for(sp.seed, vid, 0)
-            e = cache.get(vid, 0, seed)
-            if e is not None:
-                tally.cached += 1
-                got.append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
-            elif vid not in meta:
-                meta[vid] = (f["face_id"], s.expression, variant)
-                calls.append(
-                    Call(
-                        request_id=vid,
-                        face_id=f["face_id"],
-                        messages=messages,
-                        schema=schema,
-                        ask=VERIFY_ASK,
-                        image=f["crop"],
-                        indices=(0,),
-                        seeds=(seed,),
-                    )
-                )
-    for res in ann.run(calls):
-        _absorb_verification(res, meta, ann, cache, drawn, k, tally)
+    for variant, face, samples in _views(f, reqs, got):
+        s = measure(face, samples, k)
+        if not wants_verification(s, sp):
+            continue
+        vid, messages, schema = verification_request(
+            k, f["crop_sha256"], _proposal(s), reqs[0]["prompt_version"], params.prompt.knowledge
+        )
+        req = {"request_id": vid, "variant": variant, "ask": list(VERIFY_ASK)}
+        seed = seed_for(sp.seed, vid, 0)
+        e = cache.get(vid, 0, seed)
+        if e is not None:
+            pipe.tally.cached += 1
+            got.append(_verify_record(ann, f["face_id"], req, e, seed, None, True, s.expression, k))
+        elif vid not in pipe.meta:
+            pipe.meta[vid] = (f["face_id"], s.expression, variant)
+            call = Call(vid, f["face_id"], messages, schema, VERIFY_ASK, f["crop"], (0,), (seed,))
+            calls.append(call)
+    return calls
 
 
-def _absorb_verification(res: CallResult, meta: dict, ann, cache, drawn, k: Knowledge, tally: Tally) -> None:
-    """Cache a verification answer and record it as its face's `verify` sample."""
+def absorb_verification(res: CallResult, meta: dict, ann, cache, drawn, k: Knowledge, tally: Tally) -> str:
+    """Cache a verification answer and record it as its face's `verify` sample; the face's id."""
     tally.calls += 1
     tally.verify_calls += 1
     fid, proposed_label, variant = meta[res.call.request_id]
@@ -310,6 +255,7 @@ def _absorb_verification(res: CallResult, meta: dict, ann, cache, drawn, k: Know
     drawn[fid].append(
         _verify_record(ann, fid, req, e, res.call.seeds[0], res.error or "no answer", False, proposed_label, k)
     )
+    return fid
 
 
 def _verify_record(
@@ -343,7 +289,7 @@ def _verify_record(
     ).model_dump()
 
 
-def _absorb(
+def absorb(
     res: CallResult, req: dict, ann: Annotator, cache: ResponseCache, drawn: dict[str, list[dict]], tally: Tally
 ) -> None:
     tally.calls += 1

@@ -22,7 +22,8 @@ from tasks.core.params import Params
 from tasks.core.records import SampleRecord
 from tasks.infra import dask, io
 from tasks.infra.cache import ResponseCache
-from tasks.method.sampling import Tally, sample_batch
+from tasks.method.pipeline import sample_batch, sample_stream
+from tasks.method.sampling import Tally
 from tasks.stages.base import grouped, log, validate, write_metrics
 
 _WORKER: dict = {}
@@ -77,6 +78,7 @@ class _Run:
     def __init__(self, n_faces: int):
         self.tally, self.light, self.status_n = Tally(), Light(SampleRecord, au_col="aus"), Counter()
         self.n_faces, self.done, self.who, self.t0 = n_faces, 0, None, time.perf_counter()
+        self.logged = 0.0
 
     def add(self, rows: list[dict], n: int, w) -> None:
         for s in rows:
@@ -85,7 +87,11 @@ class _Run:
             self.status_n[s["status"]] += 1
             self.who = self.who or (s["annotator"], s["model"])
         self.done += n
-        t, rate = self.tally, self.done / (time.perf_counter() - self.t0)
+        now = time.perf_counter()
+        if now - self.logged < 5 and self.done < self.n_faces:  # a progress line every few seconds
+            return
+        self.logged = now
+        t, rate = self.tally, self.done / (now - self.t0)
         eta = (self.n_faces - self.done) / rate
         log().info(
             f"sample: {self.done}/{self.n_faces} faces, {rate:.1f} faces/s, ETA {eta:.0f} s, "
@@ -122,11 +128,26 @@ class _Run:
         }
 
 
+def _per_face(rows: Iterator[dict]) -> Iterator[list[dict]]:
+    """The sample rows of a stream grouped by face (they come grouped, in face order)."""
+    face, acc = None, []
+    for s in rows:
+        if s["face_id"] != face and acc:
+            yield acc
+            acc = []
+        face = s["face_id"]
+        acc.append(s)
+    if acc:
+        yield acc
+
+
 def run(p: Params) -> dict:
-    """Batches of faces (with their requests) go through `sample_batch`, in this process or,
-    with `runtime.task_runner: dask`, on Dask workers that each build their own annotator and
-    response cache. The annotator's limits (`runtime.concurrency`, `requests_per_minute`,
-    `annotator.budget_usd`) then apply per worker."""
+    """Faces (with their requests) stream through the pipelined sampler (`sample_stream`:
+    each face advances on its own, up to max(`runtime.batch_size`, 4 x `runtime.concurrency`)
+    faces at once), in this process; or, with `runtime.task_runner: dask`, batches go to
+    Dask workers that each build their own annotator and response cache. The annotator's
+    limits (`runtime.concurrency`, `requests_per_minute`, `annotator.budget_usd`) then apply
+    per worker."""
     k = knowledge.load()
     runner = dask.task_runner(p)
     ann = annotators.build(p) if runner is None else None
@@ -138,8 +159,10 @@ def run(p: Params) -> dict:
     try:
         with runner or contextlib.nullcontext(), io.writers((out, SampleRecord)) as (w,):
             if runner is None:
-                for b, by in batches:
-                    r.add(list(sample_batch(b, by, ann, cache, p, k, r.tally)), len(b), w)
+                pairs = ((f, by.get(f["face_id"]) or []) for b, by in batches for f in b)
+                window = max(p.runtime.batch_size, 4 * p.runtime.concurrency)
+                for rows in _per_face(sample_stream(pairs, ann, cache, p, k, r.tally, window)):
+                    r.add(rows, len(r.tally.per_face_k) - r.done, w)
             else:
                 for rows, t in dask.mapped(runner, "sample", ((b, by, p) for b, by in batches), dask.in_flight(p)):
                     _add_tally(r.tally, t)

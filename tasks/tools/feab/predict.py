@@ -80,7 +80,7 @@ def _predict_batch(chunk: list[dict], p: Params, k: Knowledge, read, ann, cache,
     """One batch of benchmark items through crop, prompt, sampling and decide: (rows, no-face count)."""
     from tasks.core.records import FaceRecord
     from tasks.method.decide import decide
-    from tasks.method.sampling import sample_batch
+    from tasks.method.pipeline import sample_batch
     from tasks.stages.prompt import requests_for
 
     faces, reqs, no_face = [], {}, 0
