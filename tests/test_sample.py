@@ -196,3 +196,47 @@ def test_failed_answers_are_replaced_by_fresh_indices_and_never_use_up_kmax(tmp_
     old, _ = run(tmp_path / "no_retry", FailsFirst(), retry_failed=0)
     gave_up = [s for s in old if s["face_id"] == "easy" and s["variant"] not in ("verify", "verify_blind")]
     assert not any(s["status"] == "ok" for s in gave_up)  # the old rule: k0 failures end the face
+
+
+class OutOfOrder(Scripted):
+    """Like Scripted, but takes calls until the feed says WAIT (or ends), then answers the
+    ones it holds in reverse order, as a concurrent endpoint may."""
+
+    def run(self, calls):
+        from tasks.annotators.base import WAIT
+
+        held, it = [], iter(calls)
+        while True:
+            c = next(it, None)
+            if c is not None and c is not WAIT:
+                held.append(c)
+                continue
+            for r in reversed(list(Scripted.run(self, held))):
+                yield r
+            if c is None and not held:
+                return
+            held = []
+
+
+def test_pipelined_sampling_gives_the_samples_of_one_face_at_a_time(tmp_path):
+    """Each face's answers depend only on its own: out-of-order answers and a wide window
+    give exactly the samples of a one-face window, in the faces' order."""
+    from tasks.method.pipeline import sample_stream
+
+    p = Params(paths=Paths(input="x"), sample=Sample(verify_round="all"))
+    fs = [face(n) for n in ("easy", "hard", "easy2", "hard2")]
+    pairs = [(f, [r.model_dump() for r in requests_for(K, FaceRecord(**f), "v1", True, True)]) for f in fs]
+    out = {}
+    for name, ann, window in (("one", Scripted(), 1), ("wide", OutOfOrder(), 4)):
+        cache = ResponseCache(str(tmp_path / name), ann.signature_hash())
+        tally = Tally()
+        out[name] = [
+            {k: v for k, v in s.items() if k not in ("latency_ms", "cached")}
+            for s in sample_stream(iter(pairs), ann, cache, p, K, tally, window)
+        ]
+        cache.close()
+    assert out["one"] == out["wide"] and len(out["one"]) > 8
+    assert [s["face_id"] for s in out["wide"]] == sorted(
+        [s["face_id"] for s in out["wide"]], key=[f["face_id"] for f in fs].index
+    )
+    assert any(s["variant"] == "verify" for s in out["wide"])
