@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class ExpectationsFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}
 
 
 def _va(gxe, cols=("valence", "arousal")):
@@ -200,7 +202,7 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ds = ctx.data_sources.add_pandas(name=f"seke_{stage}")
     failed: list[str] = []
-    evaluated = 0
+    results: list[dict] = []
     for frame, expectations in suites.items():
         if not expectations:
             continue
@@ -211,21 +213,53 @@ def check(stage: str, frames: dict[str, pd.DataFrame], params: Params, counts: d
             batch_parameters={"dataframe": frames[frame]}
         )
         suite = gx.ExpectationSuite(name=f"{stage}.{frame}", expectations=expectations)
-        res = batch.validate(suite)
-        for r in res.results:
-            evaluated += 1
+        for r in batch.validate(suite).results:
+            cfg = r.expectation_config
+            kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+            detail = {k: r.result.get(k) for k in OBSERVED if r.result.get(k) is not None}
+            results.append(
+                {"frame": frame, "expectation": cfg.type, "kwargs": kw, "success": bool(r.success), **detail}
+            )
             if not r.success:
-                cfg = r.expectation_config
-                kw = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
-                detail = {
-                    k: r.result.get(k)
-                    for k in ("observed_value", "unexpected_count", "partial_unexpected_list")
-                    if r.result.get(k) is not None
-                }
                 failed.append(f"{stage}.{frame}: {cfg.type} {kw} -> {detail}")
-    summary = {"suite": stage, "success": not failed, "evaluated": evaluated, "failed": len(failed)}
+    summary = {"suite": stage, "success": not failed, "evaluated": len(results), "failed": len(failed)}
+    report = {
+        **summary,
+        "results": _jsonable(results),
+        "not_enforced": not_enforced(stage, frames, params, counts or {}),
+    }
     if failed:
         raise ExpectationsFailed(
-            f"{len(failed)} of {evaluated} expectations failed for stage {stage!r}:\n  " + "\n  ".join(failed)
+            f"{len(failed)} of {len(results)} expectations failed for stage {stage!r}:\n  " + "\n  ".join(failed),
+            report,
         )
+    summary["report"] = report
     return summary
+
+
+OBSERVED = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "partial_unexpected_list")
+
+
+def _jsonable(x):
+    """GX results hold numpy scalars and tuples: plain JSON types."""
+    import json
+
+    return json.loads(json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def not_enforced(stage: str, frames: dict, params: Params, counts: dict) -> list[dict]:
+    """Checks a stage reports but does not enforce: the label distribution of FEID below
+    `expectations.min_faces_for_distribution` accepted faces (a bound on a handful is noise)."""
+    e, n = params.expectations, counts.get("accepted", 0)
+    if stage != "export" or n >= e.min_faces_for_distribution or "label_distribution" not in frames:
+        return []
+    ld = frames["label_distribution"]
+    shares = dict(zip(ld["expression"], (round(float(x), 4) for x in ld["share"])))
+    return [
+        {
+            "check": "label distribution",
+            "why": f"{n} accepted faces < expectations.min_faces_for_distribution = {e.min_faces_for_distribution}",
+            "observed_shares": shares,
+            "would_fail": max(shares.values(), default=0) > e.max_class_share or len(shares) < e.min_classes,
+        }
+    ]

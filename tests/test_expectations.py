@@ -114,3 +114,26 @@ def test_suites_take_their_columns_from_the_records():
     assert set(feid.column_set) == {c for c in FeidRecord.columns() if c not in HEAVY}
     ver = SUITES["verify"](gxe, P, {"faces": 1})["verdicts"][0]
     assert set(ver.column_set) == set(Verdict.columns())
+
+
+def test_the_full_result_keeps_every_expectation_and_what_it_observed():
+    df = _verdicts()
+    s = check("verify", {"verdicts": df, "au_codes": au_frame(df)}, P, {"faces": 2})
+    rep = s["report"]
+    assert len(rep["results"]) == s["evaluated"] and all(r["success"] for r in rep["results"])
+    assert any(
+        r["expectation"] == "expect_table_row_count_to_equal" and r["observed_value"] == 2 for r in rep["results"]
+    )
+    with pytest.raises(ExpectationsFailed) as e:
+        check("verify", {"verdicts": _verdicts(valence=1.5), "au_codes": au_frame(df)}, P, {"faces": 2})
+    bad = [r for r in e.value.report["results"] if not r["success"]]
+    assert bad and bad[0]["kwargs"]["column"] == "valence" and bad[0]["unexpected_count"] == 2
+
+
+def test_a_distribution_bound_on_a_few_faces_is_reported_not_enforced():
+    from expectations.suites import not_enforced
+
+    ld = pd.DataFrame({"expression": ["happy"], "share": [1.0]})
+    got = not_enforced("export", {"label_distribution": ld}, P, {"accepted": 1})
+    assert got and got[0]["would_fail"] and got[0]["observed_shares"] == {"happy": 1.0}
+    assert not_enforced("export", {"label_distribution": ld}, P, {"accepted": 10_000}) == []

@@ -88,6 +88,28 @@ def test_counts_add_up_and_every_quarantined_file_has_a_reason(built):
     assert crop["status"] == {"ok": 7, "no_face": 1}
 
 
+def test_every_stage_keeps_its_full_validation_result(built):
+    proj, _ = built
+    for stage in ("ingest", "crop", "prompt", "sample", "verify", "export"):
+        rep = json.loads((proj / "metrics" / "validation" / f"{stage}.json").read_text())
+        assert rep["success"] and rep["evaluated"] == len(rep["results"]) > 0
+        assert all("observed_value" in r or "unexpected_count" in r for r in rep["results"])
+
+
+def test_one_and_five_face_datasets_build_feid_with_the_default_params(tmp_path):
+    """A handful of faces is not an error: the distribution bounds are reported, not enforced."""
+    import opsproj
+
+    for n in (1, 5):
+        proj = opsproj.make_project(tmp_path / str(n), opsproj.london(n), {"crop": {"detector": "yuface"}}, git=False)
+        opsproj.run(proj, "dvc", "init", "-q", "--no-scm")
+        opsproj.run(proj, "dvc", "repro")
+        assert pq.read_table(proj / "data/crop/faces.parquet").num_rows == n
+        assert 1 <= pq.read_table(proj / "data/feid/feid.parquet").num_rows <= n
+        rep = json.loads((proj / "metrics/validation/export.json").read_text())
+        assert rep["success"] and rep["not_enforced"] and rep["not_enforced"][0]["check"] == "label distribution"
+
+
 def test_second_repro_runs_nothing(built):
     proj, _ = built
     out = run(proj, "dvc", "repro").stdout
@@ -138,6 +160,10 @@ def test_a_stage_whose_output_breaks_its_expectations_fails_and_nothing_downstre
         assert ran[-1] == "verify" and "export" not in ran, "nothing downstream of the failed stage may run"
         assert "FAILED its expectations" in r.stderr and "valence" in r.stderr
         assert not (proj / "data/verify/verdicts.parquet").exists()
+        # why it failed stays on disk, with what GX observed
+        rep = json.loads((proj / "metrics/validation/verify.json").read_text())
+        bad = [r for r in rep["results"] if not r["success"]]
+        assert not rep["success"] and any(r["kwargs"].get("column") == "valence" and r["unexpected_count"] for r in bad)
         status = run(proj, "dvc", "status", "--json").stdout
         assert "verify" in status  # DVC recorded nothing for the failed stage
     finally:

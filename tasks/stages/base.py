@@ -25,10 +25,19 @@ def write_metrics(p: Params, stage: str, m: dict) -> None:
 
 
 def validate(stage: str, frames: dict, p: Params, counts: dict | None = None) -> dict:
-    """The stage's Great Expectations suite (GX is imported here, when a check runs)."""
-    from expectations import check
+    """The stage's Great Expectations suite (GX is imported here, when a check runs). Every
+    expectation's result, with its observed values, goes to `<paths.metrics>/validation/<stage>.json`
+    whether the stage passes or fails, so a user can see why without re-running it."""
+    from expectations import ExpectationsFailed, check
 
-    return check(stage, frames, p, counts)
+    dest = Path(p.paths.metrics) / "validation" / f"{stage}.json"
+    try:
+        summary = check(stage, frames, p, counts)
+    except ExpectationsFailed as e:
+        io.write_json(dest, e.report)
+        raise
+    io.write_json(dest, summary.pop("report"))
+    return summary
 
 
 def grouped(rows: Iterator[dict], key: str) -> Iterator[tuple[str, list[dict]]]:
