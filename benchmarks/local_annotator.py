@@ -1,6 +1,6 @@
 """Benchmark the local annotator on the labelled sets in ../shared/data.
 
-For each image: yuface detection, the largest face, a square crop (margin 0.3, 256 px),
+For each image: face detection with the crop stage's defaults (BlazeFace), the largest face, a square crop (margin 0.3, 256 px),
 then the local annotator with ask=(expression, va, aus) and K seeded samples. Prints per
 set: n, top-1 accuracy of the majority vote and of a single sample (the mean over the K
 samples), macro-F1 over the classes present in the ground truth, accuracy and coverage at
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tasks.annotators.base import Call  # noqa: E402
 from tasks.core.answer import parse  # noqa: E402
 from tasks.core.knowledge import load  # noqa: E402
-from tasks.core.params import Annotator  # noqa: E402
+from tasks.core.params import Annotator, Crop  # noqa: E402
 from tasks.core.params import LocalAnnotator as LocalParams
 from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402
 from tasks.tools.feab import macro_f1  # noqa: E402
@@ -37,6 +37,7 @@ from tasks.tools.feab import macro_f1  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 SETS = ("london", "muxspace", "namba")
 ASK = ("expression", "va", "aus")
+CROP = Crop()  # the crop stage's defaults: detector, min score, sizes
 
 
 def rows_of(name: str, limit: int) -> list[dict]:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, r in enumerate(rows):
             ts = time.perf_counter()
             im = decode((DATA / name / r["path"]).read_bytes())
-            boxes = detect_faces(im, min_score=0.6, min_size=24, max_side=960)
+            boxes = detect_faces(im, min_score=CROP.min_score, min_size=CROP.min_size, max_side=CROP.max_side)
             if not boxes:
                 no_face += 1
                 t_all += time.perf_counter() - ts

@@ -329,11 +329,7 @@ def compare(
         raise Fail(str(ex)) from None
     c = C.compare(va, vb)
     dest = out_dir or Path("reports/compare") / f"{_slug(a)}_vs_{_slug(b)}"
-    files = compare_report.write(c, dest, va, vb)
-    if as_html:
-        from tasks.tools import report as R
-
-        files["html"] = str(R.write_side_by_side(R.load(repo, a), R.load(repo, b), Path(dest) / "compare.html"))
+    files = {**compare_report.write(c, dest, va, vb), **(_side_by_side(repo, a, b, Path(dest)) if as_html else {})}
     A, Bv = c["a"], c["b"]
     rows = [(k, A[k], Bv[k]) for k in ("faces", "accepted", "rejected", "acceptance_rate", "feid_rows")]
     rows += [
@@ -365,6 +361,13 @@ def compare(
     else:
         out.print("no parameter differences")
     out.print(f"wrote {', '.join(str(files[k]) for k in ('markdown', 'json', 'html') if k in files)}")
+
+
+def _side_by_side(repo: str, a: str, b: str, dest: Path) -> dict:
+    """compare.html: both versions' reports (`seke report`) side by side."""
+    from tasks.tools import report as R
+
+    return {"html": str(R.write_side_by_side(R.load(repo, a), R.load(repo, b), dest / "compare.html"))}
 
 
 def _slug(s: str) -> str:

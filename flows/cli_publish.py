@@ -66,8 +66,6 @@ def export(
     hf: Parquet that `datasets.load_dataset("parquet", ...)` decodes (image column = Image);
     sharegpt: LLaMA-Factory multimodal JSON + dataset_info.json; llava: LLaVA JSON + images/.
     """
-    import json
-
     from tasks.tools import compare as C
     from tasks.tools import publish as X
 
@@ -84,20 +82,7 @@ def export(
         raise Fail(str(ex)) from None
     if table.num_rows == 0:
         raise Fail(f"FEID at {rev} has no rows: nothing to export")
-    sources = ""
-    inp = paths.get("input", "")
-    if inp and "://" not in inp:
-        try:
-            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
-        except C.VersionError:
-            pass
-    metrics = {}
-    for stage in ("verify", "export"):
-        try:
-            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
-            metrics[stage].pop("validation", None)
-        except (C.VersionError, ValueError):
-            pass
+    sources, metrics = _sources_and_metrics(st, paths)
     card = X.CardInfo(
         name=name, version=rev, rev=sha, params=prm, sources_text=sources, metrics=metrics, year=_year(repo, sha)
     )
@@ -119,6 +104,29 @@ def export(
         except Exception as ex:  # auth, network, a name taken: the export stays on disk
             raise Fail(f"upload to {push_to_hub} failed ({type(ex).__name__}: {ex}); the export is in {dest}") from None
         out.print(f"uploaded to {url}")
+
+
+def _sources_and_metrics(st, paths: dict) -> tuple[str, dict]:
+    """The input's README (licences and attributions) and the verify/export metrics of a version."""
+    import json
+
+    from tasks.tools.compare import VersionError
+
+    sources = ""
+    inp = paths.get("input", "")
+    if inp and "://" not in inp:
+        try:
+            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
+        except VersionError:
+            pass
+    metrics = {}
+    for stage in ("verify", "export"):
+        try:
+            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
+            metrics[stage].pop("validation", None)
+        except (VersionError, ValueError):
+            pass
+    return sources, metrics
 
 
 def _year(repo: str, sha: str | None) -> int | None:

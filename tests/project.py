@@ -24,7 +24,7 @@ def make_project(tmp: Path, *, london: int = 4, extra: tuple[str, ...] = (), par
         ] in extra:
             count[e] = count.get(e, 0) + 1
             rows.append(r)
-    merged: dict = {"crop": {"detector": "yuface"}}  # opsproj's default is `none`
+    merged: dict = {"crop": {"detector": "blazeface"}}  # opsproj's default is `none`
     for section, values in (params or {}).items():
         merged.setdefault(section, {}).update(values)
     return _make(tmp, rows, merged)

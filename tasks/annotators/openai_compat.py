@@ -371,13 +371,8 @@ class OpenAIAnnotator(Annotator):
         self._rpm = Bucket(self.rt.requests_per_minute)
         self._tpm = Bucket(self.rt.tokens_per_minute)
         client = self._make_client()
-        log.info(
-            "openai annotator: model %s on %s, %d concurrent, response format %s",
-            self.a.model,
-            self._host(),
-            self.rt.concurrency,
-            MODES[self.endpoint.mode],
-        )
+        mode = MODES[self.endpoint.mode]
+        log.info("openai annotator: model %s on %s, %d concurrent, response format %s", *self._about(), mode)
         fl = InFlight(self, out, prog)
         tasks = fl.tasks
         max_inflight = max(2 * self.rt.concurrency, 4)
@@ -395,11 +390,7 @@ class OpenAIAnnotator(Annotator):
                 if call is None:
                     break
                 if call is WAIT:  # a pipelined feed: the sampler is still deciding what to ask next
-                    if tasks:
-                        done, _ = await asyncio.wait(tasks, timeout=0.005, return_when=asyncio.FIRST_COMPLETED)
-                        fl.settle(done)
-                    else:
-                        await asyncio.sleep(0.002)
+                    await _idle(fl)
                     continue
                 est = self._call_cost(call)
                 budget = self.a.budget_usd
@@ -431,10 +422,22 @@ class OpenAIAnnotator(Annotator):
             await client.close()
         return fl.stop
 
+    def _about(self) -> tuple[str, str, int]:
+        return self.a.model, self._host(), self.rt.concurrency
+
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
         total = len(calls) if hasattr(calls, "__len__") else None  # type: ignore[arg-type]
         prog = Progress(total, self.rt.progress_every_s)
         return run_in_thread(lambda out: self._main(calls, out, prog), prog)
+
+
+async def _idle(fl) -> None:
+    """A moment's wait for the feed: settle a call in flight if one finishes meanwhile."""
+    if fl.tasks:
+        done, _ = await asyncio.wait(fl.tasks, timeout=0.005, return_when=asyncio.FIRST_COMPLETED)
+        fl.settle(done)
+    else:
+        await asyncio.sleep(0.002)
 
 
 class _NCapped(Exception):

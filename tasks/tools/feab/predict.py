@@ -30,7 +30,9 @@ def face_of(item: dict, data: bytes, crop) -> dict:
     boxes = (
         []
         if crop.detector == "none"
-        else detect_faces(im, min_score=crop.min_score, min_size=crop.min_size, max_side=crop.max_side)
+        else detect_faces(
+            im, min_score=crop.min_score, min_size=crop.min_size, max_side=crop.max_side, detector=crop.detector
+        )
     )
     if boxes:
         box, margin, detector = boxes[0], crop.margin, crop.detector
