@@ -1,9 +1,8 @@
 """Benchmark the local annotator on the labelled sets in ../shared/data.
 
 For each image: face detection with the crop stage's defaults (BlazeFace), the largest face,
-a square crop (margin 0.3, 256 px), then the local annotator with ask=(expression, va, aus) and
-K seeded samples. Prints per
-set: n, top-1 accuracy of the majority vote and of a single sample (the mean over the K
+a square crop (margin 0.3, 256 px), then the local annotator with ask=(expression, va, aus)
+and K seeded samples. Prints per set: n, top-1 accuracy of the majority vote and of a single sample (the mean over the K
 samples), macro-F1 over the classes present in the ground truth, accuracy and coverage at
 vote share >= 0.8, faces per second (end to end with detection, and annotator only), and
 peak RSS. Also the AU rates and mean derived VA per ground-truth class, as a sanity check.
