@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -24,6 +25,35 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+
+
+class Backend(str, Enum):
+    """The annotator backends (`annotator.backend`)."""
+
+    local = "local"
+    openai = "openai"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("seke")
+        except PackageNotFoundError:  # a checkout that was not pip-installed
+            v = "unknown (not installed)"
+        out.print(f"seke {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(
+        False, "--version", help="print the version and exit", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Build, benchmark, compare and export FEID, the facial-emotion instruction dataset."""
+
 
 PARAMS = typer.Option("params.yaml", "--params", "-p", help="params file", show_default=True)
 SET = typer.Option(None, "--set", "-S", help="override a param for this command: -S section.key=value (repeatable)")

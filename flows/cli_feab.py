@@ -11,6 +11,7 @@ import typer
 from flows.cli_common import (
     PARAMS,
     SET,
+    Backend,
     Fail,
     _fmt,
     _table,
@@ -91,7 +92,7 @@ def split(
 def bench(
     params: str = PARAMS,
     set_: Optional[List[str]] = SET,
-    backend: Optional[str] = typer.Option(None, help="annotator backend: local | openai (default: params)"),
+    backend: Optional[Backend] = typer.Option(None, help="annotator backend (default: params)"),
     model: Optional[str] = typer.Option(None, help="model name (openai backend)"),
     which: Optional[str] = typer.Option(None, "--split", help="dev | test | all (default bench.eval_split)"),
     limit: Optional[int] = typer.Option(None, help="images per source, 0 = all (default bench.limit)"),
@@ -110,7 +111,7 @@ def bench(
     from tasks.tools import feab as B
 
     ov = list(set_ or [])
-    ov += [f"annotator.backend={backend}"] if backend else []
+    ov += [f"annotator.backend={backend.value}"] if backend else []
     ov += [f"annotator.model={model}"] if model else []
     ov += [f"bench.eval_split={which}"] if which else []
     ov += [f"bench.limit={limit}"] if limit is not None else []

@@ -3,6 +3,7 @@ its static HTML report (`tasks.tools.report`)."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,14 @@ import typer
 import yaml
 
 from flows.cli_common import Fail, app, out, progress
+
+
+class Format(str, Enum):
+    """The export formats (`tasks.tools.publish.FORMATS`)."""
+
+    hf = "hf"
+    sharegpt = "sharegpt"
+    llava = "llava"
 
 
 @app.command(
@@ -50,7 +59,7 @@ def report(
     "  seke export --format llava --rev v1.0 --overwrite"
 )
 def export(
-    fmt: str = typer.Option(..., "--format", "-f", help="hf | sharegpt | llava"),
+    fmt_: Format = typer.Option(..., "--format", "-f", help="export format"),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="export folder (default exports/<format>)"),
     rev: str = typer.Option("workspace", help="FEID version: git rev, tag or DVC experiment"),
     name: str = typer.Option("FEID", help="dataset name (LLaMA-Factory entry, file names)"),
@@ -69,8 +78,7 @@ def export(
     from tasks.tools import compare as C
     from tasks.tools import publish as X
 
-    if fmt not in X.FORMATS:
-        raise Fail(f"--format {fmt!r}: choose one of {', '.join(X.FORMATS)}")
+    fmt = fmt_.value
     try:
         sha = C.resolve(repo, rev)
         st = C.Store(repo, sha)

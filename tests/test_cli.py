@@ -75,9 +75,23 @@ def test_param_overrides_and_clear_errors(tmp_path):
     assert r.exit_code == 1 and "verify.min_vote_share" in flat(r.output)
     r = runner.invoke(app, ["split", "--params", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 1 and "not found" in flat(r.output)
-    r = runner.invoke(app, ["export", "--format", "alpaca"])
-    assert r.exit_code == 1 and "hf, sharegpt, llava" in flat(r.output)
     r = runner.invoke(app, ["compare", "no-such-version-xyz", "HEAD", "--repo", str(ROOT)])
     assert r.exit_code == 1 and "not a git revision" in flat(r.output)
     r = runner.invoke(app, ["bench", "--params", str(ROOT / "params.yaml"), "-S", f"bench.split={tmp_path}/x.csv"])
     assert r.exit_code == 1 and "seke split" in flat(r.output)
+
+
+def test_version_and_real_choices():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and flat(r.output).startswith("seke ")
+    r = runner.invoke(app, ["export", "--format", "parquet"])
+    assert r.exit_code != 0 and "parquet" in flat(r.output) and "hf" in flat(r.output)
+    r = runner.invoke(app, ["bench", "--backend", "gemini"])
+    assert r.exit_code != 0 and "local" in flat(r.output) and "openai" in flat(r.output)
+    from flows.cli_common import Backend
+    from flows.cli_publish import Format
+    from tasks.core.params import Annotator
+    from tasks.tools.publish import FORMATS
+
+    assert [f.value for f in Format] == list(FORMATS)  # the choices are the formats that exist
+    assert {b.value for b in Backend} == set(Annotator.model_fields["backend"].annotation.__args__)
