@@ -71,6 +71,10 @@ def run(
     if set_:  # validate before DVC spends any time
         load_params("params.yaml", set_)
     from flows.server import shared_server
+    from tasks.tools.project import VERSION_FILE, write_version
+
+    if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
+        console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
 
     with shared_server():  # one Prefect server for every stage of this run
         r = subprocess.run(cmd, env=_tool_env())
@@ -78,6 +82,35 @@ def run(
         raise Fail(
             f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode
         )
+
+
+# ---------------------------------------------------------------- init
+@app.command(
+    epilog="Examples:\n\n"
+    "  seke init my_faces --images /data/faces     # then: cd my_faces && seke run\n\n"
+    "  seke init lab --images s3://lab/faces --manifest s3://lab/faces/labels.csv"
+)
+def init(
+    dest: Path = typer.Argument(..., help="the new project folder"),
+    images: str = typer.Option(..., "--images", "-i", help="folder, manifest or fsspec URL of the face images"),
+    manifest: str = typer.Option("", help="labels table (CSV or Parquet); '' = every image under --images"),
+    force: bool = typer.Option(False, help="overwrite an existing project's params.yaml and dvc.yaml"),
+):
+    """Create a new project folder: params.yaml, dvc.yaml, git + DVC, .gitignore and a README.
+
+    The pipeline's code comes from the installed package; `seke run` in the folder builds FEID.
+    """
+    from tasks.tools.project import init as make
+
+    if images and "://" not in images and not Path(images).exists():
+        raise Fail(f"--images {images}: no such file or folder")
+    images = images if "://" in images else str(Path(images).resolve())
+    manifest = manifest if not manifest or "://" in manifest else str(Path(manifest).resolve())
+    try:
+        files = make(dest, images, manifest, force)
+    except FileExistsError as ex:
+        raise Fail(str(ex)) from None
+    out.print(f"created {dest}: {', '.join(files)}\nnext: cd {dest} && seke run")
 
 
 # split, bench, quality, compare, export: registered on `app` in this order, after `run`

@@ -205,12 +205,20 @@ def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
     return ys[lo] + t * (ys[hi] - ys[lo])
 
 
+def _resolve(path: str) -> Path:
+    """A calibration file: relative to the working directory, else one shipped with the
+    package (`tasks/calibration/...`), so a project outside this repository finds it too."""
+    p = Path(path)
+    shipped = Path(__file__).resolve().parents[2] / path
+    return p if p.exists() or p.is_absolute() or not shipped.exists() else shipped
+
+
 @lru_cache(maxsize=8)
 def calibrator(path: str = "") -> Calibrator:
     """The confidence model: `path` (a JSON written by the quality study) or the default."""
     if not path:
         return Calibrator(DEFAULT["intercept"], dict(DEFAULT["coef"]))
-    d = json.loads(Path(path).read_text())
+    d = json.loads(_resolve(path).read_text())
     unknown = set(d["coef"]) - set(FEATURES)
     if unknown:
         raise ValueError(f"{path}: unknown features {sorted(unknown)}")

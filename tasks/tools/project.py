@@ -1,0 +1,114 @@
+"""`seke init DIR`: a new project folder that builds FEID with the installed package.
+
+The templates are this repository's own `dvc.yaml` and `params.yaml` (package data under
+`tasks/project/`, links to the files at the repository root, so there is one copy of each).
+In a project the code comes from the installed package, not from project files, so the
+stages' dependencies on `tasks/`, `flows/` and `expectations` are replaced by one on
+`seke.version`, which `seke run` refreshes: upgrading the package re-runs the stages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import yaml
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "project"
+CODE = ("tasks", "flows", "expectations")
+VERSION_FILE = "seke.version"
+
+GITIGNORE = """.seke/
+__pycache__/
+reports/feid.html
+reports/feid_files/
+exports/
+"""
+
+README = """# {name}: a FEID project
+
+Built with SEKE {version}. `params.yaml` says where the images are (`paths.input`, now
+`{images}`) and every other setting; `dvc.yaml` is the pipeline.
+
+```bash
+seke run        # dvc repro: ingest -> crop -> prompt -> sample -> verify -> export -> data/feid/
+seke report     # reports/feid.html
+```
+
+Label a random sample of your faces (an `expression` column in a manifest, `paths.manifest`)
+so that verify can calibrate its confidence and its error guarantee on them.
+"""
+
+
+def package_version() -> str:
+    try:
+        return version("seke")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def write_version(dest: Path) -> bool:
+    """Write `seke.version` if it differs from the installed package's; True if it changed."""
+    f = dest / VERSION_FILE
+    text = f"seke {package_version()}\n"
+    if f.exists() and f.read_text() == text:
+        return False
+    f.write_text(text)
+    return True
+
+
+def project_dvc_yaml() -> dict:
+    """The repository's dvc.yaml with the code dependencies replaced by `seke.version`."""
+    d = yaml.safe_load((TEMPLATES / "dvc.yaml").read_text())
+    for stage in d["stages"].values():
+        deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE]
+        stage["deps"] = [*deps, VERSION_FILE]
+    d["plots"] = [p for p in d.get("plots", []) if not _plot_path(p).startswith("plots/feab")]  # FEAB: the repo's
+    return d
+
+
+def _plot_path(p) -> str:
+    return str(next(iter(p)) if isinstance(p, dict) else p)
+
+
+def project_params(images: str, manifest: str) -> dict:
+    p = yaml.safe_load((TEMPLATES / "params.yaml").read_text())
+    p["paths"].update(input=images, manifest=manifest)
+    p["bench"]["sources"] = []  # FEAB sources are the user's to list
+    return p
+
+
+def init(dest: Path, images: str, manifest: str = "", force: bool = False) -> list[str]:
+    """Create the project at `dest`; returns the files written. Refuses to overwrite a
+    project unless `force`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    existing = [f for f in ("dvc.yaml", "params.yaml") if (dest / f).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{dest} already has {', '.join(existing)}: pass --force to overwrite")
+    files = {
+        "params.yaml": "# SEKE project parameters (see the SEKE README for every section)\n"
+        + yaml.safe_dump(project_params(images, manifest), sort_keys=False),
+        "dvc.yaml": yaml.safe_dump(project_dvc_yaml(), sort_keys=False),
+        ".gitignore": GITIGNORE,
+        "README.md": README.format(name=dest.resolve().name, version=package_version(), images=images),
+    }
+    for name, text in files.items():
+        if name == "README.md" and (dest / name).exists():
+            continue
+        (dest / name).write_text(text)
+    write_version(dest)
+    _vcs(dest)
+    return [*files, VERSION_FILE, ".dvc/"]
+
+
+def _vcs(dest: Path) -> None:
+    """git (when it is installed) and DVC in the new folder."""
+    git = shutil.which("git")
+    if git and not (dest / ".git").exists():
+        subprocess.run([git, "init", "-q"], cwd=dest, check=True)
+    if not (dest / ".dvc").exists():
+        cmd = ["dvc", "init", "-q"] + ([] if git else ["--no-scm"])
+        subprocess.run(cmd, cwd=dest, check=True)
+        subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dest, check=True)
