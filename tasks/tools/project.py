@@ -1,7 +1,8 @@
 """`seke init DIR`: a new project folder that builds FEID with the installed package.
 
 The templates are this repository's own `dvc.yaml` and `params.yaml` (package data under
-`tasks/project/`, links to the files at the repository root, so there is one copy of each).
+`tasks/project/`, links to the files at the repository root, so there is one copy of each;
+named `*.template.yaml`, because DVC would take a `dvc.yaml` there for a second pipeline).
 In a project the code comes from the installed package, not from project files, so the
 stages' dependencies on `tasks/`, `flows/` and `expectations` are replaced by one on
 `seke.version`, which `seke run` refreshes: upgrading the package re-runs the stages.
@@ -61,7 +62,7 @@ def write_version(dest: Path) -> bool:
 
 def project_dvc_yaml() -> dict:
     """The repository's dvc.yaml with the code dependencies replaced by `seke.version`."""
-    d = yaml.safe_load((TEMPLATES / "dvc.yaml").read_text())
+    d = yaml.safe_load((TEMPLATES / "dvc.template.yaml").read_text())
     for stage in d["stages"].values():
         deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE]
         stage["deps"] = [*deps, VERSION_FILE]
@@ -74,7 +75,7 @@ def _plot_path(p) -> str:
 
 
 def project_params(images: str, manifest: str) -> dict:
-    p = yaml.safe_load((TEMPLATES / "params.yaml").read_text())
+    p = yaml.safe_load((TEMPLATES / "params.template.yaml").read_text())
     p["paths"].update(input=images, manifest=manifest)
     p["bench"]["sources"] = []  # FEAB sources are the user's to list
     return p
