@@ -47,6 +47,31 @@ def post(url: str, body: dict) -> None:
     urllib.request.urlopen(req, timeout=10).read()
 
 
+def start_sim(latency_ms: float) -> tuple[subprocess.Popen, str]:
+    """The simulated VLLM in its own process on a free port (so the client's CPU is measured
+    alone), with OPENAI_* pointing the SDK at it; returns the process and its root URL."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simvllm.server", "--port", str(port), "--set", f"latency_ms={latency_ms}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.environ.update(OPENAI_BASE_URL=f"{root}/v1", OPENAI_API_KEY="sim", NO_PROXY="127.0.0.1,localhost")
+    os.environ.update(no_proxy="127.0.0.1,localhost")
+    os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
+    for _ in range(100):
+        try:
+            get(f"{root}/v1/models")
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency-ms", type=float, default=200)
@@ -56,30 +81,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    port = free_port()
-    root = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simvllm.server", "--port", str(port), "--set", f"latency_ms={args.latency_ms}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(
-        OPENAI_BASE_URL=f"{root}/v1",
-        OPENAI_API_KEY="sim",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
-    os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
+    proc, root = start_sim(args.latency_ms)
     try:
-        for _ in range(100):
-            try:
-                get(f"{root}/v1/models")
-                break
-            except OSError:
-                time.sleep(0.1)
         lat = args.latency_ms / 1000
         # warm-up (imports, connection pool)
         list(OpenAIAnnotator(*params(concurrency=4)).run([make_call(10_000 + i, k=1) for i in range(8)]))

@@ -17,9 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from openai_throughput import free_port, get, post  # noqa: E402
+from openai_throughput import get, post, start_sim  # noqa: E402
 from simserver import face_image  # noqa: E402
 
 from tasks import annotators  # noqa: E402
@@ -122,26 +120,10 @@ def main() -> None:
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    port, lat = free_port(), a.latency_ms / 1000
-    root = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simvllm.server", "--port", str(port), "--set", f"latency_ms={a.latency_ms}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(OPENAI_BASE_URL=f"{root}/v1", OPENAI_API_KEY="sim", NO_PROXY="127.0.0.1,localhost")
-    os.environ.pop("AZURE_OPENAI_ENDPOINT", None)
+    lat = a.latency_ms / 1000
+    proc, root = start_sim(a.latency_ms)
     results = []
     try:
-        for _ in range(100):
-            try:
-                get(f"{root}/v1/models")
-                break
-            except OSError:
-                time.sleep(0.1)
         print(f"simulated VLLM, latency {a.latency_ms:.0f} ms; default sampling params (k0=2, dk=1, kmax=6, verify)")
         cols = [("mode", 10), ("conc", 5), ("faces", 6), ("requests", 8), ("req/face", 8), ("wall s", 7)]
         print(" ".join(f"{c:>{w}}" for c, w in cols + [("ideal s", 7), ("ratio", 6)]))
