@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,9 @@ class Bank:
     answers: dict[str, tuple[str, ...]]
 
 
+@lru_cache(maxsize=8)
 def load_bank(name: str) -> Bank:
-    """A bank by name (`v1` = `tasks/instructions/v1.yaml`) or by path."""
+    """A bank by name (`v1` = `tasks/instructions/v1.yaml`) or by path (read once per process)."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else BANKS / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"instruction bank {name!r} not found ({path})")
