@@ -131,6 +131,9 @@ def params_file(d: Path, runner: str, workers: int) -> Path:
     )
     p["runtime"].update(task_runner=runner, dask_workers=workers)
     p["expectations"].update(max_class_share=1.0)
+    # the synthetic faces are unlabelled, so no error target can be certified on them: accept by
+    # a plain threshold (this measures speed and memory, not trust)
+    p["verify"].update(target_error=0.0)
     out = d / f"params-{runner}.yaml"
     out.write_text(yaml.safe_dump(p, sort_keys=False))
     return out
