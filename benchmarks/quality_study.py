@@ -51,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.annotators.base import Annotator, Call, CallResult  # noqa: E402
+from tasks.annotators.base import WAIT, Annotator, Call, CallResult  # noqa: E402
 from tasks.core.knowledge import AUS  # noqa: E402
 from tasks.core.knowledge import load as load_knowledge
 from tasks.core.params import Params  # noqa: E402
@@ -167,22 +167,28 @@ class Counting(Annotator):
     def signature(self) -> dict:
         return self.inner.signature()
 
-    def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
-        todo = []
+    def _count(self, calls: Iterable[Call]) -> Iterator[Call]:
         for c in calls:
-            self.calls += 1
-            self.answers += len(c.indices)
-            self.image_sends += math.ceil(len(c.indices) / self.max_n)
-            self.verify_calls += c.ask == ("verify",)
+            if c is not WAIT:  # a pipelined feed's "no call ready yet" passes through uncounted
+                self.calls += 1
+                self.answers += len(c.indices)
+                self.image_sends += math.ceil(len(c.indices) / self.max_n)
+                self.verify_calls += c.ask == ("verify",)
+            yield c
+
+    def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
+        if self.inner.name != "local":  # concurrent, and its draws are not shared: stream through
+            yield from self.inner.run(self._count(calls))
+            return
+        for c in self._count(calls):  # synchronous: one call at a time, memoised across strategies
             keys = [(c.request_id, i, s) for i, s in zip(c.indices, c.seeds)]
             if all(key in self.memo for key in keys):
                 yield CallResult(call=c, answers=[self.memo[key] for key in keys])
-            else:
-                todo.append(c)
-        for res in self.inner.run(todo):
-            for a in res.answers:
-                self.memo[(res.call.request_id, a.index, a.seed)] = a
-            yield res
+                continue
+            for res in self.inner.run([c]):
+                for a in res.answers:
+                    self.memo[(res.call.request_id, a.index, a.seed)] = a
+                yield res
 
 
 # ------------------------------------------------------------------ metrics
@@ -479,7 +485,7 @@ def self_calibrated(
         "faces": len(fs),
         "labelled_faces": len(fs) - len(unl),
         "unlabelled_faces": len(unl),
-        "calibration": {k_: v_ for k_, v_ in tr.report.items() if k_ != "confidence_model"},
+        "calibration": dict(tr.report),
         "coverage": len(acc) / len(unl),
         "error": 1 - float(np.mean(right)) if acc else float("nan"),
         "accuracy": float(np.mean(right)) if acc else float("nan"),
