@@ -12,7 +12,6 @@ from typing import Iterator, List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(
@@ -78,44 +77,19 @@ def load_params(path: str, overrides: Optional[List[str]] = None):
 
 @contextmanager
 def progress(description: str, total: int | None = None, every_s: float = 10.0) -> Iterator:
-    """Progress on stderr, yielding update(done, total, desc): a live bar on a terminal, else a
-    plain line at most every `every_s` seconds (logs, CI)."""
-    import time
+    """Progress on stderr (`tasks.infra.progress`, the stages' mechanism), yielding
+    update(done, total, desc): a live bar on a terminal, else a plain line at most every
+    `every_s` seconds (logs, CI)."""
+    from tasks.infra.progress import Progress
 
-    if console.is_terminal:
-        cols = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*cols, console=console, transient=False) as pr:
-            task = pr.add_task(description, total=total)
+    with Progress(description, total, unit="", every_s=every_s, live=console.is_terminal) as pr:
 
-            def update(done: int, tot: int | None = None, desc: str | None = None):
-                pr.update(
-                    task,
-                    completed=done,
-                    total=tot if tot is not None else total,
-                    **({"description": desc} if desc else {}),
-                )
+        def update(done: int, tot: int | None = None, desc: str | None = None):
+            if desc:
+                pr.rename(desc)
+            pr.update(done, total=tot)
 
-            yield update
-        return
-    t0 = last = time.monotonic()
-
-    def update(done: int, tot: int | None = None, desc: str | None = None):
-        nonlocal last
-        now, tot = time.monotonic(), tot if tot is not None else total
-        if now - last >= every_s or (tot and done >= tot):
-            last = now
-            rate = done / (now - t0) if now > t0 else 0
-            eta = f", ETA {(tot - done) / rate:.0f} s" if tot and rate else ""
-            console.print(f"{desc or description}: {done}/{tot or '?'} ({rate:.1f}/s{eta})")
-
-    yield update
+        yield update
 
 
 def _tool_env() -> dict:

@@ -11,7 +11,7 @@ DEFAULTS = {
     "PREFECT_HOME": str(_ROOT / ".seke" / "prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LEVEL": "INFO",
     "DO_NOT_TRACK": "1",
     "DVC_NO_ANALYTICS": "1",
     "GLOG_minloglevel": "2",  # MediaPipe / TFLite C++ logging

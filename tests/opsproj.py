@@ -93,13 +93,13 @@ def env(proj: Path, **extra: str) -> dict:
         DVC_SITE_CACHE_DIR=str(proj / ".seke" / "dvc-site"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_LOGGING_LEVEL="WARNING",  # test output stays short; a test may ask for INFO
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90",
         AWS_EC2_METADATA_DISABLED="true",
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
-        **extra,
     )
+    e.update(extra)
     return e
 
 

@@ -31,10 +31,11 @@ EXTRA = (
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     proj = make_project(tmp_path_factory.mktemp("e2e"), london=3, extra=EXTRA)
-    out = run(proj, "dvc", "repro", env=project_env(proj, SEKE_TRACE_DIR=str(proj / ".seke" / "trace")))
+    env = project_env(proj, SEKE_TRACE_DIR=str(proj / ".seke" / "trace"), PREFECT_LOGGING_LEVEL="INFO")
+    out = run(proj, "dvc", "repro", env=env)
     run(proj, "git", "add", "-A")
     run(proj, "git", "commit", "-qm", "feid v1")
-    return proj, out.stdout
+    return proj, out.stdout + out.stderr
 
 
 def _ran(stdout: str) -> list[str]:
@@ -71,6 +72,32 @@ def test_repro_builds_feid_with_valid_values(built):
         assert r["image"]["bytes"] and r["conversations"][0]["value"].startswith("<image>")
         assert r["annotator"] == "local" and r["params_hash"]
     assert len({r["id"] for r in feid}) == len(feid)
+
+
+def test_every_stage_run_shows_progress_and_metrics_in_its_log_and_as_prefect_artifacts(built):
+    """Each stage's flow run (found from its own log lines, at INFO by default) logged its
+    progress line, and keeps a progress artifact at 100% and its metrics artifact."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    _, out = built
+    flow_of = dict(re.findall(r"Beginning flow run '([\w-]+)' for flow '(\w+)'", out))
+    run_id = dict(re.findall(r"Flow run '([\w-]+)' - View at \S+/flow-run/([0-9a-f-]{36})", out))
+    assert sorted(flow_of.values()) == sorted(["ingest", "crop", "prompt", "sample", "verify", "export"])
+    for stage in flow_of.values():
+        assert re.search(rf"- {stage}: done, (\d+)/\1 ", out), f"no final progress line for {stage}"
+
+    async def artifacts(fid: str) -> list:
+        async with get_client() as c:
+            f = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[fid]))
+            return await c.read_artifacts(artifact_filter=f)
+
+    for name, stage in flow_of.items():
+        arts = {a.key: a for a in asyncio.run(artifacts(run_id[name]))}
+        assert arts[f"{stage}-progress"].type == "progress" and float(arts[f"{stage}-progress"].data) == 100.0
+        assert arts[f"{stage}-metrics"].type == "markdown" and f"# {stage}" in arts[f"{stage}-metrics"].data
 
 
 def test_counts_add_up_and_every_quarantined_file_has_a_reason(built):

@@ -427,7 +427,7 @@ class OpenAIAnnotator(Annotator):
 
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
         total = len(calls) if hasattr(calls, "__len__") else None  # type: ignore[arg-type]
-        prog = Progress(total, self.rt.progress_every_s)
+        prog = Progress(total)
         return run_in_thread(lambda out: self._main(calls, out, prog), prog)
 
 

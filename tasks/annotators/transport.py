@@ -13,7 +13,6 @@ import logging
 import math
 import queue
 import re
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -95,56 +94,31 @@ class Endpoint:
 
 
 class Progress:
-    def __init__(self, total: int | None, every_s: float):
-        self.total, self.every_s = total, every_s
+    """What one annotator run's transport did: calls, HTTP requests, retries, errors and cost,
+    logged once at the end. The live display is the stage's (`tasks.infra.progress`)."""
+
+    def __init__(self, total: int | None, every_s: float = 0.0):
+        self.total = total
         self.done = self.errors = self.retries = self.requests = 0
         self.cost = 0.0
-        self.t0 = self.last = time.monotonic()
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="call", desc="openai", leave=False)
-            except Exception:  # pragma: no cover
-                self.bar = None
+        self.t0 = time.monotonic()
 
     def update(self, r: CallResult) -> None:
         self.done += 1
         self.errors += r.error is not None
         self.cost += r.cost_usd
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(cost=f"${self.cost:.4f}", errors=self.errors, refresh=False)
-        now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            self.emit()
 
-    def emit(self, final: bool = False) -> None:
+    def close(self) -> None:
         el = max(time.monotonic() - self.t0, 1e-9)
-        rate = self.done / el
-        tot = f"/{self.total}" if self.total is not None else ""
-        eta = ""
-        if self.total is not None and rate > 0 and not final:
-            eta = f", ETA {max(self.total - self.done, 0) / rate:.0f} s"
         log.info(
-            "%s%s calls %s, %.2f calls/s%s, %d requests, %d retries, %d errors, cost $%.4f",
-            "done: " if final else "",
+            "done: %d calls, %.2f calls/s, %d requests, %d retries, %d errors, cost $%.4f",
             self.done,
-            tot,
-            rate,
-            eta,
+            self.done / el,
             self.requests,
             self.retries,
             self.errors,
             self.cost,
         )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        self.emit(final=True)
 
 
 def retry_after(e: Exception) -> float | None:

@@ -240,7 +240,9 @@ class Runtime(Section):
     max_consecutive_failures: int = Field(
         20, ge=0, description="stop the run after this many failed calls in a row; 0 = never"
     )
-    progress_every_s: float = Field(10.0, gt=0, description="log progress at most this often")
+    progress_every_s: float = Field(
+        5.0, gt=0, description="off a terminal, a progress line (and the Prefect progress artifact) at most this often"
+    )
     task_runner: Literal["sequential", "dask"] = Field(
         "sequential", description="where crop/sample(/verify) batches run: in this process, or on Dask (prefect-dask)"
     )

@@ -18,6 +18,7 @@ from tasks.core.params import Crop, Params
 from tasks.core.records import CropStatus, FaceRecord, ImageRecord
 from tasks.infra import dask, io
 from tasks.infra.detect import Box, decode, detect_faces, encode_crop, square_crop
+from tasks.infra.progress import track
 from tasks.stages.base import log, validate, write_metrics
 
 CARRIED = (
@@ -128,15 +129,15 @@ def run(p: Params) -> dict:
     runner = dask.task_runner(p)
     with runner or contextlib.nullcontext(), io.writers((out[0], FaceRecord), (out[1], CropStatus)) as (wf, ws):
         batches = ((b, p.crop) for b in io.iter_batches(src, batch_size=p.runtime.batch_size))
-        for res in dask.mapped(runner, "crop", batches, dask.in_flight(p)):
-            for st, faces in res:
-                ws.write(st)
-                statuses.add(st)
-                status_n[st["status"]] += 1
-                multi += st["n_faces"] > 1
-                for f in faces:
-                    wf.write(f)
-                    faces_light.add(f)
+        results = (x for res in dask.mapped(runner, "crop", batches, dask.in_flight(p)) for x in res)
+        for st, faces in track(results, "crop", n_images, "images", p.runtime.progress_every_s):
+            ws.write(st)
+            statuses.add(st)
+            status_n[st["status"]] += 1
+            multi += st["n_faces"] > 1
+            for f in faces:
+                wf.write(f)
+                faces_light.add(f)
         errors = status_n["decode_error"]
         if n_images and errors / n_images > p.crop.max_error_rate:
             raise RuntimeError(f"crop: {errors}/{n_images} images failed to decode (> crop.max_error_rate)")

@@ -26,6 +26,7 @@ from tasks.core.knowledge import AUS, Knowledge
 from tasks.core.params import Export, Params
 from tasks.core.records import FeidRecord, Image, Verdict
 from tasks.infra import io
+from tasks.infra.progress import track
 from tasks.stages.base import annotator_of, validate, write_metrics
 
 FEID_BASE = "feid.parquet"  # the export stage's rows; flows/incremental.py appends part-*.parquet beside it
@@ -154,7 +155,8 @@ def export_rows(
     k = knowledge.load()
     verdicts = io.iter_rows(ver_url)
     n_faces = rejects = 0
-    for face in io.iter_rows(faces_url):
+    every = p.runtime.progress_every_s
+    for face in track(io.iter_rows(faces_url), "export", io.count_rows(faces_url), every_s=every):
         v = next(verdicts)
         assert v["face_id"] == face["face_id"], "verdicts and faces are out of step"
         n_faces += 1

@@ -26,6 +26,7 @@ from tasks.core.knowledge import Knowledge, UnknownLabel
 from tasks.core.params import Ingest, Params
 from tasks.core.records import ImageRecord, QuarantineRecord
 from tasks.infra import io as store
+from tasks.infra.progress import track
 from tasks.stages.base import log, validate, write_metrics
 
 
@@ -252,7 +253,8 @@ def run(p: Params) -> dict:
     imgs, quar, skipped = [], [], []
     with store.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
         entries = list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped)
-        for rec in ingest(entries, p.paths.input, k, p.ingest):
+        every = p.runtime.progress_every_s
+        for rec in track(ingest(entries, p.paths.input, k, p.ingest), "ingest", None, "files", every):
             (wi if isinstance(rec, ImageRecord) else wq).write(rec)
             (imgs if isinstance(rec, ImageRecord) else quar).append(rec.model_dump())
         frames = {

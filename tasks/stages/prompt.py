@@ -29,6 +29,7 @@ from tasks.core.params import Params
 from tasks.core.prompts import SYSTEM, au_catalogue_text, prototype_line, va_line
 from tasks.core.records import GRANULARITIES, FaceRecord, RequestRecord
 from tasks.infra import io
+from tasks.infra.progress import track
 from tasks.stages.base import validate, write_metrics
 
 
@@ -129,7 +130,8 @@ def run(p: Params) -> dict:
     light, variants, faces = [], Counter(), 0
     cols = [c for c in FaceRecord.columns() if c != "crop"]
     with io.writers((out, RequestRecord)) as (w,):
-        for row in io.iter_rows(src, columns=cols):
+        rows = io.iter_rows(src, columns=cols)
+        for row in track(rows, "prompt", io.count_rows(src), every_s=p.runtime.progress_every_s):
             faces += 1
             face = FaceRecord(crop=b"", **row)
             for req in requests_for(k, face, p.prompt.version, p.prompt.knowledge, p.prompt.blind):

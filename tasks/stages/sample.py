@@ -10,7 +10,6 @@ publishes the answers, and writes `metrics/sample.json`.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import Counter
 from dataclasses import asdict
 from typing import Iterator
@@ -22,9 +21,10 @@ from tasks.core.params import Params
 from tasks.core.records import SampleRecord
 from tasks.infra import dask, io
 from tasks.infra.cache import ResponseCache
+from tasks.infra.progress import Progress
 from tasks.method.pipeline import sample_batch, sample_stream
 from tasks.method.sampling import Tally
-from tasks.stages.base import grouped, log, validate, write_metrics
+from tasks.stages.base import grouped, validate, write_metrics
 
 _WORKER: dict = {}
 
@@ -75,10 +75,10 @@ def _batches(p: Params, faces_url: str, req_url: str) -> Iterator[tuple[list[dic
 class _Run:
     """What the stage counts while answers stream by."""
 
-    def __init__(self, n_faces: int):
+    def __init__(self, n_faces: int, every_s: float):
         self.tally, self.light, self.status_n = Tally(), Light(SampleRecord, au_col="aus"), Counter()
-        self.n_faces, self.done, self.who, self.t0 = n_faces, 0, None, time.perf_counter()
-        self.logged = 0.0
+        self.n_faces, self.done, self.who = n_faces, 0, None
+        self.progress = Progress("sample", n_faces, every_s=every_s)
 
     def add(self, rows: list[dict], n: int, w) -> None:
         for s in rows:
@@ -87,15 +87,9 @@ class _Run:
             self.status_n[s["status"]] += 1
             self.who = self.who or (s["annotator"], s["model"])
         self.done += n
-        now = time.perf_counter()
-        if now - self.logged < 5 and self.done < self.n_faces:  # a progress line every few seconds
-            return
-        self.logged = now
-        t, rate = self.tally, self.done / (now - self.t0)
-        eta = (self.n_faces - self.done) / rate
-        log().info(
-            f"sample: {self.done}/{self.n_faces} faces, {rate:.1f} faces/s, ETA {eta:.0f} s, "
-            f"calls {t.calls}, cache hits {t.cached}, failed samples {t.failed}, cost ${t.cost_usd:.4f}"
+        t = self.tally
+        self.progress.update(
+            self.done, calls=t.calls, cache_hits=t.cached, failed_samples=t.failed, cost_usd=t.cost_usd
         )
 
     def check_errors(self, p: Params) -> None:
@@ -154,7 +148,7 @@ def run(p: Params) -> dict:
     cache = ResponseCache(p.runtime.cache, ann.signature_hash()) if ann is not None else None
     faces_url, req_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.prompt, "requests.parquet")
     out = io.join(p.paths.sample, "samples.parquet")
-    r = _Run(io.count_rows(faces_url))
+    r = _Run(io.count_rows(faces_url), p.runtime.progress_every_s)
     batches = _batches(p, faces_url, req_url)
     try:
         with runner or contextlib.nullcontext(), io.writers((out, SampleRecord)) as (w,):
@@ -171,6 +165,7 @@ def run(p: Params) -> dict:
             val = validate("sample", {"samples": r.light.frame(), "au_codes": r.light.aus()}, p)
             w.commit()
     finally:
+        r.progress.close()
         if cache is not None:
             cache.close()
         if ann is not None:

@@ -18,6 +18,7 @@ from tasks.core import knowledge
 from tasks.core.params import Params, Verify
 from tasks.core.records import FaceRecord, Verdict
 from tasks.infra import dask, io
+from tasks.infra.progress import track
 from tasks.method import rationale, trust
 from tasks.method.decide import calibration_row, decide
 from tasks.stages.base import annotator_of, grouped, log, validate, write_metrics
@@ -178,10 +179,10 @@ def run(p: Params) -> dict:
     texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose
     args = ((b, by, p.verify, tr, texts) for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)))
     with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
-        for verdicts in dask.mapped(runner, "verify", args, dask.in_flight(p)):
-            for v in verdicts:
-                w.write(v)
-                t.add(v)
+        verdicts = (v for vs in dask.mapped(runner, "verify", args, dask.in_flight(p)) for v in vs)
+        for v in track(verdicts, "verify", io.count_rows(faces_url), every_s=p.runtime.progress_every_s):
+            w.write(v)
+            t.add(v)
         val = validate("verify", {"verdicts": t.light.frame(), "au_codes": t.light.aus()}, p, {"faces": t.light.n})
         w.commit()
     report = {k: v for k, v in tr.report.items() if k != "confidence_model"}
