@@ -114,7 +114,7 @@ def init(
 
 
 # split, bench, quality, compare, export: registered on `app` in this order, after `run`
-from flows import cli_feab, cli_publish  # noqa: E402, F401
+from flows import cli_feab, cli_publish, cli_review  # noqa: E402, F401
 
 
 # ---------------------------------------------------------------- estimate
@@ -198,7 +198,9 @@ app.add_typer(knowledge_app, name="knowledge")
 )
 def knowledge_refit(
     manifest: str = typer.Argument(..., help="CSV/Parquet (any fsspec URL) with expression, valence, arousal columns"),
-    out_path: str = typer.Option("tasks/knowledge/va.yaml", "--out", "-o", help="where to write"),
+    out_path: Optional[str] = typer.Option(
+        None, "--out", "-o", help="where to write (default: the project's knowledge/va.yaml, else the package's)"
+    ),
     min_n: int = typer.Option(20, "--min-n", help="keep the literature value for classes with fewer rows"),
 ):
     """Refit the expression -> VA centroids and spreads from data labelled with both.
@@ -207,8 +209,9 @@ def knowledge_refit(
     the source manifest's hash. The knowledge files are DVC dependencies, so the next
     `dvc repro` re-runs what they shape.
     """
-    from tasks.tools.refit import refit
+    from tasks.tools.refit import default_out, refit
 
+    out_path = out_path or str(default_out())
     try:
         fitted = refit(manifest, out_path, min_n=min_n)
     except (FileNotFoundError, KeyError, ValueError) as ex:

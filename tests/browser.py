@@ -49,3 +49,82 @@ def render(page: Path, screenshot: Path, size: str = "1280,2000") -> tuple[int, 
     m = re.search(r'data-images="(\d+)/(\d+)"', dom)
     assert m, f"the page's load handler did not run:\n{dom[:500]}"
     return int(m.group(1)), int(m.group(2))
+
+
+def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: tuple[int, int] = (1400, 1150)) -> int:
+    """Open `url` in headless Chromium with `cookies` set (a web app's login session), wait
+    until the page has settled, save a PNG and return its size in bytes. Driven through the
+    DevTools protocol (websockets), so no browser-automation package is needed."""
+    import asyncio
+    import base64
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    import websockets
+
+    exe = need_chromium()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.Popen(
+            [
+                exe,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--remote-debugging-port={port}",
+                f"--window-size={size[0]},{size[1]}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            t0 = time.monotonic()
+            while True:
+                try:
+                    pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2))
+                    ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
+                    break
+                except (OSError, StopIteration, ValueError):
+                    if time.monotonic() - t0 > 60:
+                        raise
+                    time.sleep(0.25)
+
+            async def drive() -> bytes:
+                async with websockets.connect(ws_url, max_size=64 * 2**20) as ws:
+                    n = 0
+
+                    async def call(method: str, **params):
+                        nonlocal n
+                        n += 1
+                        await ws.send(json.dumps({"id": n, "method": method, "params": params}))
+                        while True:
+                            msg = json.loads(await ws.recv())
+                            if msg.get("id") == n:
+                                return msg.get("result", {})
+
+                    await call("Network.enable")
+                    for c in cookies:
+                        await call("Network.setCookie", **c)
+                    await call("Page.enable")
+                    await call(
+                        "Emulation.setDeviceMetricsOverride",
+                        width=size[0],
+                        height=size[1],
+                        deviceScaleFactor=1,
+                        mobile=False,
+                    )
+                    await call("Page.navigate", url=url)
+                    await asyncio.sleep(12)  # the single-page app loads its bundle and the task
+                    shot = await call("Page.captureScreenshot", format="png")
+                    return base64.b64decode(shot["data"])
+
+            png = asyncio.run(drive())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    screenshot.write_bytes(png)
+    return len(png)

@@ -51,6 +51,8 @@ def make_project(tmp: Path, rows: list[dict], params: dict | None = None, git: b
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / f, proj / f)
     put_images(proj / "data" / "sample", rows)
+    (proj / "data" / "review").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "data" / "review" / "labels.csv", proj / "data" / "review" / "labels.csv")
     p = yaml.safe_load((proj / "params.yaml").read_text())
     p["crop"]["detector"] = "none"
     for section, values in (params or {}).items():

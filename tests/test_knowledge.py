@@ -54,3 +54,33 @@ def test_refit_needs_the_columns(tmp_path):
     m.write_text("expression,valence\nhappy,0.1\n")
     with pytest.raises(ValueError, match="arousal"):
         refit(str(m), tmp_path / "va.yaml")
+
+
+def test_a_project_knowledge_file_overrides_the_package_one(tmp_path, monkeypatch):
+    """`knowledge/<file>` in the project (the working directory) replaces the package's file of
+    that name, changes the knowledge digest, and is where `seke knowledge refit` writes."""
+    from tasks.tools.refit import default_out
+
+    base = load()
+    monkeypatch.chdir(tmp_path)
+    assert default_out() == KNOWLEDGE_DIR / "va.yaml"  # no project folder: the package's file
+    (tmp_path / "knowledge").mkdir()
+    assert default_out() == tmp_path.joinpath("knowledge", "va.yaml").relative_to(tmp_path)
+    va = yaml.safe_load((KNOWLEDGE_DIR / "va.yaml").read_text())
+    va["centroids"]["happy"]["valence"] = 0.123
+    (tmp_path / "knowledge" / "va.yaml").write_text(yaml.safe_dump(va))
+    load.cache_clear()
+    try:
+        own = load()
+        assert own.centroids["happy"]["valence"] == 0.123 != base.centroids["happy"]["valence"]
+        assert own.prototypes == base.prototypes and own.digest != base.digest
+    finally:
+        load.cache_clear()
+
+
+def test_a_new_project_depends_on_its_knowledge_folder(tmp_path):
+    from tasks.tools.project import project_dvc_yaml
+
+    stages = project_dvc_yaml()["stages"]
+    assert all("knowledge" in s["deps"] for s in stages.values() if s["cmd"].endswith(("prompt", "verify")))
+    assert not any(str(d).startswith("tasks/") for s in stages.values() for d in s["deps"])

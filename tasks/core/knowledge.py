@@ -15,6 +15,14 @@ from pathlib import Path
 import yaml
 
 KNOWLEDGE_DIR = Path(__file__).parents[1] / "knowledge"  # data, beside the code packages
+PROJECT_DIR = "knowledge"  # a project's own versions of any of those files (`seke init` creates it)
+
+
+def knowledge_file(name: str) -> Path:
+    """The project's `knowledge/<name>` (relative to the working directory, the project root
+    under `dvc repro`) if it has one, else the package's."""
+    own = Path.cwd() / PROJECT_DIR / name
+    return own if own.is_file() else KNOWLEDGE_DIR / name
 
 
 class UnknownLabel(ValueError):
@@ -103,7 +111,7 @@ class Knowledge:
 
 
 def _load_yaml(name: str) -> dict:
-    return yaml.safe_load((KNOWLEDGE_DIR / name).read_text())
+    return yaml.safe_load(knowledge_file(name).read_text())
 
 
 @lru_cache(maxsize=1)
@@ -120,8 +128,8 @@ def load() -> Knowledge:
                 raise ValueError(f"alias {n!r} maps to both {aliases[key]} and {label}")
             aliases[key] = label
     digest = hashlib.sha256()
-    for f in sorted(KNOWLEDGE_DIR.glob("*.yaml")):
-        digest.update(f.name.encode() + f.read_bytes())
+    for name in sorted(f.name for f in KNOWLEDGE_DIR.glob("*.yaml")):
+        digest.update(name.encode() + knowledge_file(name).read_bytes())
     return Knowledge(
         expressions=tuple(labels["expressions"]),
         aus=tuple(labels["aus"]),

@@ -26,6 +26,10 @@ class Section(BaseModel):
 class Paths(Section):
     input: str = Field(description="folder of images, or any fsspec URL of one")
     manifest: str = Field("", description="CSV/Parquet manifest with `path` and optional prior labels")
+    review: str = Field(
+        "data/review/labels.csv",
+        description="labels people gave in review (`seke review import`), merged over the manifest's by `path`",
+    )
     ingest: str = "data/ingest"
     crop: str = "data/crop"
     prompt: str = "data/prompt"

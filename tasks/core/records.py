@@ -105,6 +105,9 @@ class ImageRecord(Record):
     prior_aus: Optional[list[str]] = Field(None, description="active AUs among au_set")
     label_set: list[str] = Field(description="expression classes of the source's labels ([] = none)")
     au_set: list[str] = Field(description="AUs the source annotates ([] = none)")
+    label_origin: Optional[Literal["source", "review"]] = Field(
+        None, description="who gave the prior labels: the source's manifest, or a person in review (seke review)"
+    )
 
 
 class QuarantineRecord(Record):
@@ -136,6 +139,9 @@ class FaceRecord(Record):
     prior_aus: Optional[list[str]] = None
     label_set: list[str]
     au_set: list[str]
+    label_origin: Optional[Literal["source", "review"]] = Field(
+        None, description="who gave the prior labels: the source's manifest, or a person in review (seke review)"
+    )
 
 
 class CropStatus(Record):
@@ -258,6 +264,9 @@ class FeidRecord(Record):
     )
     rationale_sample: Optional[str] = Field(None, description="<request_id>#<sample_index> of that rationale")
     instructions_version: str = Field(description="the instruction bank's version")
+    label_origin: Optional[Literal["source", "review"]] = Field(
+        None, description="who gave the prior labels: the source's manifest, or a person in review (seke review)"
+    )
     annotator: str
     model: str
     prompt_version: str

@@ -31,6 +31,7 @@ CARRIED = (
     "prior_aus",
     "label_set",
     "au_set",
+    "label_origin",
 )
 
 

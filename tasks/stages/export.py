@@ -87,6 +87,7 @@ def feid_row(
         description_source="annotator" if verified else "template",
         rationale_sample=verdict.get("rationale_sample") if verified else None,
         instructions_version=bank.version,
+        label_origin=face.get("label_origin"),
         annotator=annotator,
         model=model,
         prompt_version=prompt_version,

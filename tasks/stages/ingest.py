@@ -73,6 +73,35 @@ def list_entries(
             skipped.append(posixpath.relpath(p, rpath))
 
 
+def read_review(url: str) -> dict[str, dict]:
+    """`path` -> the labels people gave in review (`seke review import`); {} when there is no
+    such file or it has no rows."""
+    if not url:
+        return {}
+    import polars as pl
+
+    fs, p = fsspec.core.url_to_fs(url)
+    if not fs.exists(p):
+        return {}
+    with fs.open(p, "rb") as fh:
+        df = pl.read_csv(io.BytesIO(fh.read()), infer_schema_length=0)
+    keep = [c for c in df.columns if c not in ("face_id", "reviewer", "label_origin")]
+    return {str(r.pop("path")): r for r in df.select(keep).iter_rows(named=True)}
+
+
+def with_review(entries: Iterable[Entry], review: dict[str, dict], matched: set[str]) -> Iterator[Entry]:
+    """Entries whose path a person labelled get those labels over the manifest's (a blank cell
+    keeps the manifest's value), marked `label_origin: review`; `matched` collects those paths."""
+    for e in entries:
+        r = review.get(e.path)
+        if r is None:
+            yield e
+            continue
+        matched.add(e.path)
+        given = {k: v for k, v in r.items() if not _is_missing(v)}
+        yield Entry(e.path, {**e.labels, **given, "label_origin": "review"})
+
+
 def _escapes(fs, root: str, p: str) -> str | None:
     """On a local filesystem, why the file at `p` must not be read: a link whose target is
     outside `root` ("outside_root") or that points nowhere ("unreadable"). Nothing of the
@@ -169,6 +198,8 @@ def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
         out["prior_aus"] = sorted(a for a, v in au_cols.items() if v > 0)
     elif params.au_set:
         raise ValueError("ingest.au_set is set but the row has no AU columns")
+    has_prior = out["prior_expression"] or out["prior_valence"] is not None or out["au_set"]
+    out["label_origin"] = ("review" if labels.get("label_origin") == "review" else "source") if has_prior else None
     return out
 
 
@@ -252,7 +283,9 @@ def run(p: Params) -> dict:
     out = store.join(p.paths.ingest, "images.parquet"), store.join(p.paths.ingest, "quarantine.parquet")
     imgs, quar, skipped = [], [], []
     with store.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
-        entries = list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped)
+        review, reviewed = read_review(p.paths.review), set()
+        listed = list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped)
+        entries = with_review(listed, review, reviewed)
         every = p.runtime.progress_every_s
         for rec in track(ingest(entries, p.paths.input, k, p.ingest), "ingest", None, "files", every):
             (wi if isinstance(rec, ImageRecord) else wq).write(rec)
@@ -272,6 +305,9 @@ def run(p: Params) -> dict:
         "skipped_by_extension": len(skipped),
         "skipped_examples": skipped[:50],
         "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]),
+        "labels_from_review": sum(1 for r in imgs if r["label_origin"] == "review"),
+        # review labels whose path is not among the listed files (renamed, or another input)
+        "review_labels_unmatched": sorted(set(review) - reviewed)[:50],
         "validation": val,
     }
     write_metrics(p, "ingest", m)

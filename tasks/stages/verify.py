@@ -86,14 +86,17 @@ def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run_info:
     """Pass 1: the calibration rows of the labelled faces (a few floats each) and the run's
     `tasks.method.trust.Trust` fitted on them."""
     k = knowledge.load()
-    rows = []
+    rows, origin = [], Counter()
     for batch, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)):
         for f in batch:
             if f.get("prior_expression") and f["face_id"] in by:
                 r = calibration_row(f, by[f["face_id"]], k, p.verify)
                 if r is not None:
                     rows.append(r)
-    return trust.build(rows, p.verify, annotator, run_info)
+                    origin[f.get("label_origin") or "source"] += 1
+    tr = trust.build(rows, p.verify, annotator, run_info)
+    tr.report["calibration_label_origin"] = dict(sorted(origin.items()))  # "review": labels a person gave
+    return tr
 
 
 class _Tally:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from tasks.core.knowledge import PROJECT_DIR
+
 TEMPLATES = Path(__file__).resolve().parents[1] / "project"
 CODE = ("tasks", "flows", "expectations")
 VERSION_FILE = "seke.version"
@@ -38,8 +40,18 @@ seke run        # dvc repro: ingest -> crop -> prompt -> sample -> verify -> exp
 seke report     # reports/feid.html
 ```
 
-Label a random sample of your faces (an `expression` column in a manifest, `paths.manifest`)
-so that verify can calibrate its confidence and its error guarantee on them.
+Label a random sample of your faces (an `expression` column in a manifest, `paths.manifest`,
+or `seke review export` / `seke review import`) so that verify can calibrate its confidence and
+its error guarantee on them.
+
+`knowledge/` overrides the package's emotion knowledge: put your own `labels.yaml`,
+`au_catalogue.yaml`, `prototypes.yaml` or `va.yaml` there (`seke knowledge refit` writes
+`knowledge/va.yaml`). The stages depend on that folder, so the next `seke run` uses them.
+"""
+
+KNOWLEDGE_README = """Files here replace the SEKE package's files of the same name (labels.yaml,
+au_catalogue.yaml, prototypes.yaml, va.yaml), one by one. The package's versions are the
+starting point: copy one from the installed package's tasks/knowledge/ and edit it.
 """
 
 
@@ -65,7 +77,8 @@ def project_dvc_yaml() -> dict:
     d = yaml.safe_load((TEMPLATES / "dvc.template.yaml").read_text())
     for stage in d["stages"].values():
         deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE]
-        stage["deps"] = [*deps, VERSION_FILE]
+        own = [PROJECT_DIR] if "tasks/knowledge" in stage.get("deps", []) else []  # the project's overrides
+        stage["deps"] = [*deps, *own, VERSION_FILE]
     d["plots"] = [p for p in d.get("plots", []) if not _plot_path(p).startswith("plots/feab")]  # FEAB: the repo's
     return d
 
@@ -100,8 +113,18 @@ def init(dest: Path, images: str, manifest: str = "", force: bool = False) -> li
             continue
         (dest / name).write_text(text)
     write_version(dest)
+    (dest / PROJECT_DIR).mkdir(exist_ok=True)
+    if not (dest / PROJECT_DIR / "README.md").exists():
+        (dest / PROJECT_DIR / "README.md").write_text(KNOWLEDGE_README)
+    review = Path(project_params(images, manifest)["paths"]["review"])
+    review = review if review.is_absolute() else dest / review
+    if not review.exists():
+        from tasks.tools.review import write_empty
+
+        write_empty(review)
     _vcs(dest)
-    return [*files, VERSION_FILE, ".dvc/"]
+    shown = str(review.relative_to(dest)) if review.is_relative_to(dest) else str(review)
+    return [*files, VERSION_FILE, ".dvc/", f"{PROJECT_DIR}/", shown]
 
 
 def _vcs(dest: Path) -> None:

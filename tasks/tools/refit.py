@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.core.knowledge import KNOWLEDGE_DIR, UnknownLabel, load
+from tasks.core.knowledge import KNOWLEDGE_DIR, PROJECT_DIR, UnknownLabel, knowledge_file, load
 
 
 def _rows(manifest_url: str) -> tuple[list[dict], str]:
@@ -41,6 +41,13 @@ def _rows(manifest_url: str) -> tuple[list[dict], str]:
     return df.to_dict("records"), hashlib.sha256(data).hexdigest()[:16]
 
 
+def default_out() -> Path:
+    """A project's `knowledge/va.yaml` when it has a knowledge folder (`seke init` makes one),
+    else the package's own file (this repository)."""
+    own = Path(PROJECT_DIR)
+    return own / "va.yaml" if own.is_dir() else KNOWLEDGE_DIR / "va.yaml"
+
+
 def refit(manifest_url: str, out_path: str | Path, min_n: int = 20) -> dict:
     """Write a refit va.yaml to `out_path`; returns {expression: (n, valence, arousal, spread)}."""
     k = load()
@@ -58,7 +65,7 @@ def refit(manifest_url: str, out_path: str | Path, min_n: int = 20) -> dict:
             skipped += 1
             continue
         pts[e].append((v, a))
-    current = yaml.safe_load((KNOWLEDGE_DIR / "va.yaml").read_text())
+    current = yaml.safe_load(knowledge_file("va.yaml").read_text())
     centroids = {}
     fitted = {}
     for e in k.expressions:

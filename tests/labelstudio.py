@@ -1,0 +1,109 @@
+"""A real Label Studio server on 127.0.0.1 for the review loop's end-to-end test.
+
+The `label-studio` package (Django, SQLite) is installed by uv into its own venv under
+`.seke/label-studio/` (its pins clash with the project's, so it never shares a venv), once
+per checkout. Where it cannot install (no uv, no package index), the test skips and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSION = "1.23.2"
+VENV = ROOT / ".seke" / f"label-studio-{VERSION}"
+
+
+def install() -> Path:
+    exe = VENV / "bin" / "label-studio"
+    if exe.exists():
+        return exe
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("Label Studio e2e: uv is not installed, so label-studio cannot be installed in its own venv")
+    subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(VENV)], check=True)
+    r = subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(VENV / "bin" / "python"), f"label-studio=={VERSION}"],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        shutil.rmtree(VENV, ignore_errors=True)
+        pytest.skip(f"Label Studio e2e: label-studio=={VERSION} could not be installed: {r.stderr.strip()[-400:]}")
+    return exe
+
+
+class Server:
+    """A logged-in client of a running server: `api(method, path, **kw)` with a personal access
+    token (the way Label Studio's SDK authenticates), and the browser session's cookies."""
+
+    def __init__(self, url: str, email: str, password: str):
+        self.url, self.session = url, requests.Session()
+        self.session.get(f"{url}/user/login/", timeout=30)
+        r = self.session.post(
+            f"{url}/user/login/",
+            data={"email": email, "password": password, "csrfmiddlewaretoken": self.session.cookies["csrftoken"]},
+            headers={"Referer": f"{url}/user/login/"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert r.status_code == 302, f"login failed: {r.status_code} {r.text[:300]}"
+        headers = {"X-CSRFToken": self.session.cookies["csrftoken"], "Referer": f"{url}/"}
+        pat = self.session.post(f"{url}/api/token/", headers=headers, timeout=30).json()["token"]
+        access = requests.post(f"{url}/api/token/refresh/", json={"refresh": pat}, timeout=30).json()["access"]
+        self.auth = {"Authorization": f"Bearer {access}"}
+
+    def api(self, method: str, path: str, **kw):
+        r = requests.request(method, f"{self.url}{path}", headers=self.auth, timeout=120, **kw)
+        assert r.ok, f"{method} {path}: {r.status_code} {r.text[:500]}"
+        return r.json() if r.content else None
+
+    def cookies(self) -> list[dict]:
+        return [{"name": c.name, "value": c.value, "domain": "127.0.0.1", "path": "/"} for c in self.session.cookies]
+
+
+@contextmanager
+def server(data_dir: Path) -> Iterator[Server]:
+    exe = install()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    email, password = "reviewer@example.org", "review-pass-123"
+    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "DJANGO_DB": "sqlite"}
+    env.pop("PREFECT_API_URL", None)
+    log = open(data_dir / "server.log", "wb")
+    cmd = [str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--username", email, "--password", password], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise RuntimeError(f"Label Studio did not start; see {data_dir / 'server.log'}")
+            time.sleep(1)
+        yield Server(url, email, password)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
