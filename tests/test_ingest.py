@@ -93,17 +93,24 @@ def test_parse_labels_records_label_and_au_sets():
     assert parse_labels(K, {}, Ingest())["label_set"] == []
 
 
-@pytest.mark.parametrize(
-    "labels,msg",
-    [
-        ({"valence": "1.5", "arousal": "0"}, "outside"),
-        ({"valence": "0.2"}, "together"),
-        ({"expression": "bored"}, "alias"),
-    ],
-)
-def test_bad_prior_labels(labels, msg):
-    with pytest.raises(ValueError, match=msg):
-        parse_labels(K, labels, Ingest())
+BAD_ROWS = [  # (manifest row, the warning, what must survive)
+    ({"valence": "1.5", "arousal": "0", "expression": "happy"}, "outside [-1, 1]", "prior_expression"),
+    ({"valence": "0.2", "AU12": "1"}, "together", "au_set"),
+    ({"expression": "bored", "valence": "0.1", "arousal": "0.2"}, "alias", "prior_valence"),
+    ({"expression": "contempt", "label_set": "happy,sad", "AU06": "1"}, "label_set", "au_set"),
+    ({"expression": "7", "label_scheme": "nope", "valence": "0", "arousal": "0"}, "scheme", "prior_valence"),
+    ({"expression": "happy", "AU99": "1", "AU12": "1"}, "17 AUs", "au_set"),
+    ({"expression": "sad", "AU04": "yes"}, "AU04", "prior_expression"),
+    ({"expression": "anger", "arousal": "high", "valence": "0.1"}, "not a number", "prior_expression"),
+    ({"expression": "fear", "AUxyz": "1"}, "AUxyz", "prior_expression"),
+]
+
+
+@pytest.mark.parametrize("labels,msg,kept", BAD_ROWS)
+def test_a_bad_prior_is_dropped_on_its_own_with_a_warning(labels, msg, kept):
+    out = parse_labels(K, labels, Ingest())
+    assert out["label_warnings"] and any(msg in w for w in out["label_warnings"]), out["label_warnings"]
+    assert out[kept] not in (None, []), f"{kept} should survive: {out}"
 
 
 def test_resolve_refuses_paths_outside_the_root():
@@ -129,7 +136,7 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
     ]
     entries.append(Entry("big.jpg", {}))
     (tmp_path / "label.jpg").write_bytes(_jpeg((50, 60, 70)))
-    entries.append(Entry("label.jpg", {"expression": "bored"}))
+    entries.append(Entry("label.jpg", {"expression": "bored"}))  # a bad prior: the image stays
     params = Ingest(max_bytes=len(whole) - 1)
     out = list(ingest(entries, str(tmp_path), K, params))
     assert len(out) == len(entries), "no entry may be dropped silently"
@@ -142,11 +149,11 @@ def test_every_bad_file_is_quarantined_with_its_reason(tmp_path):
         "missing.jpg": "unreadable",
         "../outside.jpg": "outside_root",
         "big.jpg": "too_large",
-        "label.jpg": "bad_label",
     }
     assert all(r.detail for r in out if isinstance(r, QuarantineRecord))
-    (img,) = [r for r in out if isinstance(r, ImageRecord)]
+    img, label = [r for r in out if isinstance(r, ImageRecord)]
     assert img.id == hashlib.sha256(good).hexdigest() and (img.width, img.height) == (64, 64)
+    assert label.prior_expression is None and "alias" in label.label_warnings[0]
 
 
 def test_folder_listing_and_fsspec_memory_url():
@@ -213,7 +220,7 @@ def test_hostile_files_each_get_a_row_and_nothing_outside_the_root_is_read(tmp_p
     assert skipped == ["photo.txt"]
     reason = {p: getattr(r, "reason", "ok") for p, r in out.items()}
     assert reason == {
-        "anim.gif": "unsupported",
+        "anim.gif": "ok",  # its first frame, recorded
         "bomb.png": "too_large",
         "bomb2.png": "too_large",
         "broken.jpg": "unreadable",
@@ -223,6 +230,7 @@ def test_hostile_files_each_get_a_row_and_nothing_outside_the_root_is_read(tmp_p
     }
     assert all("SECRET" not in getattr(r, "detail", "") for r in out.values())
     assert "decompression bomb" in out["bomb.png"].detail
+    assert out["anim.gif"].conversion.startswith("first frame of 3")
     # deterministic: the same verdicts and details on a second pass
     again = {r.path: r.model_dump() for r in ingest(entries, str(root), K, Ingest())}
     assert again == {p: r.model_dump() for p, r in out.items()}
@@ -247,3 +255,29 @@ def test_a_file_that_vanishes_mid_run_is_quarantined(tmp_path):
     root.mkdir()
     (r,) = ingest([Entry("gone.jpg", {})], str(root), K, Ingest())
     assert r.reason == "unreadable" and "gone" in r.detail
+
+
+@pytest.mark.parametrize(
+    "mode,note",
+    [("CMYK", "CMYK converted"), ("I;16", "scaled to 8-bit"), ("LA", "transparency dropped"), ("RGBA", "transparency")],
+)
+def test_usable_modes_are_converted_for_the_crop_and_the_conversion_is_recorded(tmp_path, mode, note):
+    """The crop stage's decoder turns each into 8-bit RGB with the picture intact (16-bit grey
+    is scaled, not clipped to white), and ingest records how."""
+    from tasks.infra.detect import decode
+
+    base = Image.frombytes("L", (32, 32), bytes(range(0, 256, 8)) * 32)
+    import numpy as np
+
+    wide = Image.fromarray(np.asarray(base, dtype=np.uint16) * 257)  # 16-bit grey, full range
+    im = {"CMYK": base.convert("CMYK"), "I;16": wide}.get(mode)
+    im = im if im is not None else base.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format="TIFF" if mode == "CMYK" else "PNG")
+    (tmp_path / "x.img").write_bytes(buf.getvalue())
+    (rec,) = list(ingest([Entry("x.img", {})], str(tmp_path), K, Ingest()))
+    assert isinstance(rec, ImageRecord) and note in rec.conversion
+    rgb = decode(buf.getvalue())
+    assert rgb.mode == "RGB" and rgb.size == (32, 32)
+    grey = rgb.convert("L")
+    assert abs(grey.getpixel((31, 0)) - base.getpixel((31, 0))) <= 12 and grey.getpixel((0, 0)) <= 12

@@ -84,9 +84,7 @@ def _arrow_type(t) -> pa.DataType:
 Granularity = Literal["expression", "va", "aus"]
 GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 
-QuarantineReason = Literal[
-    "unreadable", "not_an_image", "empty", "too_large", "duplicate", "outside_root", "bad_label", "unsupported"
-]
+QuarantineReason = Literal["unreadable", "not_an_image", "empty", "too_large", "duplicate", "outside_root"]
 
 
 class ImageRecord(Record):
@@ -105,6 +103,10 @@ class ImageRecord(Record):
     prior_aus: Optional[list[str]] = Field(None, description="active AUs among au_set")
     label_set: list[str] = Field(description="expression classes of the source's labels ([] = none)")
     au_set: list[str] = Field(description="AUs the source annotates ([] = none)")
+    label_warnings: list[str] = Field(
+        default_factory=list, description="bad priors of the manifest row, each dropped on its own, and why"
+    )
+    conversion: str = Field("", description="how the image becomes 8-bit RGB for cropping ('' = it is already)")
     label_origin: Optional[Literal["source", "review"]] = Field(
         None, description="who gave the prior labels: the source's manifest, or a person in review (seke review)"
     )

@@ -33,9 +33,15 @@ class Box:
 
 def decode(data: bytes) -> Image.Image:
     """Decode image bytes to RGB, honouring EXIF orientation. Raises on corrupt data."""
-    im = Image.open(io.BytesIO(data))
+    im = Image.open(io.BytesIO(data))  # an animation: its first frame
     im.load()
     im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
+        import numpy as np
+
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
     return im.convert("RGB")
 
 

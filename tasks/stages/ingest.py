@@ -135,8 +135,6 @@ def _open_image(data: bytes) -> tuple[Image.Image | None, str, str]:
         return None, "not_an_image", f"{type(ex).__name__}: no image format recognised; first bytes {data[:12]!r}"
     if w * h > Image.MAX_IMAGE_PIXELS:
         return None, "too_large", f"{w}x{h} pixels > {Image.MAX_IMAGE_PIXELS} (decompression bomb guard)"
-    if getattr(im, "n_frames", 1) > 1:
-        return None, "unsupported", f"animated {fmt} with {im.n_frames} frames: give one frame per file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -145,7 +143,25 @@ def _open_image(data: bytes) -> tuple[Image.Image | None, str, str]:
         return None, "too_large", f"{fmt} {w}x{h}: not enough memory to decode"
     except Exception as ex:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... on corrupt data
         return None, "unreadable", f"corrupt {fmt}: {type(ex).__name__}: {str(ex).split(' at 0x')[0][:200]}"
-    return im, fmt, f"{w}x{h}"
+    return im, fmt, conversion(im)
+
+
+def conversion(im: Image.Image) -> str:
+    """How the crop stage turns this image into 8-bit RGB (`tasks.infra.detect.decode`), or
+    "" when it is RGB already. Recorded on the image's row."""
+    notes = []
+    if getattr(im, "n_frames", 1) > 1:
+        notes.append(f"first frame of {im.n_frames}")
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        notes.append(f"{mode} scaled to 8-bit grey")
+    elif mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif mode in ("LA", "RGBA", "PA") or (mode == "P" and "transparency" in im.info):
+        notes.append(f"{mode}: transparency dropped")
+    elif mode not in ("RGB", "L", "P"):
+        notes.append(f"{mode} converted to RGB")
+    return "; ".join(notes)
 
 
 def resolve(root: str, rel: str) -> str | None:
@@ -159,48 +175,76 @@ def resolve(root: str, rel: str) -> str | None:
 
 
 def parse_labels(k: Knowledge, labels: dict, params: Ingest) -> dict:
-    """Prior labels of one manifest row, mapped to the project's label spaces. Raises
-    UnknownLabel / ValueError with a message naming the bad value."""
-    out: dict = {
-        "prior_expression": None,
-        "prior_valence": None,
-        "prior_arousal": None,
-        "prior_aus": None,
-        "label_set": [],
-        "au_set": [],
-    }
-    expr = labels.get("expression")
-    if not _is_missing(expr):
-        out["prior_expression"] = k.expression(expr, labels.get("label_scheme") or None)
-        ls = labels.get("label_set")
-        out["label_set"] = (
-            [k.expression(x) for x in str(ls).split(",")]
-            if not _is_missing(ls)
-            else list(params.label_set or k.expressions)
-        )
-        if out["prior_expression"] not in out["label_set"]:
-            raise ValueError(f"expression {expr!r} is not in the row's label_set {out['label_set']}")
-    for key in ("valence", "arousal"):
-        v = labels.get(key)
-        if not _is_missing(v):
-            f = float(v)
-            if not -1.0 <= f <= 1.0:
-                raise ValueError(f"{key} {v!r} is outside [-1, 1]")
-            out[f"prior_{key}"] = f
-    if (out["prior_valence"] is None) != (out["prior_arousal"] is None):
-        raise ValueError("valence and arousal must be given together")
-    au_cols = {}
-    for col, v in labels.items():
-        if str(col).upper().startswith("AU") and not _is_missing(v):
-            au_cols[k.au_code(col)] = float(v)
-    if au_cols:
-        out["au_set"] = sorted(au_cols)
-        out["prior_aus"] = sorted(a for a, v in au_cols.items() if v > 0)
-    elif params.au_set:
-        raise ValueError("ingest.au_set is set but the row has no AU columns")
+    """Prior labels of one manifest row, mapped to the project's label spaces. A bad prior
+    (an unknown label or AU column, a value out of range, a valence without an arousal) is
+    dropped on its own, with a warning in `label_warnings`; the image and its other priors stay."""
+    warn: list[str] = []
+    out = _expression_prior(k, labels, params, warn)
+    out.update(_va_prior(labels, warn), **_au_prior(k, labels, params, warn))
     has_prior = out["prior_expression"] or out["prior_valence"] is not None or out["au_set"]
     out["label_origin"] = ("review" if labels.get("label_origin") == "review" else "source") if has_prior else None
+    out["label_warnings"] = warn
     return out
+
+
+def _expression_prior(k: Knowledge, labels: dict, params: Ingest, warn: list[str]) -> dict:
+    expr, none = labels.get("expression"), {"prior_expression": None, "label_set": []}
+    if _is_missing(expr):
+        return none
+    try:
+        got = k.expression(expr, labels.get("label_scheme") or None)
+        ls = labels.get("label_set")
+        label_set = [k.expression(x) for x in str(ls).split(",")] if not _is_missing(ls) else None
+    except (UnknownLabel, ValueError) as ex:
+        warn.append(f"expression dropped: {ex}")
+        return none
+    label_set = label_set or list(params.label_set or k.expressions)
+    if got not in label_set:
+        warn.append(f"expression dropped: {expr!r} is not in the row's label_set {label_set}")
+        return none
+    return {"prior_expression": got, "label_set": label_set}
+
+
+def _va_prior(labels: dict, warn: list[str]) -> dict:
+    out: dict = {"prior_valence": None, "prior_arousal": None}
+    for key in ("valence", "arousal"):
+        v = labels.get(key)
+        if _is_missing(v):
+            continue
+        try:
+            f = float(v)
+        except ValueError:
+            warn.append(f"{key} dropped: {v!r} is not a number")
+            continue
+        if not -1.0 <= f <= 1.0 or math.isnan(f):
+            warn.append(f"{key} dropped: {v!r} is outside [-1, 1]")
+            continue
+        out[f"prior_{key}"] = f
+    if (out["prior_valence"] is None) != (out["prior_arousal"] is None):
+        warn.append("valence and arousal dropped: they must be given together")
+        out = {"prior_valence": None, "prior_arousal": None}
+    return out
+
+
+def _au_prior(k: Knowledge, labels: dict, params: Ingest, warn: list[str]) -> dict:
+    au_cols = {}
+    for col, v in labels.items():
+        if not str(col).upper().startswith("AU") or _is_missing(v):
+            continue
+        try:
+            code, f = k.au_code(col), float(v)
+        except (UnknownLabel, ValueError) as ex:
+            warn.append(f"AU column {col!r} dropped: {ex}")
+            continue
+        if f < 0 or math.isnan(f):
+            warn.append(f"AU column {col!r} dropped: {v!r} is not an occurrence or intensity")
+            continue
+        au_cols[code] = f
+    if not au_cols:
+        if params.au_set:
+            warn.append("no AU priors: ingest.au_set is set but the row has no usable AU columns")
+        return {"prior_aus": None, "au_set": []}
+    return {"au_set": sorted(au_cols), "prior_aus": sorted(a for a, v in au_cols.items() if v > 0)}
 
 
 def _read(e: Entry, root: str, params: Ingest, read=None) -> tuple[str, bytes] | QuarantineRecord:
@@ -255,11 +299,7 @@ def ingest(
         if sha in seen:
             yield QuarantineRecord(path=e.path, reason="duplicate", detail=f"same bytes as {seen[sha]}")
             continue
-        try:
-            labels = parse_labels(k, e.labels, params)
-        except (UnknownLabel, ValueError) as ex:
-            yield QuarantineRecord(path=e.path, reason="bad_label", detail=str(ex))
-            continue
+        labels = parse_labels(k, e.labels, params)
         seen[sha] = e.path
         src = e.labels.get("source")
         subj = e.labels.get("subject")
@@ -273,6 +313,7 @@ def ingest(
             height=h,
             format=fmt,
             n_bytes=len(data),
+            conversion=detail,
             **labels,
         )
 
@@ -305,6 +346,10 @@ def run(p: Params) -> dict:
         "skipped_by_extension": len(skipped),
         "skipped_examples": skipped[:50],
         "with_prior_expression": sum(1 for r in imgs if r["prior_expression"]),
+        # bad priors dropped one by one (the image stays), and images converted to 8-bit RGB
+        "label_warnings": dict(Counter(w.split(":")[0] for r in imgs for w in r["label_warnings"])),
+        "label_warning_examples": [f"{r['path']}: {w}" for r in imgs for w in r["label_warnings"]][:50],
+        "converted": dict(Counter(c for r in imgs for c in r["conversion"].split("; ") if c)),
         "labels_from_review": sum(1 for r in imgs if r["label_origin"] == "review"),
         # review labels whose path is not among the listed files (renamed, or another input)
         "review_labels_unmatched": sorted(set(review) - reviewed)[:50],

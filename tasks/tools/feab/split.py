@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from tasks.core.knowledge import Knowledge, UnknownLabel
+from tasks.core.knowledge import Knowledge
 from tasks.core.params import BenchSource
 from tasks.core.params import Ingest as IngestParams
 
@@ -124,9 +124,8 @@ def _source_rows(src, k, exclude_ids, exclude_subjects, dev_fraction, seed, prog
             excluded[f"{src.name}:missing_file"] += 1
             continue
         sha = hashlib.sha256(data).hexdigest()
-        try:
-            parsed = parse_labels(k, _labels_of(src, r), ip)
-        except (UnknownLabel, ValueError):
+        parsed = parse_labels(k, _labels_of(src, r), ip)
+        if parsed["label_warnings"]:  # ingest keeps the image without the bad prior; a benchmark needs the truth
             excluded[f"{src.name}:bad_label"] += 1
             continue
         subject = _subject(src, r, rel, sha)
