@@ -128,7 +128,9 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
 
     Needs the prompt stage's output (ingest, crop and prompt make no annotator calls). The
     [bold]floor[/] is every face stopping after sample.k0, the [bold]ceiling[/] every face going on
-    to sample.kmax. Samples already in the response cache are free.
+    to sample.kmax with the verification round for every face that can have one. Samples
+    already in the response cache are free. Images are priced by the model's own billing
+    (tasks/annotators/transport.py); an unknown model gets a warning.
     """
     from tasks.tools.estimate import dry_run
 
@@ -157,6 +159,10 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
             ("bound", "k", "calls", "image sends", "samples", "tokens in", "tokens out", "cost"),
         )
     )
+    if est["ceiling"].get("verification_calls"):
+        out.print(f"the ceiling includes {est['ceiling']['verification_calls']} verification calls")
+    if est.get("warning"):
+        console.print(f"[yellow]warning:[/] {est['warning']}")
 
 
 # ---------------------------------------------------------------- pipeline
@@ -218,6 +224,35 @@ def knowledge_refit(
         raise Fail(str(ex)) from None
     rows = [(e, *(f"{x:.3f}" if isinstance(x, float) else x for x in v)) for e, v in fitted.items()]
     out.print(_table(f"refit -> {out_path}", rows, ("expression", "n", "valence", "arousal", "spread")))
+
+
+# ---------------------------------------------------------------- cache
+cache_app = typer.Typer(
+    no_args_is_help=True,
+    help="The response cache (runtime.cache).",
+    epilog="Examples:\n\n  seke cache compact",
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command(
+    "compact",
+    epilog="Examples:\n\n"
+    "  seke cache compact                         # runtime.cache of params.yaml\n\n"
+    "  seke cache compact --root s3://lab/seke-cache",
+)
+def cache_compact(
+    root: Optional[str] = typer.Option(None, help="the cache's URL (default: runtime.cache of --params)"),
+    params: str = typer.Option("params.yaml", help="the project's params"),
+):
+    """Merge each annotator's cached answers into one Parquet pack. The sample stage does
+    this at its end; run it by hand after a crash or on a cache shared by several projects.
+    Safe while a run writes to the same cache: a segment still being written is kept."""
+    from tasks.infra.cache import compact_all
+
+    root = root or load_params(params).runtime.cache
+    rows = [(sig, r["merged"], r.get("entries", "-")) for sig, r in compact_all(root).items()]
+    out.print(_table(f"response cache {root}", rows, ("annotator signature", "files merged", "answers")))
 
 
 def main() -> None:  # pragma: no cover

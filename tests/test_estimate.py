@@ -8,7 +8,7 @@ from tasks.annotators.base import Annotator, CallResult, RawAnswer
 from tasks.core.params import Params, Paths
 from tasks.core.records import FaceRecord, RequestRecord
 from tasks.infra.cache import ResponseCache
-from tasks.infra.io import RecordWriter
+from tasks.infra.io import RecordWriter, iter_rows
 from tasks.method.sampling import seed_for
 from tasks.tools.estimate import dry_run
 
@@ -110,3 +110,72 @@ def test_cached_samples_are_free(tmp_path, monkeypatch):
     est = dry_run(p)
     assert est["cached_samples"] == 2
     assert (est["floor"]["calls"], est["floor"]["samples"]) == (2, 4)
+
+
+def test_ceiling_counts_the_verification_round_and_the_blind_cap(tmp_path, monkeypatch):
+    p, ann = _setup(tmp_path, monkeypatch, n_faces=2)
+    ann.supports_verification = True
+    faces = list(iter_rows(f"{p.paths.crop}/faces.parquet"))
+    reqs = list(iter_rows(f"{p.paths.prompt}/requests.parquet"))
+    # face 0 is labelled (its blind request is its calibration mirror: sampled to kmax);
+    # face 1 has AU priors only (its blind request is capped at blind_k)
+    faces[0].update(prior_expression="happy", label_set=["happy", "sad"])
+    wf = RecordWriter(f"{p.paths.crop}/faces.parquet", FaceRecord)
+    wr = RecordWriter(f"{p.paths.prompt}/requests.parquet", RequestRecord)
+    for f in faces:
+        wf.write(FaceRecord(**f))
+    for r in reqs:
+        wr.write(RequestRecord(**r))
+        wr.write(RequestRecord(**{**r, "request_id": r["request_id"] + "b", "variant": "blind"}))
+    wf.commit(), wr.commit()
+    est = dry_run(p)
+    assert est["floor"]["samples"] == 2 * 2 + 2 * 2 and "verification_calls" not in est["floor"]
+    # kmax 6 for both primed requests and the mirror, blind_k (2) for face 1's blind request;
+    # one verification call per generated expression (2) and per labelled face's mirror (1)
+    assert est["ceiling"]["verification_calls"] == 3
+    assert est["ceiling"]["samples"] == 6 + 6 + 6 + p.sample.blind_k + 3
+
+
+def test_images_are_priced_by_the_model_s_own_billing():
+    import io
+
+    from PIL import Image
+
+    from tasks.annotators.transport import billing_of, image_tokens
+
+    def jpg(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    crop = jpg(256, 256)
+    assert image_tokens(crop, "auto", "gpt-4o") == 85 + 170
+    assert image_tokens(crop, "auto", "gpt-4o-mini-2024-07-18") == 2833 + 5667  # same dollars at 1/16 the price
+    assert image_tokens(crop, "low", "gpt-4o") == 85
+    assert image_tokens(crop, "auto", "openai/gpt-4.1-mini") == round(1.62 * 64 + 0.5)
+    assert image_tokens(crop, "low", "gpt-4.1-mini") == image_tokens(crop, "high", "gpt-4.1-mini")  # detail: no effect
+    assert image_tokens(jpg(2048, 2048), "auto", "gpt-4.1-nano") <= 2.46 * 1536 + 1
+    assert image_tokens(jpg(1024, 1024), "high", "gpt-4o") == 765  # the vision guide's own example
+    assert billing_of("Qwen/Qwen2.5-VL-7B-Instruct") == billing_of("gpt-4o")  # unknown models: GPT-4o's
+
+
+def test_gemini_images_and_an_unknown_model_warning(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from tasks.annotators.transport import image_tokens, known_model
+
+    def jpg(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h)).save(buf, format="JPEG")
+        return buf.getvalue()
+
+    assert image_tokens(jpg(256, 256), "auto", "gemini-2.5-flash") == 258
+    assert image_tokens(jpg(1000, 700), "auto", "gemini-2.0-flash") == 258 * 2 * 1
+    assert known_model("gpt-4o-2024-08-06") and not known_model("Qwen/Qwen2.5-VL-7B-Instruct")
+    p, _ = _setup(tmp_path, monkeypatch)
+    for model, warns in (("qwen2.5-vl-72b", True), ("gpt-4o-mini", False)):
+        q = p.model_copy(update={"annotator": p.annotator.model_copy(update={"backend": "openai", "model": model})})
+        est = dry_run(q)
+        assert ("not in the image-billing table" in est.get("warning", "")) == warns, est

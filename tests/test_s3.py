@@ -144,3 +144,77 @@ def test_dvc_push_then_pull_restores_every_artifact(tmp_path, monkeypatch, aws_e
     bare = {k: v for k, v in opsproj.env(proj).items() if not k.startswith("AWS_") or k == "AWS_EC2_METADATA_DISABLED"}
     opsproj.run(proj, "dvc", "pull", env_=bare)
     assert _digests(proj, outs) == before
+
+
+def _feid_rows(url: str) -> list[dict]:
+    import polars as pl
+
+    df = pl.read_parquet(url, storage_options=storage.polars_options())
+    keep = [c for c in df.columns if c not in ("image", "created_at", "run_id")]
+    return sorted(df.select(keep).to_dicts(), key=lambda r: r["id"])
+
+
+def test_a_flaky_s3_slows_the_run_but_loses_nothing(tmp_path, monkeypatch, aws_env, prefect_quiet):
+    """Input, FEID and the response cache on S3 behind a proxy that fails 10% of the calls
+    (throttling, an error after the work was done, a dropped connection): the run completes
+    and FEID is the same as on a healthy store; `dvc push` through it stores every object."""
+    import s3fs
+    from faultproxy import FaultProxy
+
+    from tasks.infra.cache import ResponseCache
+
+    fs = _bucket("seke-flaky")
+    local = tmp_path / "incoming"
+    rows = opsproj.london(8)
+    opsproj.put_images(local, rows)
+    fs.put(str(local) + "/", "seke-flaky/incoming/", recursive=True)
+    feids = {}
+    for name in ("healthy", "flaky"):
+        proj = opsproj.make_project(
+            tmp_path / name,
+            [],
+            git=name == "flaky",
+            params={
+                **PARAMS,
+                "paths": {
+                    "input": "s3://seke-flaky/incoming",
+                    "manifest": "s3://seke-flaky/incoming/manifest.csv",
+                    "feid": f"s3://seke-flaky/{name}/feid",
+                },
+                "runtime": {"cache": f"s3://seke-flaky/{name}/cache"},
+            },
+        )
+        monkeypatch.chdir(proj)
+        with FaultProxy(aws_env, rate=0.1 if name == "flaky" else 0.0, seed=3) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            s3fs.S3FileSystem.clear_instance_cache()  # fsspec keeps one client per process: renew it
+            _run_stages()
+            if name == "flaky":
+                for cmd in storage.dvc_remote_commands("s3", "s3://seke-flaky/dvc"):
+                    opsproj.run(proj, "dvc", *cmd)
+                local_stages = [s for s in stage_names() if s != "export"]  # FEID is on S3 here: not a DVC out
+                opsproj.run(proj, "dvc", "commit", "-f", *local_stages)
+                opsproj.run(proj, "dvc", "push", *local_stages)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", aws_env)
+        s3fs.S3FileSystem.clear_instance_cache()
+        feids[name] = _feid_rows(f"s3://seke-flaky/{name}/feid/feid.parquet")
+        if name == "flaky":
+            assert sum(proxy.counts[k] for k in ("slowdown", "after", "reset")) >= 8, proxy.counts
+            assert {"slowdown", "after", "reset"} <= set(proxy.counts), proxy.counts
+    assert feids["flaky"] == feids["healthy"] and feids["flaky"]
+    assert not [f for f in fs.find("seke-flaky/flaky/feid") if "tmp" in f.rsplit("/", 1)[-1]], (
+        "no stray temporary files"
+    )
+    # every answer was stored, and compacted into one pack per annotator
+    fs.invalidate_cache()
+    sigs = fs.ls("seke-flaky/flaky/cache")
+    assert sigs and all([p.rsplit("/", 1)[-1].split("-")[0] for p in fs.ls(s)] == ["pack"] for s in sigs)
+    caches = {
+        n: sum(len(ResponseCache(f"s3://seke-flaky/{n}/cache", s.rsplit("/", 1)[-1])) for s in sigs) for n in feids
+    }
+    assert caches["flaky"] == caches["healthy"] > 0
+    # the DVC remote holds every object the workspace's cache holds (asked of the healthy store)
+    proj = tmp_path / "flaky" / "proj"
+    opsproj.run(proj, "dvc", "remote", "modify", "s3", "endpointurl", aws_env)
+    r = opsproj.run(proj, "dvc", "status", "--cloud", *[s for s in stage_names() if s != "export"])
+    assert "in sync" in r.stdout, r.stdout

@@ -25,9 +25,10 @@ Design
   `retry_max_s`; a `retry-after-ms` or `Retry-After` header replaces the backoff. A retry
   waits outside the concurrency semaphore.
 - Throughput: `runtime.concurrency` requests in flight, client-side token buckets for
-  requests/min and tokens/min (estimated from text length and image size, GPT-4o image
-  tiling), `runtime.timeout_s` per request. `run()` is a sync generator over an asyncio loop
-  in a worker thread; results are yielded as they complete.
+  requests/min and tokens/min (estimated from text length and image size, priced by the
+  model's own image billing: `transport.IMAGE_BILLING`), `runtime.timeout_s` per request.
+  `run()` is a sync generator over an asyncio loop in a worker thread; results are yielded as
+  they complete.
 - Stopping: `AnnotatorStop` after yielding what has completed, when
   `runtime.max_consecutive_failures` calls in a row failed, when the next call's estimated
   cost would take the spend past `annotator.budget_usd`, or when the key is rejected (401/403).
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
 import os
@@ -100,15 +102,29 @@ class OpenAIAnnotator(Annotator):
             "temperature": self.a.temperature,
             "image_detail": self.a.image_detail,
             "max_output_tokens": self.a.max_output_tokens,
+            # two servers that serve the same model name never share cached answers; a hash,
+            # so neither the host nor anything in the URL reaches a log or a file
+            "endpoint": hashlib.sha256(self.base_url().encode()).hexdigest()[:16],
         }
+
+    @classmethod
+    def base_url(cls) -> str:
+        """The endpoint's base URL, normalised: no credentials, query or trailing slash."""
+        from urllib.parse import urlsplit
+
+        raw = (
+            os.environ.get("AZURE_OPENAI_ENDPOINT") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        )
+        u = urlsplit(raw if "://" in raw else f"https://{raw}")
+        host = (u.hostname or "").lower() + (f":{u.port}" if u.port else "")
+        return f"{u.scheme.lower()}://{host}{u.path.rstrip('/')}"
 
     @staticmethod
     def _azure() -> bool:
         return bool(os.environ.get("AZURE_OPENAI_ENDPOINT"))
 
     def _endpoint_key(self) -> str:
-        base = os.environ.get("AZURE_OPENAI_ENDPOINT") or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
-        return f"{base}|{self.a.model}"
+        return f"{self.base_url()}|{self.a.model}"
 
     @property
     def endpoint(self) -> Endpoint:
@@ -147,12 +163,11 @@ class OpenAIAnnotator(Annotator):
         return re.sub(r"\bsk-[A-Za-z0-9_\-]{6,}", "sk-***", text)
 
     def _host(self) -> str:
-        base = os.environ.get("AZURE_OPENAI_ENDPOINT") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com"
-        return urlsplit(base).hostname or "?"
+        return urlsplit(self.base_url()).hostname or "?"
 
     # -- requests -------------------------------------------------------------------
     def _tokens_in(self, call: Call) -> int:
-        return tokens_in(call, self.a.image_detail)
+        return tokens_in(call, self.a.image_detail, self.a.model)
 
     def _call_cost(self, call: Call) -> float:
         """The expected cost of a call, before it is sent (for the budget)."""

@@ -33,21 +33,75 @@ _TEXT_TOKENS_PER_CHAR = 0.25
 _REQUEST_OVERHEAD_TOKENS = 12
 
 
-def image_tokens(image: bytes, detail: str = "auto") -> int:
-    """GPT-4o's billed tokens for one image: 85 base + 170 per 512-px tile after scaling."""
-    if detail == "low":
-        return 85
+# How an image is billed, per model family. Version of this table: IMAGE_BILLING_VERSION.
+# Sources: OpenAI's vision guide, "Calculating costs" (tiles: base + per 512-px tile after
+# scaling to 2048 and a 768-px short side, low detail = base; patches: 32-px patches, at most
+# 1536, times a multiplier, detail has no effect), checked against billed usage reported on
+# its forum (2025-2026); Google's Gemini API docs, "Token counting" (an image with both sides
+# <= 384 px is 258 tokens, a larger one 258 per 768-px tile), which its OpenAI-compatible
+# endpoint bills the same way. The longest matching name prefix wins; a model not in the
+# table is priced like GPT-4o, and `known_model()` says so (the estimate warns).
+IMAGE_BILLING_VERSION = "2026-12"
+IMAGE_BILLING: dict[str, tuple[str, float, float]] = {
+    "gpt-4o": ("tiles", 85, 170),
+    "gpt-4o-mini": ("tiles", 2833, 5667),
+    "gpt-4.1": ("tiles", 85, 170),
+    "gpt-4.5": ("tiles", 85, 170),
+    "gpt-4.1-mini": ("patches", 1.62, 0),
+    "gpt-4.1-nano": ("patches", 2.46, 0),
+    "gpt-5": ("tiles", 70, 140),
+    "gpt-5-mini": ("patches", 1.62, 0),
+    "gpt-5-nano": ("patches", 2.46, 0),
+    "o1": ("tiles", 75, 150),
+    "o3": ("tiles", 75, 150),
+    "o4-mini": ("patches", 1.72, 0),
+    "gemini": ("gemini", 258, 768),
+}
+
+
+def _family(model: str) -> str | None:
+    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-4o-mini" -> "gpt-4o-mini"
+    return max((k for k in IMAGE_BILLING if name.startswith(k)), key=len, default=None)
+
+
+def known_model(model: str) -> bool:
+    return _family(model) is not None
+
+
+def billing_of(model: str) -> tuple[str, float, float]:
+    return IMAGE_BILLING[_family(model) or "gpt-4o"]
+
+
+def _patches(w: float, h: float, cap: int = 1536) -> int:
+    n = math.ceil(w / 32) * math.ceil(h / 32)
+    if n <= cap:
+        return n
+    s = math.sqrt(cap * 32 * 32 / (w * h))
+    w, h = w * s, h * s
+    s = min(math.floor(w / 32) / (w / 32), math.floor(h / 32) / (h / 32))
+    return min(cap, math.ceil(w * s / 32) * math.ceil(h * s / 32))
+
+
+def image_tokens(image: bytes, detail: str = "auto", model: str = "gpt-4o") -> int:
+    """The tokens one image is billed as, for `model` (see IMAGE_BILLING)."""
+    kind, a, b = billing_of(model)
+    if kind == "tiles" and detail == "low":
+        return int(a)
     try:
         from PIL import Image
 
         w, h = Image.open(io.BytesIO(image)).size
     except Exception:
-        return 765  # a 1024x1024 image's worth
+        w = h = 1024  # unreadable here: a 1024x1024 image's worth
+    if kind == "patches":
+        return math.ceil(a * _patches(w, h))
+    if kind == "gemini":
+        return int(a) if max(w, h) <= 384 else int(a * math.ceil(w / b) * math.ceil(h / b))
     s = min(1.0, 2048 / max(w, h))
     w, h = w * s, h * s
     s = min(1.0, 768 / min(w, h))
     w, h = w * s, h * s
-    return 85 + 170 * math.ceil(w / 512) * math.ceil(h / 512)
+    return int(a + b * math.ceil(w / 512) * math.ceil(h / 512))
 
 
 def mime(image: bytes) -> str:
@@ -197,8 +251,8 @@ def response_format(call: Call, mode: str) -> dict | None:
     return None
 
 
-def tokens_in(call: Call, detail: str) -> int:
-    """Prompt tokens of one request, estimated (text length, image tiling)."""
+def tokens_in(call: Call, detail: str, model: str = "gpt-4o") -> int:
+    """Prompt tokens of one request, estimated (text length, the model's image billing)."""
     chars = 0
     for m in call.messages:
         c = m.get("content")
@@ -207,7 +261,7 @@ def tokens_in(call: Call, detail: str) -> int:
         elif isinstance(c, list):
             chars += sum(len(p.get("text", "")) for p in c if p.get("type") == "text")
     chars += len(json.dumps(call.schema))
-    return int(chars * _TEXT_TOKENS_PER_CHAR) + image_tokens(call.image, detail) + _REQUEST_OVERHEAD_TOKENS
+    return int(chars * _TEXT_TOKENS_PER_CHAR) + image_tokens(call.image, detail, model) + _REQUEST_OVERHEAD_TOKENS
 
 
 class InFlight:

@@ -20,11 +20,11 @@ from tasks.core import knowledge
 from tasks.core.params import Params
 from tasks.core.records import SampleRecord
 from tasks.infra import dask, io
-from tasks.infra.cache import ResponseCache
+from tasks.infra.cache import ResponseCache, compact_all
 from tasks.infra.progress import Progress
 from tasks.method.pipeline import sample_batch, sample_stream
 from tasks.method.sampling import Tally
-from tasks.stages.base import grouped, validate, write_metrics
+from tasks.stages.base import grouped, log, validate, write_metrics
 
 _WORKER: dict = {}
 
@@ -172,5 +172,10 @@ def run(p: Params) -> dict:
             ann.close()
     name, model = (ann.name, ann.model) if ann is not None else (r.who or (p.annotator.backend, p.annotator.model))
     m = r.metrics(val, name, model)
+    # one Parquet pack per annotator instead of one segment per process (or per call on S3);
+    # logged, not a metric: it says how the cache is stored, not what FEID holds
+    for sig, c in compact_all(p.runtime.cache).items():
+        if c["merged"]:
+            log().info("response cache %s: merged %d files into one pack of %d answers", sig, c["merged"], c["entries"])
     write_metrics(p, "sample", m)
     return m

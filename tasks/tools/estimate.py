@@ -8,42 +8,83 @@ response cache, at the two ends of adaptive sampling: every face stopping after 
 
 from __future__ import annotations
 
+from tasks.annotators.base import Call
 from tasks.core.params import Params
 from tasks.infra import io
 from tasks.infra.cache import ResponseCache
-from tasks.method.sampling import call_of, seed_for
+from tasks.method.sampling import call_of, cap, seed_for, supports_verification
+from tasks.method.verification import VERIFY_ASK, verification_request
 
 
-def _calls(p: Params, cache: ResponseCache, lo: int, hi: int):
-    """Calls for sample indices lo..hi-1 of every request, minus cached samples."""
-    faces = {}
-    for f in io.iter_rows(io.join(p.paths.crop, "faces.parquet"), columns=["face_id", "crop", "crop_face_frac"]):
-        faces[f["face_id"]] = f
+def _faces(p: Params) -> dict[str, dict]:
+    cols = ["face_id", "crop", "crop_sha256", "crop_face_frac", "prior_expression", "label_set"]
+    return {f["face_id"]: f for f in io.iter_rows(io.join(p.paths.crop, "faces.parquet"), columns=cols)}
+
+
+def _calls(p: Params, faces: dict, cache: ResponseCache, lo: int, hi: int):
+    """Calls for sample indices lo..hi-1 of every request (up to the request's own cap: a
+    blind request of a face with no known expression gets `blind_k`), minus cached samples."""
     for req in io.iter_rows(io.join(p.paths.prompt, "requests.parquet")):
+        f = faces[req["face_id"]]
+        top = min(hi, cap(req, p.sample, f))
         idx = [
             i
-            for i in range(lo, hi)
+            for i in range(lo, top)
             if cache.get(req["request_id"], i, seed_for(p.sample.seed, req["request_id"], i)) is None
         ]
-        if not idx:
-            continue
-        yield call_of(faces[req["face_id"]], req, idx, [seed_for(p.sample.seed, req["request_id"], i) for i in idx])
+        if idx:
+            yield call_of(f, req, idx, [seed_for(p.sample.seed, req["request_id"], i) for i in idx])
+
+
+def _verification_calls(p: Params, faces: dict, k) -> list[Call]:
+    """One verification call per face with a generated expression, and one more per
+    labelled face (its calibration mirror), each with a stand-in proposal of the same shape."""
+    views: dict[str, int] = {}
+    for req in io.iter_rows(io.join(p.paths.prompt, "requests.parquet"), columns=["face_id", "variant", "ask"]):
+        f = faces[req["face_id"]]
+        if req["variant"] != "blind" and "expression" in req["ask"]:
+            views[f["face_id"]] = views.get(f["face_id"], 0) + 1
+        elif req["variant"] == "blind" and f.get("prior_expression"):
+            views[f["face_id"]] = views.get(f["face_id"], 0) + 1
+    out = []
+    for fid, n in views.items():
+        f = faces[fid]
+        label = (f.get("label_set") or list(k.expressions))[0]
+        proposal = {"expression": label, "valence": 0.0, "arousal": 0.0, "aus": ["AU6", "AU12"]}
+        vid, messages, schema = verification_request(
+            k, f["crop_sha256"], proposal, p.prompt.version, p.prompt.knowledge
+        )
+        out += [Call(vid, fid, messages, schema, VERIFY_ASK, f["crop"], (0,), (0,))] * min(n, 2)
+    return out
 
 
 def dry_run(p: Params) -> dict:
     """{'floor': {...}, 'ceiling': {...}} with calls, requests, image sends, samples, tokens
-    and cost in USD for the annotator of `params.annotator`; cached samples are free."""
+    and cost in USD for the annotator of `params.annotator`; cached samples are free.
+
+    floor: every face stops after `k0`, and no verification round unless it is `all`.
+    ceiling: every face goes on to `kmax` (blind requests to their cap), and every face
+    that can be verified is (its generated expression, and a labelled face's mirror). Failed
+    answers are not counted: each one adds a replacement, up to `sample.retry_failed` per request."""
     from tasks import annotators
+    from tasks.core import knowledge
 
     ann = annotators.build(p)
+    k = knowledge.load()
     cache = ResponseCache(p.runtime.cache, ann.signature_hash())
+    faces = _faces(p)
     sp = p.sample
-    rounds = [(0, sp.k0)] + [(k, min(k + sp.dk, sp.kmax)) for k in range(sp.k0, sp.kmax, sp.dk)]
+    rounds = [(0, sp.k0)] + [(lo, min(lo + sp.dk, sp.kmax)) for lo in range(sp.k0, sp.kmax, sp.dk)]
+    verifies = sp.verify_round != "none" and supports_verification(ann)
+    verify = _verification_calls(p, faces, k) if verifies else []
     out = {}
     for name, rs in (("floor", rounds[:1]), ("ceiling", rounds)):
         total: dict = {}
-        for lo, hi in rs:  # adaptive sampling sends one call per request per round
-            calls = list(_calls(p, cache, lo, hi))
+        batches = [list(_calls(p, faces, cache, lo, hi)) for lo, hi in rs]  # one call per request per round
+        if verify and (name == "ceiling" or sp.verify_round == "all"):
+            batches.append(verify)
+            total["verification_calls"] = len(verify)
+        for calls in batches:
             est = (
                 ann.estimate(calls)
                 if hasattr(ann, "estimate")
@@ -57,7 +98,15 @@ def dry_run(p: Params) -> dict:
                 total[key] = total.get(key, 0) + v
         total["k_per_request"] = rs[-1][1]
         out[name] = total
-    out["cached_samples"] = len(cache.entries)
+    out["cached_samples"] = len(cache)
+    if p.annotator.backend == "openai":
+        from tasks.annotators.transport import IMAGE_BILLING_VERSION, known_model
+
+        if not known_model(p.annotator.model):
+            out["warning"] = (
+                f"{p.annotator.model!r} is not in the image-billing table (tasks/annotators/transport.py, "
+                f"version {IMAGE_BILLING_VERSION}): its images are priced like GPT-4o's, which may be far off"
+            )
     ann.close()
     return out
 
@@ -81,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{e}\nrun `dvc repro prompt` first: ingest, crop and prompt make no annotator calls"
         ) from None
     print(f"annotator: {p.annotator.backend} / {p.annotator.model}; {est['cached_samples']} samples already cached")
+    if est.get("warning"):
+        print(f"warning: {est['warning']}")
     for name in ("floor", "ceiling"):
         e = est[name]
         print(
