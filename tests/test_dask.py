@@ -63,3 +63,70 @@ def test_crop_and_sample_on_a_local_cluster_match_one_process(tmp_path, monkeypa
         .drop(["latency_ms", "cached"])
         .equals(pq.read_table(tmp_path / "single/proj/data/sample_runs/samples.parquet").drop(["latency_ms", "cached"]))
     )
+
+
+def _worker_run(base_url: str, key: str, shared: bool, first: int, n: int, budget: float, rpm: int) -> dict:
+    """On a Dask worker: an openai annotator with a budget and a rate limit answers n calls."""
+    import os
+    import sys
+    import time
+
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+    from simserver import TEST_KEY, make_call, params
+
+    from tasks.annotators.base import AnnotatorStop
+    from tasks.annotators.openai_compat import OpenAIAnnotator
+    from tasks.infra.limits import DaskLimits
+
+    os.environ.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY=TEST_KEY, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    a, rt = params(price_in_per_mtok=10.0, price_out_per_mtok=10.0, budget_usd=budget, requests_per_minute=rpm)
+    ann = OpenAIAnnotator(a, rt)
+    if shared:
+        ann.shared = DaskLimits(key)
+    stop, t0, got = "", time.time(), 0
+    try:
+        for _ in ann.run([make_call(i, k=1) for i in range(first, first + n)]):
+            got += 1
+    except AnnotatorStop as e:
+        stop = str(e)
+    ann.close()
+    return {"spent": ann.spent_usd, "results": got, "stop": stop, "t0": t0}
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "control"])
+@pytest.mark.parametrize("limit", ["budget", "rate"])
+def test_two_workers_share_one_budget_and_one_rate(limit, shared):
+    """Two Dask workers, each with the whole budget or rate in its params: with the shared
+    limits (what the sample stage sets up on Dask) they stay under one budget and one rate
+    together; without them (the control) each gets its own."""
+    import uuid
+
+    from distributed import LocalCluster
+    from simserver import sim_server
+
+    budget, rpm, n = (0.15, 0, 40) if limit == "budget" else (0.0, 120, 65)
+    with (
+        sim_server(set_env=False) as server,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        cluster.get_client() as client,
+    ):
+        key = f"seke-test-{uuid.uuid4().hex}"
+        workers = list(client.scheduler_info()["workers"])
+        futs = [
+            client.submit(_worker_run, server.base_url, key, shared, i * n, n, budget, rpm, workers=[w], pure=False)
+            for i, w in enumerate(workers)
+        ]
+        out = client.gather(futs)
+        times = sorted(e["t"] for e in server.sim.log)
+    if limit == "budget":
+        spent = sum(r["spent"] for r in out)
+        if shared:
+            assert 0.5 * budget < spent <= budget * 1.05, out
+            assert all("budget" in r["stop"] and "all Dask workers" in r["stop"] for r in out), out
+        else:
+            assert spent > 1.5 * budget, out  # each worker spent the whole budget: what sharing prevents
+    else:
+        assert len(times) == 2 * n
+        # one bucket of 120 a minute: the 10 requests past its 120 wait about 0.5 s each
+        span = times[-1] - times[0]
+        assert (span >= 4.0) == shared, span

@@ -91,6 +91,8 @@ class OpenAIAnnotator(Annotator):
         self._out_per_answer = float(annotator.max_output_tokens or 150)
         self._out_seen = 0
         self.spent_usd = 0.0
+        self.shared = None  # tasks.infra.limits.DaskLimits: one budget and one rate for every Dask worker
+        self._synced = (0.0, 0.0)  # (spent, reserved) as last told to `shared`
         self.stats = {"requests": 0, "retries": 0, "image_sends": 0}
 
     # -- identity -------------------------------------------------------------------
@@ -380,11 +382,35 @@ class OpenAIAnnotator(Annotator):
         )
 
     # -- the run --------------------------------------------------------------------
+    async def _over_budget(self, fl, est: float, budget: float) -> tuple[bool, float]:
+        """Would `est` more take the spend past `budget`? Here: this annotator's spend and
+        reservations. With `shared` (Dask): every worker's, and the reservation is made there."""
+        if not budget:
+            return False, self.spent_usd
+        if self.shared is None:
+            return self.spent_usd + fl.reserved + est > budget, self.spent_usd
+        ok, spent = await self._sync(fl, est, budget)
+        return not ok, spent
+
+    async def _sync(self, fl, want: float = 0.0, budget: float = 0.0) -> tuple[bool, float]:
+        """Tell `shared` what this annotator paid and released since the last sync, and
+        reserve `want` there if the budget allows it."""
+        d_spent, d_reserved = self.spent_usd - self._synced[0], fl.reserved - self._synced[1]
+        ok, spent = await asyncio.to_thread(self.shared.apply, d_spent, d_reserved, want, budget)
+        self._synced = (self.spent_usd, fl.reserved + (want if ok else 0.0))
+        return ok, spent
+
     async def _main(self, calls: Iterable[Call], out: "queue.Queue", prog: Progress) -> str | None:
         """Send the calls; put results on `out`; return a stop reason or None."""
         self._sem = asyncio.Semaphore(self.rt.concurrency)
-        self._rpm = Bucket(self.rt.requests_per_minute)
-        self._tpm = Bucket(self.rt.tokens_per_minute)
+        if self.shared is not None:
+            from tasks.infra.limits import SharedBucket
+
+            self._rpm = SharedBucket(self.shared, "rpm", self.rt.requests_per_minute)
+            self._tpm = SharedBucket(self.shared, "tpm", self.rt.tokens_per_minute)
+        else:
+            self._rpm = Bucket(self.rt.requests_per_minute)
+            self._tpm = Bucket(self.rt.tokens_per_minute)
         client = self._make_client()
         mode = MODES[self.endpoint.mode]
         log.info("openai annotator: model %s on %s, %d concurrent, response format %s", *self._about(), mode)
@@ -409,7 +435,8 @@ class OpenAIAnnotator(Annotator):
                     continue
                 est = self._call_cost(call)
                 budget = self.a.budget_usd
-                if budget and self.spent_usd + fl.reserved + est > budget:
+                over, spent = await self._over_budget(fl, est, budget)
+                if over:
                     if tasks:  # let in-flight calls settle first: their real cost may be lower
                         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                         fl.settle(done)
@@ -417,7 +444,8 @@ class OpenAIAnnotator(Annotator):
                         continue
                     fl.stop = (
                         f"budget: the next call (about ${est:.4f}) would take the spend "
-                        f"${self.spent_usd:.4f} past annotator.budget_usd=${budget:.4f}; stopping"
+                        f"${spent:.4f}{' (all Dask workers)' if self.shared else ''} past "
+                        f"annotator.budget_usd=${budget:.4f}; stopping"
                     )
                     break
                 fl.reserved += est
@@ -435,6 +463,9 @@ class OpenAIAnnotator(Annotator):
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
+            if self.shared is not None and self.a.budget_usd:
+                fl.reserved = 0.0  # nothing of ours is in flight any more: release all we reserved
+                await self._sync(fl)
         return fl.stop
 
     def _about(self) -> tuple[str, str, int]:

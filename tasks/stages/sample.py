@@ -10,6 +10,7 @@ publishes the answers, and writes `metrics/sample.json`.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections import Counter
 from dataclasses import asdict
 from typing import Iterator
@@ -43,9 +44,16 @@ def _worker_annotator(p: Params):
 
 
 @dask.batch_task("sample")
-def sample_part(faces: list[dict], requests: dict[str, list[dict]], p: Params) -> tuple[list[dict], dict]:
-    """`sample_batch` on one batch, on a Dask worker: (sample rows, tally)."""
+def sample_part(
+    faces: list[dict], requests: dict[str, list[dict]], p: Params, limits_key: str = ""
+) -> tuple[list[dict], dict]:
+    """`sample_batch` on one batch, on a Dask worker: (sample rows, tally). `limits_key` names
+    this stage run's shared budget and rate limits (`tasks.infra.limits`)."""
     ann, cache, k = _worker_annotator(p)
+    if limits_key and hasattr(ann, "shared"):
+        from tasks.infra.limits import DaskLimits
+
+        ann.shared = DaskLimits(limits_key)
     tally = Tally()
     rows = list(sample_batch(faces, requests, ann, cache, p, k, tally))
     return rows, asdict(tally)
@@ -139,9 +147,10 @@ def run(p: Params) -> dict:
     """Faces (with their requests) stream through the pipelined sampler (`sample_stream`:
     each face advances on its own, up to max(`runtime.batch_size`, 4 x `runtime.concurrency`)
     faces at once), in this process; or, with `runtime.task_runner: dask`, batches go to
-    Dask workers that each build their own annotator and response cache. The annotator's
-    limits (`runtime.concurrency`, `requests_per_minute`, `annotator.budget_usd`) then apply
-    per worker."""
+    Dask workers that each build their own annotator and response cache. The budget and the
+    rate limits (`annotator.budget_usd`, `runtime.requests_per_minute`, `tokens_per_minute`)
+    then hold for all workers together (`tasks.infra.limits`); `runtime.concurrency` is per
+    worker."""
     k = knowledge.load()
     runner = dask.task_runner(p)
     ann = annotators.build(p) if runner is None else None
@@ -158,7 +167,9 @@ def run(p: Params) -> dict:
                 for rows in _per_face(sample_stream(pairs, ann, cache, p, k, r.tally, window)):
                     r.add(rows, len(r.tally.per_face_k) - r.done, w)
             else:
-                for rows, t in dask.mapped(runner, "sample", ((b, by, p) for b, by in batches), dask.in_flight(p)):
+                key = f"seke-sample-{uuid.uuid4().hex}"  # one budget and one rate for all workers of this run
+                work = ((b, by, p, key) for b, by in batches)
+                for rows, t in dask.mapped(runner, "sample", work, dask.in_flight(p)):
                     _add_tally(r.tally, t)
                     r.add(rows, len(t["per_face_k"]), w)
             r.check_errors(p)
