@@ -121,10 +121,18 @@ from flows import cli_feab, cli_publish, cli_review  # noqa: E402, F401
 @app.command(
     epilog="Examples:\n\n"
     "  dvc repro prompt && seke estimate           # price the sample stage before spending\n\n"
-    "  seke estimate -S annotator.backend=openai -S annotator.model=gpt-4o"
+    "  seke estimate -S annotator.backend=openai -S annotator.model=gpt-4o\n\n"
+    "  seke estimate --pilot 50                    # sample 50 random faces for real, then extrapolate"
 )
-def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
-    """Dry run: calls, image sends, tokens and cost of the sample stage; sends nothing.
+def estimate(
+    params: str = PARAMS,
+    set_: Optional[List[str]] = SET,
+    pilot_faces: int = typer.Option(
+        0, "--pilot", help="sample this many random uncached faces for real (paid, then cached) and extrapolate"
+    ),
+):
+    """Dry run: calls, image sends, tokens and cost of the sample stage; sends nothing
+    (unless --pilot: those faces are sampled for real, and the run reuses their answers).
 
     Needs the prompt stage's output (ingest, crop and prompt make no annotator calls). The
     [bold]floor[/] is every face stopping after sample.k0, the [bold]ceiling[/] every face going on
@@ -136,7 +144,7 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
 
     p = load_params(params, set_)
     try:
-        est = dry_run(p)
+        est = dry_run(p, pilot_faces)
     except FileNotFoundError as ex:
         raise Fail(f"{ex}: run `dvc repro prompt` first (ingest, crop and prompt make no annotator calls)") from None
     rows = [
@@ -159,6 +167,15 @@ def estimate(params: str = PARAMS, set_: Optional[List[str]] = SET):
             ("bound", "k", "calls", "image sends", "samples", "tokens in", "tokens out", "cost"),
         )
     )
+    pil = est.get("pilot")
+    if pil and pil.get("faces"):
+        e, paid = pil["expected"], pil["paid"]
+        out.print(
+            f"pilot: {pil['faces']} random faces sampled for real cost ${paid['cost_usd']:.4f} "
+            f"({paid['calls']} calls); expected for all {pil['uncached_faces']} uncached faces: "
+            f"{e['calls']:,.0f} calls, {e['image_sends']:,.0f} image sends, {e['tokens_in']:,.0f} tokens in, "
+            f"{e['tokens_out']:,.0f} out, ${e['cost_usd']:.2f}"
+        )
     if est["ceiling"].get("verification_calls"):
         out.print(f"the ceiling includes {est['ceiling']['verification_calls']} verification calls")
     if est.get("warning"):

@@ -179,3 +179,80 @@ def test_gemini_images_and_an_unknown_model_warning(tmp_path, monkeypatch):
         q = p.model_copy(update={"annotator": p.annotator.model_copy(update={"backend": "openai", "model": model})})
         est = dry_run(q)
         assert ("not in the image-billing table" in est.get("warning", "")) == warns, est
+
+
+def _sim_workspace(tmp_path, n: int) -> Params:
+    """crop and prompt outputs for `n` distinct images, as the stages write them."""
+    import hashlib
+
+    from simserver import face_image
+
+    from tasks.core.knowledge import load
+    from tasks.stages.prompt import requests_for
+
+    k = load()
+    p = Params(
+        paths=Paths(input="x", crop=str(tmp_path / "crop"), prompt=str(tmp_path / "prompt")),
+        annotator={"backend": "openai", "model": "gpt-4o", "price_in_per_mtok": 2.5, "price_out_per_mtok": 10.0},
+        runtime={"cache": str(tmp_path / "cache"), "progress_every_s": 3600, "concurrency": 16},
+    )
+    wf = RecordWriter(f"{p.paths.crop}/faces.parquet", FaceRecord)
+    wr = RecordWriter(f"{p.paths.prompt}/requests.parquet", RequestRecord)
+    for i in range(n):
+        img = face_image(i)
+        sha = hashlib.sha256(img).hexdigest()
+        f = FaceRecord(
+            face_id=f"f{i}", image_id=sha, face_index=0, n_faces=1, path=f"f{i}.jpg", source="t",
+            box_x=0, box_y=0, box_w=64, box_h=64, score=1, detector="none",
+            crop=img, crop_sha256=sha, crop_face_frac=1, label_set=[], au_set=[],
+        )  # fmt: skip
+        wf.write(f)
+        for r in requests_for(k, f, "v1", True, True):
+            wr.write(r)
+    wf.commit(), wr.commit()
+    return p
+
+
+def test_a_pilot_predicts_the_run_within_ten_percent_and_the_bounds_hold(tmp_path):
+    """Against the simulated VLLM, with K0 != Kmax and the verification round on: a pilot of
+    50 random faces predicts the calls, image sends, tokens and cost of the whole run within
+    10%, and the run lies between the floor and the ceiling."""
+    from simserver import sim_server
+
+    from tasks import annotators
+    from tasks.core.knowledge import load
+    from tasks.method.pipeline import sample_stream
+    from tasks.method.sampling import Tally
+
+    p = _sim_workspace(tmp_path, 200)
+    assert p.sample.k0 != p.sample.kmax and p.sample.verify_round != "none"
+    with sim_server():
+        bounds = dry_run(p)
+        est = dry_run(p, pilot_faces=50)
+        paid = est["pilot"]["paid"]
+        ann = annotators.build(p)
+        cache = ResponseCache(p.runtime.cache, ann.signature_hash())
+        tally = Tally()
+        pairs = []
+        reqs = {}
+        for r in iter_rows(f"{p.paths.prompt}/requests.parquet"):
+            reqs.setdefault(r["face_id"], []).append(r)
+        pairs = [(f, reqs[f["face_id"]]) for f in iter_rows(f"{p.paths.crop}/faces.parquet")]
+        for _ in sample_stream(iter(pairs), ann, cache, p, load(), tally, 64):
+            pass
+        stats = dict(ann.stats)
+        ann.close()
+        cache.close()
+    assert tally.cached > 0, "the pilot's answers are reused, not paid again"
+    measured = {
+        "calls": paid["calls"] + tally.calls,
+        "image_sends": paid["image_sends"] + stats["image_sends"],
+        "tokens_in": paid["tokens_in"] + tally.tokens_in,
+        "tokens_out": paid["tokens_out"] + tally.tokens_out,
+        "cost_usd": paid["cost_usd"] + tally.cost_usd,
+    }
+    for key, m in measured.items():
+        e = est["pilot"]["expected"][key]
+        assert abs(e - m) <= 0.10 * m, (key, e, m)
+    assert bounds["floor"]["calls"] <= measured["calls"] <= bounds["ceiling"]["calls"]
+    assert bounds["floor"]["cost_usd"] <= measured["cost_usd"] <= bounds["ceiling"]["cost_usd"]

@@ -58,26 +58,77 @@ def _verification_calls(p: Params, faces: dict, k) -> list[Call]:
     return out
 
 
-def dry_run(p: Params) -> dict:
+def pilot(p: Params, ann, cache: ResponseCache, k, n: int, seed: int = 0) -> dict:
+    """Sample `n` random faces that have nothing cached yet, for real, exactly as the sample
+    stage would (their answers are cached, so the run does not pay for them again), and
+    extrapolate their calls, image sends, tokens and cost per face to every uncached face."""
+    import random
+
+    from tasks.method.pipeline import sample_stream
+    from tasks.method.sampling import Tally
+
+    by_face: dict[str, list[dict]] = {}
+    for req in io.iter_rows(io.join(p.paths.prompt, "requests.parquet")):
+        by_face.setdefault(req["face_id"], []).append(req)
+    uncached = sorted(
+        fid
+        for fid, reqs in by_face.items()
+        if all(cache.get(r["request_id"], 0, seed_for(p.sample.seed, r["request_id"], 0)) is None for r in reqs)
+    )
+    pick = set(random.Random(seed).sample(uncached, min(n, len(uncached))))
+    faces = [f for f in io.iter_rows(io.join(p.paths.crop, "faces.parquet")) if f["face_id"] in pick]
+    if not faces:
+        return {"faces": 0, "uncached_faces": len(uncached)}
+    stats0 = dict(getattr(ann, "stats", {}))
+    tally = Tally()
+    window = max(p.runtime.batch_size, 4 * p.runtime.concurrency)
+    for _ in sample_stream(((f, by_face[f["face_id"]]) for f in faces), ann, cache, p, k, tally, window):
+        pass
+    stats = getattr(ann, "stats", {})
+    paid = {
+        "calls": tally.calls,
+        "requests": stats.get("requests", tally.calls) - stats0.get("requests", 0),
+        "image_sends": stats.get("image_sends", tally.calls) - stats0.get("image_sends", 0),
+        "samples": tally.fresh,
+        "tokens_in": tally.tokens_in,
+        "tokens_out": tally.tokens_out,
+        "cost_usd": tally.cost_usd,
+    }
+    scale = len(uncached) / len(faces)
+    return {
+        "faces": len(faces),
+        "uncached_faces": len(uncached),
+        "paid": paid,
+        "expected": {key: v * scale for key, v in paid.items()},
+    }
+
+
+def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     """{'floor': {...}, 'ceiling': {...}} with calls, requests, image sends, samples, tokens
     and cost in USD for the annotator of `params.annotator`; cached samples are free.
 
     floor: every face stops after `k0`, and no verification round unless it is `all`.
     ceiling: every face goes on to `kmax` (blind requests to their cap), and every face
     that can be verified is (its generated expression, and a labelled face's mirror). Failed
-    answers are not counted: each one adds a replacement, up to `sample.retry_failed` per request."""
+    answers are not counted: each one adds a replacement, up to `sample.retry_failed` per request.
+
+    With `pilot_faces`, that many random uncached faces are sampled for real first (`pilot`):
+    'pilot' then holds what they cost and the expected total for every uncached face. The
+    floor and ceiling are computed after the pilot, so its answers count as cached there."""
     from tasks import annotators
     from tasks.core import knowledge
 
     ann = annotators.build(p)
     k = knowledge.load()
     cache = ResponseCache(p.runtime.cache, ann.signature_hash())
+    out: dict = {}
+    if pilot_faces:
+        out["pilot"] = pilot(p, ann, cache, k, pilot_faces)
     faces = _faces(p)
     sp = p.sample
     rounds = [(0, sp.k0)] + [(lo, min(lo + sp.dk, sp.kmax)) for lo in range(sp.k0, sp.kmax, sp.dk)]
     verifies = sp.verify_round != "none" and supports_verification(ann)
     verify = _verification_calls(p, faces, k) if verifies else []
-    out = {}
     for name, rs in (("floor", rounds[:1]), ("ceiling", rounds)):
         total: dict = {}
         batches = [list(_calls(p, faces, cache, lo, hi)) for lo, hi in rs]  # one call per request per round
@@ -108,6 +159,7 @@ def dry_run(p: Params) -> dict:
                 f"version {IMAGE_BILLING_VERSION}): its images are priced like GPT-4o's, which may be far off"
             )
     ann.close()
+    cache.close()
     return out
 
 
