@@ -43,3 +43,12 @@ def test_on_a_terminal_it_draws_one_live_bar(monkeypatch):
         pr.update(10, errors=0)
     out = buf.getvalue()
     assert "verify" in out and "10/10" in out and "errors 0" in out
+
+
+def test_a_phase_with_nothing_to_count_ends_with_its_time():
+    from tasks.infra.progress import Progress
+
+    p = Progress("drawing", None, live=False)
+    assert p.line(final=True).startswith("drawing: done in ") and p.line(final=True).endswith(" s")
+    p.update(3)
+    assert p.line(final=True).startswith("drawing: done, 3")

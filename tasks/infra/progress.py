@@ -85,6 +85,8 @@ class Progress:
         return (self.total - self.done) / r if self.total is not None and r > 0 else None
 
     def line(self, final: bool = False) -> str:
+        if final and not self.done and not self.total and not self.extra:  # a phase with nothing to count
+            return f"{self.name}: done in {time.monotonic() - self.t0:.1f} s"
         tot = f"/{self.total}" if self.total is not None else ""
         eta = self.eta()
         unit = f" {self.unit}" if self.unit else ""
