@@ -24,13 +24,7 @@ from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
 from tasks.core.knowledge import load as load_knowledge
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(
-        not (ROOT / "dvc.yaml").exists() or not (ROOT / "tasks" / "sample.py").exists(),
-        reason="pipeline (dvc.yaml, tasks/method/sampling.py) not there yet",
-    ),
-]
+pytestmark = pytest.mark.e2e
 N_PER_CLASS = 4  # London images: neutral and happy
 
 
@@ -51,6 +45,8 @@ def _project(tmp: Path) -> Path:
             count[e] = count.get(e, 0) + 1
             keep.append(r)
             shutil.copy(src / r["path"], proj / "data" / "sample" / r["path"])
+    (proj / "data" / "review").mkdir()
+    shutil.copy(ROOT / "data" / "review" / "labels.csv", proj / "data" / "review" / "labels.csv")
     with open(proj / "data" / "sample" / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
