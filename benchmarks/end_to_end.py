@@ -16,10 +16,8 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -29,9 +27,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from openai_throughput import start_sim  # noqa: E402
 from simserver import face_image  # noqa: E402
+from stage_overhead import run_stages  # noqa: E402 - each stage as DVC runs it, timed
 
 from flows.server import shared_server  # noqa: E402
-from tasks.core.params import stage_names  # noqa: E402
 
 
 def make_project(dest: Path, n: int, conc: int) -> Path:
@@ -55,19 +53,6 @@ def make_project(dest: Path, n: int, conc: int) -> Path:
     p["verify"]["target_error"] = 0  # a speed benchmark: no labelled faces, plain threshold
     (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     return dest
-
-
-def run_stages(proj: Path, env: dict) -> dict[str, float]:
-    out = {}
-    for stage in stage_names(proj / "dvc.yaml"):
-        t0 = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", "flows.run", stage], cwd=proj, env=env, capture_output=True, text=True
-        )
-        out[stage] = time.perf_counter() - t0
-        if r.returncode:
-            raise SystemExit(f"{stage} failed:\n{r.stderr[-3000:]}")
-    return out
 
 
 def main() -> None:
