@@ -60,6 +60,11 @@ def sample_key(signature_hash: str, request_id: str, index: int, seed: int) -> s
     return hashlib.sha256(f"{signature_hash}|{request_id}|{index}|{seed}".encode()).hexdigest()
 
 
+def _host() -> str:
+    """This host's name as it appears in a live segment's name (no "-": the name's separator)."""
+    return socket.gethostname().replace("-", "_")
+
+
 def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
@@ -172,8 +177,7 @@ class ResponseCache:
         if self.local:
             if self._fh is None:
                 os.makedirs(self.path, exist_ok=True)
-                host = socket.gethostname().replace("-", "_")
-                self._live = f"{self.path}/live-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+                self._live = f"{self.path}/live-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
                 self._fh = open(self._live, "a")
             self._fh.write(data)
             self._fh.flush()
@@ -231,7 +235,7 @@ class ResponseCache:
         if not self.local:
             return False
         parts = _name(f).split("-")
-        if len(parts) >= 4 and parts[1] == socket.gethostname().replace("-", "_"):
+        if len(parts) >= 4 and parts[1] == _host():
             try:
                 os.kill(int(parts[2]), 0)
             except ProcessLookupError:
@@ -248,7 +252,7 @@ class ResponseCache:
         if not parts:
             return SCHEMA.empty_table()
         t = pa.concat_tables(parts)
-        # keep one row per key (a segment's entry wins over a pack's: it is the later write)
+        # one row per key: two packs (left by concurrent compactions) may hold the same answer
         keys = t.column("key").to_pylist()
         last = {k: i for i, k in enumerate(keys)}
         return t.take(pa.array(sorted(last.values()))).sort_by("key")
