@@ -38,6 +38,7 @@ def make_project(dest: Path, n: int, conc: int) -> Path:
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     (dest / "data/sample/images").mkdir(parents=True)
     (dest / "data/review").mkdir(parents=True)
+    shutil.copytree(ROOT / "data/inbox", dest / "data/inbox")
     shutil.copy(ROOT / "data/review/labels.csv", dest / "data/review/labels.csv")
     with open(dest / "data/sample/manifest.csv", "w", newline="") as fh:
         w = csv.writer(fh)

@@ -38,6 +38,9 @@ def make_project(dest: Path, n_faces: int) -> Path:
         r for r in csv.DictReader(open(ROOT / "data/sample/manifest.csv")) if r["path"].startswith("images/london_")
     ]
     (dest / "data/sample/images").mkdir(parents=True)
+    (dest / "data/review").mkdir(parents=True)
+    shutil.copy(ROOT / "data/review/labels.csv", dest / "data/review/labels.csv")
+    shutil.copytree(ROOT / "data/inbox", dest / "data/inbox")
     with open(dest / "data/sample/manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -8,11 +8,12 @@ parameters from params.yaml's `deploy` section.
 triggered) as subprocesses of itself, in this folder. `prefect.yaml` holds the same
 deployment for `prefect deploy` + a process work pool worker instead (docs/operations.md).
 
-Parameters of `feid-incremental`: `input` (location to watch), `annotator` (backend),
-`budget_usd` (spend cap of one run). Limits on API calls are the annotator's own
+Parameters of `feid-incremental`: `input` (location to watch) and `budget_usd` (spend cap
+of one run). The annotator is params.yaml's: it shapes the data, so it is part of the
+version. Limits on API calls are the annotator's own
 (`runtime.concurrency`, `requests_per_minute`, `tokens_per_minute`, `annotator.budget_usd`),
 not Prefect concurrency limits. The deployment's `concurrency_limit: 1` only keeps two runs
-from appending to FEID at the same time.
+from building a version at the same time.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def parameters(p, root: str) -> dict:
     d = p.deploy
     return {
         "input": d.input or p.incremental.input,
-        "annotator": d.annotator,
         "budget_usd": d.budget_usd,
         "params_path": str(Path(root, "params.yaml")),
         "root": root,
@@ -57,7 +57,7 @@ def deployments(params_path: str = "params.yaml"):
             name=p.deploy.name,
             parameters=parameters(p, root),
             concurrency_limit=1,
-            description="Append FEID with the images new at `input`.",
+            description="Bring the images new at `input` into the inbox and build the new FEID version.",
             **schedule_kwargs(p),
         ),
         pipeline.to_deployment(

@@ -1,7 +1,8 @@
 """One Prefect flow per stage, and nothing else: read the typed params, run the stage
 (`tasks.stages.<stage>.run`, which validates its output with the stage's Great Expectations
 suite before publishing it), log its metrics. `dvc.yaml` runs each through `python -m
-flows.run <stage>`; the incremental flow calls them with its own `Params`.
+flows.run <stage>`. `SEKE_BUDGET_USD` caps a run's spend without changing params.yaml (a
+budget stops a run, it never shapes a row).
 
 Stage modules are imported inside each flow, so a stage's process loads only its own code
 (the dependency trace of `tests/test_pipeline_e2e.py` relies on it).
@@ -10,6 +11,7 @@ Stage modules are imported inside each flow, so a stage's process loads only its
 from __future__ import annotations
 
 import importlib
+import os
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -19,6 +21,9 @@ from tasks.core.params import Params, load, stage_names
 
 def _run(stage: str, params_path: str, params: Params | None) -> dict:
     p = params if params is not None else load(params_path)
+    budget = os.environ.get("SEKE_BUDGET_USD")  # a spend cap for this run (flows/incremental.py)
+    if budget and float(budget) > 0:
+        p = p.model_copy(update={"annotator": p.annotator.model_copy(update={"budget_usd": float(budget)})})
     m = importlib.import_module(f"tasks.stages.{stage}").run(p)
     get_run_logger().info(f"{stage}: { ({k: v for k, v in m.items() if not isinstance(v, (dict, list))}) }")
     create_markdown_artifact(markdown=metrics_markdown(stage, m), key=f"{stage}-metrics", description=stage)

@@ -52,6 +52,7 @@ def make_project(tmp: Path, rows: list[dict], params: dict | None = None, git: b
         shutil.copy(ROOT / f, proj / f)
     put_images(proj / "data" / "sample", rows)
     (proj / "data" / "review").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "data" / "inbox", proj / "data" / "inbox")  # empty: ingest's dependency must exist
     shutil.copy(ROOT / "data" / "review" / "labels.csv", proj / "data" / "review" / "labels.csv")
     p = yaml.safe_load((proj / "params.yaml").read_text())
     p["crop"]["detector"] = "none"

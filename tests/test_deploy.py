@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import opsproj
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from simserver import TEST_KEY, sim_server
@@ -44,14 +45,14 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_prefect_yaml_declares_the_deployment_with_schedule_and_parameters():
     d = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"][0]
     assert d["entrypoint"] == "flows/incremental.py:incremental_flow"
-    assert set(d["parameters"]) == {"input", "annotator", "budget_usd"} and d["schedules"][0]["cron"]
+    assert set(d["parameters"]) == {"input", "budget_usd"} and d["schedules"][0]["cron"]
 
 
 def test_deployment_builds_with_schedule_and_parameters_without_a_server():
     from flows.deploy import deployments
 
     inc = deployments(str(ROOT / "params.yaml"))[0]
-    assert set(inc.parameters) >= {"input", "annotator", "budget_usd"} and inc.schedules
+    assert set(inc.parameters) >= {"input", "budget_usd"} and inc.schedules
 
 
 @pytest.fixture
@@ -93,14 +94,16 @@ def prefect_server(tmp_path):
 
 
 def test_triggered_deployment_run_completes(tmp_path, prefect_server):
+    incoming = tmp_path / "incoming"
+    opsproj.put_images(incoming, opsproj.london(1, start=2))
     proj = opsproj.make_project(
         tmp_path,
         opsproj.london(2),
-        git=False,
         params={
             "verify": {"use_priors": False},
             "expectations": {"max_class_share": 1.0, "min_classes": 1},
-            "annotator": {"model": "sim-vllm"},
+            "annotator": {"backend": "openai", "model": "sim-vllm"},
+            "incremental": {"input": str(incoming), "manifest": str(incoming / "manifest.csv")},
             "deploy": {"interval_s": 0},
             "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2},
         },
@@ -116,15 +119,12 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
             while "being served" not in (tmp_path / "serve.log").read_text():
                 assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
                 time.sleep(2)
-            # the annotator is a deployment parameter: this run uses the OpenAI-compatible one
             r = opsproj.run(
                 proj,
                 "prefect",
                 "deployment",
                 "run",
                 "feid-incremental/feid-incremental",
-                "-p",
-                "annotator=openai",
                 "-p",
                 "budget_usd=1.0",
                 "--watch",
@@ -139,5 +139,7 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
         finally:
             _stop(serve)
             log.close()
-        assert len(sim.sim.log) > 0, "the run used the annotator named by the parameter"
-    assert list((proj / "data/feid").glob("part-*.parquet")), "the run appended a FEID part"
+        assert len(sim.sim.log) > 0, "the run called the annotator"
+    images = pq.read_table(proj / "data/ingest/images.parquet", columns=["path"]).column("path").to_pylist()
+    assert len(images) == 3 and sum(p.startswith("inbox/") for p in images) == 1, "the new image came in"
+    assert (proj / "data/feid/feid.parquet").exists() and (proj / "data/inbox/images.dvc").exists()

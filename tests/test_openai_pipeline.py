@@ -46,6 +46,7 @@ def _project(tmp: Path) -> Path:
             keep.append(r)
             shutil.copy(src / r["path"], proj / "data" / "sample" / r["path"])
     (proj / "data" / "review").mkdir()
+    shutil.copytree(ROOT / "data" / "inbox", proj / "data" / "inbox")
     shutil.copy(ROOT / "data" / "review" / "labels.csv", proj / "data" / "review" / "labels.csv")
     with open(proj / "data" / "sample" / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -36,6 +36,11 @@ class Paths(Section):
     sample: str = "data/sample_runs"
     verify: str = "data/verify"
     feid: str = "data/feid"
+    inbox: str = Field(
+        "data/inbox",
+        description="images the incremental flow brought in (manifest.csv + images/, DVC-tracked); "
+        "ingest reads it next to `input`; empty = none",
+    )
     metrics: str = "metrics"
     plots: str = "plots"
 
@@ -174,7 +179,7 @@ class Verify(Section):
     trust_from: str = Field(
         "",
         description="trust.json of an earlier run (same annotator, model, prompt) used when "
-        "this run has too few labelled faces; the incremental flow points it at the main run's",
+        "this run has too few labelled faces",
     )
     per_granularity: bool = Field(True, description="false: any withheld granularity rejects the whole face")
     min_vote_share: float = Field(0.0, ge=0, le=1, description="hard floor on the top answer's vote share")
@@ -298,14 +303,14 @@ class Bench(Section):
 
 
 class Incremental(Section):
-    """The watch/append flow (flows/incremental.py). Not a DVC param: it never shapes a row."""
+    """The watch flow (flows/incremental.py). Not a DVC param: it never shapes a row."""
 
     input: str = Field("", description="folder or fsspec URL (s3://bucket/prefix) to watch; empty = paths.input")
-    workdir: str = Field(".seke/incremental", description="local scratch for one run's stage outputs")
-    record: bool = Field(
-        True, description="after appending: dvc commit the export stage and push to the default remote"
+    manifest: str = Field("", description="manifest of the watched location (prior labels); empty = list the folder")
+    record: bool = Field(True, description="dvc push to the default remote after building a new version")
+    git_commit: bool = Field(
+        False, description="also git-commit the new version (dvc.lock, the inbox manifest and .dvc file, metrics)"
     )
-    git_commit: bool = Field(False, description="also git-commit dvc.lock after recording a new version")
 
 
 class Deploy(Section):
@@ -315,7 +320,6 @@ class Deploy(Section):
     cron: str = Field("", description="cron schedule, e.g. '0 * * * *'; empty = use interval_s")
     interval_s: int = Field(3600, ge=0, description="interval schedule in seconds when cron is empty; 0 = no schedule")
     input: str = Field("", description="deployment parameter: location to watch; empty = incremental.input")
-    annotator: str = Field("", description="deployment parameter: annotator backend; empty = annotator.backend")
     budget_usd: float = Field(
         0.0, ge=0, description="deployment parameter: spend cap per run; 0 = annotator.budget_usd"
     )

@@ -308,17 +308,3 @@ def hf_features(schema: pa.Schema, images: tuple[str, ...] = ("image",)) -> dict
         return {"dtype": _HF_DTYPE[str(t)], "_type": "Value"}
 
     return {f.name: {"_type": "Image"} if f.name in images else feat(f.type) for f in schema}
-
-
-class LedgerRecord(Record):
-    """One file an incremental run looked at, and what became of it."""
-
-    uri: str
-    n_bytes: int
-    sha256: Optional[str] = None
-    outcome: str  # feid | rejected | no_face | decode_error | duplicate | unreadable | quarantined:<reason>
-    faces: int = 0
-    accepted: int = 0
-    params_hash: str
-    part: str
-    seen_at: str

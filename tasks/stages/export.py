@@ -29,7 +29,7 @@ from tasks.infra import io
 from tasks.infra.progress import track
 from tasks.stages.base import annotator_of, validate, write_metrics
 
-FEID_BASE = "feid.parquet"  # the export stage's rows; flows/incremental.py appends part-*.parquet beside it
+FEID_BASE = "feid.parquet"  # the export stage's rows
 REJECTS_DIR = ".rejects"  # hidden, so `datasets.load_dataset("parquet", data_dir=<feid>)` loads FEID rows only
 
 
@@ -202,9 +202,9 @@ def validate_feid(p: Params, light: Light, n_faces: int, n_rejects: int) -> dict
 
 
 def run(p: Params) -> dict:
-    """FEID as a directory dataset at `paths.feid`: `feid.parquet` (these rows) plus any
-    `part-*.parquet` the incremental flow appends; rejected faces, with their reasons, under
-    the hidden `.rejects/`. Streams faces and verdicts; memory is bounded (see `Light`)."""
+    """FEID as a directory dataset at `paths.feid`: `feid.parquet` (the accepted rows);
+    rejected faces, with their reasons, under the hidden `.rejects/`. Streams faces and
+    verdicts; memory is bounded (see `Light`)."""
     faces_url, ver_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.verify, "verdicts.parquet")
     out, rej = io.join(p.paths.feid, FEID_BASE), io.join(p.paths.feid, REJECTS_DIR, "rejects.parquet")
     annotator, model = annotator_of(p, io.join(p.paths.sample, "samples.parquet"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 import posixpath
 from collections import Counter
@@ -32,10 +33,13 @@ from tasks.stages.base import log, validate, write_metrics
 
 @dataclass
 class Entry:
-    """One file to ingest: its path relative to the root, plus the manifest row (if any)."""
+    """One file to ingest: its path relative to the root, plus the manifest row (if any).
+    An inbox file (`paths.inbox`) is named `inbox/<path in the inbox>` and read under `root`."""
 
     path: str
     labels: dict
+    root: str = ""  # the folder `rel` is under, when it is not paths.input (the inbox)
+    rel: str = ""
 
 
 def _is_missing(v) -> bool:
@@ -71,6 +75,22 @@ def list_entries(
             yield Entry(posixpath.relpath(p, rpath), {})
         elif skipped is not None:
             skipped.append(posixpath.relpath(p, rpath))
+
+
+INBOX_MANIFEST = "manifest.csv"
+
+
+def inbox_entries(inbox: str) -> Iterator[Entry]:
+    """The inbox's files (`<inbox>/manifest.csv`, written by the incremental flow), named
+    `inbox/<path>`; nothing when there is no inbox or it has no manifest."""
+    if not inbox:
+        return
+    fs, p = fsspec.core.url_to_fs(inbox)
+    manifest = posixpath.join(inbox.rstrip("/"), INBOX_MANIFEST)
+    if not fs.exists(posixpath.join(p, INBOX_MANIFEST)):
+        return
+    for e in list_entries(inbox, manifest, ()):
+        yield Entry(f"inbox/{e.path}", e.labels, root=inbox, rel=e.path)
 
 
 def read_review(url: str) -> dict[str, dict]:
@@ -250,9 +270,10 @@ def _au_prior(k: Knowledge, labels: dict, params: Ingest, warn: list[str]) -> di
 def _read(e: Entry, root: str, params: Ingest, read=None) -> tuple[str, bytes] | QuarantineRecord:
     """(url, bytes) of an entry, or why it cannot be read. Links are resolved first: nothing
     outside the root is ever read."""
-    url = resolve(root, e.path)
+    root, rel = (e.root, e.rel) if e.root else (root, e.path)
+    url = resolve(root, rel)
     if url is None:
-        return QuarantineRecord(path=e.path, reason="outside_root", detail=f"{e.path!r} is not under {root}")
+        return QuarantineRecord(path=e.path, reason="outside_root", detail=f"{rel!r} is not under {root}")
     try:
         fs, p = fsspec.core.url_to_fs(url)
         why = _escapes(fs, root, p)
@@ -325,7 +346,10 @@ def run(p: Params) -> dict:
     imgs, quar, skipped = [], [], []
     with store.writers((out[0], ImageRecord), (out[1], QuarantineRecord)) as (wi, wq):
         review, reviewed = read_review(p.paths.review), set()
-        listed = list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped)
+        listed = itertools.chain(
+            list_entries(p.paths.input, p.paths.manifest, p.ingest.extensions, skipped),
+            inbox_entries(p.paths.inbox),
+        )
         entries = with_review(listed, review, reviewed)
         every = p.runtime.progress_every_s
         for rec in track(ingest(entries, p.paths.input, k, p.ingest), "ingest", None, "files", every):

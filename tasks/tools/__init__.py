@@ -1,1 +1,1 @@
-"""The features behind the `seke` command: FEAB, compare, publish (exports), estimate, knowledge refit, incremental."""
+"""The features behind the `seke` command: FEAB, compare, publish (exports), estimate, knowledge refit, inbox."""

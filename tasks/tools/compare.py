@@ -138,7 +138,7 @@ class Store:
 
     def feid(self, folder: str, columns: list[str] | None = None):
         """FEID as a directory dataset: every top-level `*.parquet` (the export stage's
-        `feid.parquet` and the incremental flow's `part-*.parquet`) concatenated."""
+        `feid.parquet`) concatenated."""
         import pyarrow as pa
 
         files = [f for f in self.ls(folder) if f.endswith(".parquet") and Path(f).name != "rejects.parquet"]

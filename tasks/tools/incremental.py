@@ -1,289 +1,185 @@
-"""The incremental flow's work on FEID (`flows/incremental.py` runs it): which images are new,
-how their faces become a new FEID part, and the ledger of every file an incremental run
-looked at.
+"""The incremental flow's work (`flows/incremental.py` runs it): bring the images that are new
+at a watched location into the project's **inbox**, so that `dvc repro` builds the next FEID
+version from versioned inputs.
 
-    data/feid/feid.parquet              export stage (whole pipeline)
-    data/feid/part-*.parquet            one per incremental run that found new faces
-    data/feid/.rejects/*.parquet        rejected faces with reasons (Verdict)
-    data/feid/.ledger/*.parquet         every file an incremental run looked at (LedgerRecord)
+    data/inbox/manifest.csv     one row per image brought in: path (images/<sha256><ext>),
+                                sha256, origin (its URL at the watched location), n_bytes,
+                                added (UTC), and the location manifest's labels. In git.
+    data/inbox/images/          the images, named by content hash. DVC-tracked
+                                (data/inbox/images.dvc), pushed to the DVC remote.
+    data/inbox/refused.csv      files of the location that could not be brought in, with why
+                                (outside the root, unreadable, empty, too large). In git.
+
+The ingest stage reads the inbox next to `paths.input` (`tasks.stages.ingest.inbox_entries`),
+and `paths.inbox` is one of its DVC dependencies: a version is `dvc.lock` plus the inbox, and
+`dvc repro` rebuilds it. Every step is idempotent, so a run killed anywhere is finished by
+the next one: an image is written under its hash (a half-written copy is a `.tmp-` file that
+the next run removes), the manifest is replaced whole, and files in `images/` that the
+manifest does not list are removed before DVC records the folder.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import os
 import time
-import uuid
-from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from expectations.frames import Light
 from tasks.core.params import Params
-from tasks.core.records import FeidRecord, LedgerRecord, Verdict
 from tasks.infra import io, storage
-from tasks.stages.base import annotator_of
-from tasks.stages.export import FEID_BASE, REJECTS_DIR, export_rows, validate_feid
 
-LEDGER_DIR = ".ledger"
+MANIFEST, REFUSED, IMAGES = "manifest.csv", "refused.csv", "images"
+COLUMNS = ["path", "sha256", "origin", "n_bytes", "added"]
+REFUSED_COLUMNS = ["origin", "n_bytes", "reason", "detail", "seen"]
 
 
-def _ls(url: str, pattern: str) -> list[str]:
-    fs, path = io.fs_path(url)
-    if not fs.exists(path):
+def crash_point(step: str) -> None:
+    """Fault injection for the crash tests: `SEKE_CRASH_AFTER=<step>` kills this process
+    with SIGKILL right after `step` (tests/test_incremental.py)."""
+    if os.environ.get("SEKE_CRASH_AFTER") == step:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.exists():
         return []
-    proto = storage.protocol(url)
-    pre = f"{proto}://" if proto not in ("file", "local") else ""
-    return [pre + f for f in sorted(fs.glob(f"{path.rstrip('/')}/{pattern}"))]
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
-def _image_id(face_id: str) -> str:
-    return face_id.rsplit("_", 1)[0]
-
-
-def feid_files(feid: str) -> list[str]:
-    """FEID's row files: the export stage's base, then the parts in order."""
-
-    base = io.join(feid, FEID_BASE)
-    fs, path = io.fs_path(base)
-    return ([base] if fs.exists(path) else []) + _ls(feid, "part-*.parquet")
-
-
-# ---------------------------------------------------------------- what FEID has seen
-def seen_images(p: Params) -> tuple[dict[str, str], dict[tuple[str, int], str]]:
-    """({image sha256: params_hash it was processed with}, {(uri, size): sha256})."""
-    by_sha: dict[str, str] = {}
-    by_uri: dict[tuple[str, int], str] = {}
-    feid = p.paths.feid
-
-    base = io.join(feid, FEID_BASE)
-    fs, path = io.fs_path(base)
-    images = io.join(p.paths.ingest, "images.parquet")
-    ifs, ipath = io.fs_path(images)
-    if fs.exists(path) and ifs.exists(ipath):
-        # the export stage's FEID: every image its ingest listed, with the hash of its rows
-        h = io.read_table(base, columns=["params_hash"]).slice(0, 1).to_pylist()
-        base_hash = h[0]["params_hash"] if h else p.data_digest()
-        for b in io.iter_batches(images, columns=["id", "uri", "n_bytes"]):
-            for r in b:
-                by_sha[r["id"]] = base_hash
-                by_uri[(r["uri"], r["n_bytes"])] = r["id"]
-    for url in _ls(io.join(feid, LEDGER_DIR), "*.parquet"):
-        for b in io.iter_batches(url, columns=["uri", "n_bytes", "sha256", "params_hash"]):
-            for r in b:
-                if r["sha256"]:
-                    by_sha[r["sha256"]] = r["params_hash"]
-                by_uri[(r["uri"], r["n_bytes"])] = r["sha256"] or ""
-    return by_sha, by_uri
-
-
-def find_new(p: Params, location: str, params_hash: str) -> tuple[list, list[dict], set[str]]:
-    """(entries to process, ledger rows of files skipped for good, stale image ids)."""
-    from tasks.stages.ingest import list_entries, resolve
-
-    by_sha, by_uri = seen_images(p)
-    manifest = p.paths.manifest if location.rstrip("/") == p.paths.input.rstrip("/") else ""
-    new, skipped, stale, here = [], [], set(), set()
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for e in list_entries(location, manifest, p.ingest.extensions):
-        url = resolve(location, e.path)
-        if url is None:
-            continue  # outside the location: the stages would only quarantine it
-        fs, path = io.fs_path(url)
-        try:
-            size = fs.size(path)
-        except (OSError, ValueError):
-            continue
-        sha = by_uri.get((url, size))
-        if sha == "":
-            continue  # unreadable before, unchanged since
-        if sha is None:
-            try:
-                sha = hashlib.sha256(fs.cat_file(path)).hexdigest()
-            except (OSError, ValueError) as ex:
-                skipped.append(
-                    dict(
-                        uri=url,
-                        n_bytes=size,
-                        sha256=None,
-                        outcome="unreadable",
-                        params_hash=params_hash,
-                        seen_at=now,
-                        detail=str(ex),
-                    )
-                )
-                continue
-        if by_sha.get(sha) == params_hash:
-            if (url, size) not in by_uri:  # same bytes under a new name: remember the name
-                skipped.append(
-                    dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate", params_hash=params_hash, seen_at=now)
-                )
-            continue
-        if sha in here:
-            skipped.append(
-                dict(uri=url, n_bytes=size, sha256=sha, outcome="duplicate", params_hash=params_hash, seen_at=now)
-            )
-            continue
-        here.add(sha)
-        if sha in by_sha:
-            stale.add(sha)
-        new.append((e, url, size, sha))
-    return new, skipped, stale
-
-
-# ---------------------------------------------------------------- the run
-def write_manifest(path: Path, entries: list) -> None:
-
-    cols = ["path"] + sorted({k for e, *_ in entries for k in e.labels})
-    with open(path, "w", newline="") as fh:
+def _write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
+    """Replace `path` whole (a temporary file, then an atomic rename)."""
+    cols = first + sorted({k for r in rows for k in r} - set(first))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
-        for e, *_ in entries:
-            w.writerow({"path": e.path, **{k: ("" if v is None else v) for k, v in e.labels.items()}})
+        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows)
+    os.replace(tmp, path)
 
 
-def outcomes(wd: Path, new: list, params_hash: str, part: str) -> list[dict]:
-    """One ledger row per processed file, from the scratch stage outputs."""
+@dataclass
+class Landing:
+    """What one run found at the location and brought into the inbox."""
+
+    new: list[dict] = field(default_factory=list)  # manifest rows added
+    refused: list[dict] = field(default_factory=list)  # refused.csv rows added
+    already: int = 0  # files the project holds already (same URL and size, or same bytes)
+    skipped_by_extension: list[str] = field(default_factory=list)
+    removed_strays: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "new_images": len(self.new),
+            "refused": len(self.refused),
+            "refused_reasons": sorted({r["reason"] for r in self.refused}),
+            "already_held": self.already,
+            "skipped_by_extension": len(self.skipped_by_extension),
+            "skipped_examples": self.skipped_by_extension[:20],
+        }
+
+
+def write_empty(inbox: Path) -> None:
+    """A new project's inbox: its manifest with the header only (ingest's DVC dependency must exist)."""
+    inbox.mkdir(parents=True, exist_ok=True)
+    if not (inbox / MANIFEST).exists():
+        _write_csv(inbox / MANIFEST, [], COLUMNS)
+
+
+def inbox_dir(p: Params) -> Path:
+    if not p.paths.inbox or not storage.is_local(p.paths.inbox):
+        raise ValueError(f"paths.inbox must be a local folder in the DVC project (it is {p.paths.inbox!r})")
+    return Path(p.paths.inbox)
+
+
+def known(p: Params, inbox: Path) -> tuple[dict[tuple[str, int], str], set[str]]:
+    """({(url, size): sha256 or ""} of every file the project has seen, {sha256 it holds}):
+    the inbox's manifest and refusals, and the images the last ingest read from paths.input."""
+    by_url: dict[tuple[str, int], str] = {}
+    shas: set[str] = set()
+    for r in _read_csv(inbox / MANIFEST):
+        by_url[(r["origin"], int(r["n_bytes"] or 0))] = r["sha256"]
+        shas.add(r["sha256"])
+    for r in _read_csv(inbox / REFUSED):
+        by_url[(r["origin"], int(r["n_bytes"] or 0))] = ""
+    images = io.join(p.paths.ingest, "images.parquet")
+    fs, path = io.fs_path(images)
+    if fs.exists(path):
+        for b in io.iter_batches(images, columns=["id", "uri", "n_bytes"]):
+            for r in b:
+                by_url[(r["uri"], r["n_bytes"])] = r["id"]
+                shas.add(r["id"])
+    return by_url, shas
+
+
+def _clean(folder: Path) -> None:
+    for f in folder.glob(".*.tmp-*"):
+        f.unlink(missing_ok=True)
+
+
+def land(p: Params, location: str, manifest: str = "") -> Landing:
+    """Copy the files at `location` that the project does not hold (by content) into the
+    inbox, under their SHA-256, and add them to the inbox's manifest (with `manifest`'s
+    labels). Files that cannot be read safely go to refused.csv with the reason that
+    ingest would give them. Nothing outside `location` is read."""
+    import hashlib
+
+    from tasks.stages.ingest import QuarantineRecord, _read, list_entries, resolve
+
+    inbox = inbox_dir(p)
+    images = inbox / IMAGES
+    images.mkdir(parents=True, exist_ok=True)
+    _clean(inbox), _clean(images)
+    by_url, shas = known(p, inbox)
+    out = Landing()
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    quar = {r["path"]: r["reason"] for r in io.iter_rows(str(wd / "ingest" / "quarantine.parquet"))}
-    crop = (
-        {r["image_id"]: r for r in io.iter_rows(str(wd / "crop" / "images.parquet"))}
-        if (wd / "crop" / "images.parquet").exists()
-        else {}
-    )
-    faces, acc = Counter(), Counter()
-    if (wd / "verify" / "verdicts.parquet").exists():
-        for r in io.iter_rows(str(wd / "verify" / "verdicts.parquet"), columns=["face_id", "accepted"]):
-            faces[_image_id(r["face_id"])] += 1
-            acc[_image_id(r["face_id"])] += r["accepted"]
-    rows = []
-    for e, url, size, sha in new:
-        if e.path in quar:
-            outcome = f"quarantined:{quar[e.path]}"
-        elif sha in crop and crop[sha]["status"] != "ok":
-            outcome = crop[sha]["status"]
-        elif acc[sha]:
-            outcome = "feid"
-        elif faces[sha]:
-            outcome = "rejected"
-        else:
-            outcome = "no_face"
-        rows.append(
-            dict(
-                uri=url,
-                n_bytes=size,
-                sha256=sha,
-                outcome=outcome,
-                faces=faces[sha],
-                accepted=acc[sha],
-                params_hash=params_hash,
-                part=part,
-                seen_at=now,
-            )
-        )
-    return rows
-
-
-def _drop_images(url: str, column: str, image_ids: set[str], is_face_id: bool) -> int:
-    """Rewrite `url` without the rows of `image_ids` (atomically); returns rows dropped."""
-    fs, path = io.fs_path(url)
-    with fs.open(path, "rb") as fh:
-        pf = pq.ParquetFile(fh)
-        schema, total = pf.schema_arrow, pf.metadata.num_rows
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        kept = 0
-        with fs.open(tmp, "wb") as out, pq.ParquetWriter(out, schema, compression="zstd") as w:
-            ids = pa.array(sorted(image_ids))
-            for b in pf.iter_batches(batch_size=1024):
-                col = b.column(column)
-                key = pc.utf8_slice_codeunits(col, 0, 64) if is_face_id else col
-                t = pa.Table.from_batches([b]).filter(pc.invert(pc.fill_null(pc.is_in(key, value_set=ids), False)))
-                kept += t.num_rows
-                w.write_table(t)
-    if kept == total:
-        fs.rm(tmp)
-        return 0
-    fs.rm(path)
-    if kept:
-        fs.mv(tmp, path)
-    else:
-        fs.rm(tmp)
-    return total - kept
-
-
-def supersede(p: Params, image_ids: set[str], keep_part: str) -> int:
-    """Remove rows of `image_ids` from every FEID file but the new part's."""
-
-    if not image_ids:
-        return 0
-    n = 0
-    feid = p.paths.feid
-    for url in feid_files(feid):
-        if keep_part not in url:
-            n += _drop_images(url, "id", image_ids, True)
-    for url in _ls(io.join(feid, REJECTS_DIR), "*.parquet"):
-        if keep_part not in url:
-            _drop_images(url, "face_id", image_ids, True)
-    for url in _ls(io.join(feid, LEDGER_DIR), "*.parquet"):
-        if keep_part not in url:
-            _drop_images(url, "sha256", image_ids, False)
-    return n
-
-
-def append_part(p: Params, run_p: Params, wd: Path, part: str, params_hash: str, stale: set[str]) -> dict:
-    """Write the new faces as `<feid>/<part>.parquet` (+ rejects), after validating the whole
-    FEID (existing rows minus the superseded ones, plus the new ones) with the export suite."""
-
-    feid = p.paths.feid
-    out, rej = io.join(feid, f"{part}.parquet"), io.join(feid, REJECTS_DIR, f"{part}.parquet")
-    light = Light(FeidRecord, au_col="aus")
-    annotator, model = annotator_of(run_p, str(wd / "sample" / "samples.parquet"))
-    cols = [f.name for f in light.schema]
-    with io.writers((out, FeidRecord), (rej, Verdict)) as (wf, wr):
-        n_faces, n_rej = export_rows(
-            run_p,
-            str(wd / "crop" / "faces.parquet"),
-            str(wd / "verify" / "verdicts.parquet"),
-            wf,
-            wr,
-            annotator,
-            model,
-            light.add,
-            params_hash=params_hash,
-        )
-        added = light.n
-        old_faces = old_rej = 0
-        for url in feid_files(feid):
-            for b in io.iter_batches(url, columns=cols):
-                for r in b:
-                    if _image_id(r["id"]) not in stale:
-                        light.add(r)
-                        old_faces += 1
-        for url in _ls(io.join(feid, REJECTS_DIR), "*.parquet"):
-            for b in io.iter_batches(url, columns=["face_id"]):
-                old_rej += sum(1 for r in b if _image_id(r["face_id"]) not in stale)
-        val = validate_feid(p, light, old_faces + old_rej + n_faces, old_rej + n_rej)
-        if added:
-            wf.commit()
-        else:
-            wf.abort()
-        if n_rej:
-            wr.commit()
-        else:
-            wr.abort()
-    return {"faces": n_faces, "accepted": added, "rejected": n_rej, "feid_rows": light.n, "validation": val}
-
-
-def write_ledger(p: Params, rows: list[dict], part: str) -> None:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with io.writers((io.join(p.paths.feid, LEDGER_DIR, f"{part}.parquet"), LedgerRecord)) as (w,):
-        for r in rows:
-            w.write(
-                LedgerRecord(
-                    **{k: v for k, v in {"part": part, "seen_at": now, **r}.items() if k in LedgerRecord.model_fields}
-                )
-            )
-        w.commit()
+    first = True
+    for e in list_entries(location, manifest, p.ingest.extensions, out.skipped_by_extension):
+        url = resolve(location, e.path) or e.path
+        try:
+            fs, path = io.fs_path(url)
+            size = fs.size(path)
+        except (OSError, ValueError):
+            size = -1
+        if (url, size) in by_url:
+            out.already += 1
+            continue
+        got = _read(e, location, p.ingest)
+        if isinstance(got, QuarantineRecord):
+            row = dict(origin=url, n_bytes=size, reason=got.reason, detail=got.detail, seen=now)
+            out.refused.append(row)
+            by_url[(url, size)] = ""
+            continue
+        _, data = got
+        sha = hashlib.sha256(data).hexdigest()
+        by_url[(url, size)] = sha
+        if sha in shas:
+            out.already += 1
+            continue
+        shas.add(sha)
+        name = f"{sha}{PurePosixPath(e.path).suffix.lower()}"
+        dest = images / name
+        if not dest.exists() or dest.stat().st_size != len(data):
+            tmp = images / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        labels = {k: v for k, v in e.labels.items() if k not in COLUMNS}
+        out.new.append(dict(path=f"{IMAGES}/{name}", sha256=sha, origin=url, n_bytes=size, added=now, **labels))
+        if first:
+            crash_point("landing")  # one image copied, the others not yet
+            first = False
+    crash_point("landed")
+    if out.new:
+        _write_csv(inbox / MANIFEST, _read_csv(inbox / MANIFEST) + out.new, COLUMNS)
+    if out.refused:
+        _write_csv(inbox / REFUSED, _read_csv(inbox / REFUSED) + out.refused, REFUSED_COLUMNS)
+    listed = {PurePosixPath(r["path"]).name for r in _read_csv(inbox / MANIFEST)}
+    for f in sorted(images.iterdir()):
+        if f.name not in listed:  # a copy whose manifest row a killed run never wrote, and
+            f.unlink()  # whose origin is gone since: the inbox holds what its manifest lists
+            out.removed_strays.append(f.name)
+    crash_point("manifest")
+    return out

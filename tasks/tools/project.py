@@ -122,6 +122,11 @@ def init(dest: Path, images: str, manifest: str = "", force: bool = False) -> li
         from tasks.tools.review import write_empty
 
         write_empty(review)
+    inbox = Path(project_params(images, manifest)["paths"]["inbox"])
+    if inbox.parts:
+        from tasks.tools.incremental import write_empty as empty_inbox
+
+        empty_inbox(inbox if inbox.is_absolute() else dest / inbox)
     _vcs(dest)
     shown = str(review.relative_to(dest)) if review.is_relative_to(dest) else str(review)
     return [*files, VERSION_FILE, ".dvc/", f"{PROJECT_DIR}/", shown]

@@ -48,7 +48,7 @@ def _unit(seed: int, subject: str) -> float:
 def training_set(ingest_images: str | None = None, feid: str | None = None) -> tuple[set[str], set[str]]:
     """Image ids and subjects FEID was built from: every ingested image (a superset of the
     accepted ones) and the image ids of FEID's rows (`feid` = the FEID folder, whose
-    top-level `*.parquet` are the export stage's rows and the incremental parts)."""
+    top-level `*.parquet` are its rows)."""
     import pyarrow.parquet as pq
 
     ids, subjects = set(), set()
