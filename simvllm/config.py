@@ -55,6 +55,11 @@ class SimConfig:
     verify_confirm_wrong: float = 0.3
     verify_confirm_distractor: float = -1.0  # confirm rate when the claim is the face's distractor; <0 = as wrong
     tokens_per_image: int = 255
+    # the Batch API (simvllm.batch)
+    batch_latency_s: float = 1.0  # a batch completes this long after it was created
+    batch_fail_rate: float = 0.0  # a batch fails validation (nothing answered or billed)
+    batch_expire_rate: float = 0.0  # a batch expires with only its first half answered
+    batch_line_error_rate: float = 0.0  # a line of a batch ends as a 500 in the error file
 
     def update(self, d: dict) -> None:
         names = {f.name for f in dataclasses.fields(self)}

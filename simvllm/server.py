@@ -6,7 +6,8 @@ come from a ground-truth table plus configurable, seeded noise, not from looking
     python -m simvllm.server --manifest truth.csv --port 8011 [--config sim.json] [--log requests.jsonl]
     OPENAI_BASE_URL=http://127.0.0.1:8011/v1 OPENAI_API_KEY=sim NO_PROXY=127.0.0.1 dvc repro
 
-Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, and for tests `GET /sim/log`,
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, the Files and Batches endpoints of
+OpenAI's Batch API (`simvllm.batch`), and for tests `GET /sim/log`,
 `POST /sim/reset` (clears the log and attempt counters), `GET|POST /sim/config`.
 
 Faces are identified by the SHA-256 of the image bytes in the request's data URL. The

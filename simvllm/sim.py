@@ -36,6 +36,9 @@ class SimVLLM:
         self.calls_without_seed: dict[str, int] = {}
         self.log_path = Path(log_path) if log_path else None
         self._log_fh = open(self.log_path, "a") if self.log_path else None
+        from simvllm.batch import BatchAPI
+
+        self.batch_api = BatchAPI(self)
         self.handlers: list[tuple[Callable[[dict, dict], bool], Callable]] = [
             (self._is_verification, self._answer_verification)
         ]
@@ -324,16 +327,23 @@ class SimVLLM:
         }
 
     async def chat(self, request: web.Request) -> web.Response:
-        t0 = time.perf_counter()
-        c = self.config
         try:
             body = await request.json()
         except json.JSONDecodeError:
             return _error(400, "body is not JSON")
-        if c.require_key and request.headers.get("Authorization", "") != f"Bearer {c.require_key}":
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        status, payload, headers = await self.complete(body, request.headers.get("Authorization", ""))
+        return web.json_response(payload, status=status, headers=headers)
+
+    async def complete(self, body: dict, authorization: str, batch: str | None = None) -> tuple[int, dict, dict | None]:
+        """One chat completion: (HTTP status, JSON body, headers). Online (`batch` None) it
+        waits the configured latency and may inject a 429/500/timeout; as a line of batch
+        `batch` it does neither (a batch's faults are its own, `simvllm.batch`)."""
+        t0 = time.perf_counter()
+        c = self.config
+        if c.require_key and authorization != f"Bearer {c.require_key}":
+            given = authorization.removeprefix("Bearer ")
             self._record({"t": time.time(), "fingerprint": None, "status": 401, "fault": "auth", "n": body.get("n")})
-            return _error(401, f"Incorrect API key provided: {given}.")
+            return _error_body(401, f"Incorrect API key provided: {given}.")
         fp = self.fingerprint(body)
         attempt = self.attempts.get(fp, 0)
         self.attempts[fp] = attempt + 1
@@ -342,6 +352,8 @@ class SimVLLM:
         text, images = self._parts(body)
         sha = hashlib.sha256(images[0]).hexdigest() if images else hashlib.sha256(text.encode()).hexdigest()
         entry = self._entry(fp, attempt, sha, n, body.get("seed"), rf_type)
+        if batch:
+            entry["batch"] = batch
 
         def done(**kw) -> None:
             entry.update(**kw, ms=round((time.perf_counter() - t0) * 1e3, 1))
@@ -350,27 +362,28 @@ class SimVLLM:
         bad = self._format_fault(body, rf_type)
         if bad:
             done(status=bad[0], fault=bad[2])
-            return _error(bad[0], bad[1])
-        if c.latency_ms or c.latency_jitter_ms:
+            return _error_body(bad[0], bad[1])
+        if not batch and (c.latency_ms or c.latency_jitter_ms):
             jit = _u("lat", fp, attempt) * c.latency_jitter_ms
             await asyncio.sleep((c.latency_ms + jit) / 1000)
-        fault = self._server_fault(fp, attempt)
+        fault = None if batch else self._server_fault(fp, attempt)
         if fault and fault[2] == "timeout":
             entry.update(fault="timeout", status=0)
             try:
                 await asyncio.sleep(c.timeout_sleep_s)
             finally:
                 done()
-            return _error(fault[0], fault[1])
+            return _error_body(fault[0], fault[1])
         if fault:
             done(status=fault[0], fault=fault[2])
-            return _error(fault[0], fault[1], fault[3])
+            return _error_body(fault[0], fault[1], fault[3])
         choices = self._answers(body, fp, text, sha, n, rf_type)
         tokens_out = sum(len(ch["message"]["content"] or ch["message"]["refusal"] or "") // 4 + 1 for ch in choices)
         tokens_in = len(text) // 4 + c.tokens_per_image * len(images)
         done(choices=len(choices))
         usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
-        return web.json_response(
+        return (
+            200,
             {
                 "id": f"chatcmpl-sim-{fp}-{attempt}",
                 "object": "chat.completion",
@@ -379,7 +392,8 @@ class SimVLLM:
                 "system_fingerprint": f"sim-{c.seed}",
                 "choices": choices,
                 "usage": usage,
-            }
+            },
+            None,
         )
 
     async def models(self, request: web.Request) -> web.Response:
@@ -418,11 +432,15 @@ class SimVLLM:
         app.router.add_post("/sim/reset", self.reset)
         app.router.add_get("/sim/config", self.config_endpoint)
         app.router.add_post("/sim/config", self.config_endpoint)
+        self.batch_api.routes(app)
         return app
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+def _error_body(status: int, message: str, headers: dict | None = None) -> tuple[int, dict, dict | None]:
     typ = {400: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error"}.get(status, "error")
-    return web.json_response(
-        {"error": {"message": message, "type": typ, "param": None, "code": None}}, status=status, headers=headers
-    )
+    return status, {"error": {"message": message, "type": typ, "param": None, "code": None}}, headers
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
+    status, body, headers = _error_body(status, message, headers)
+    return web.json_response(body, status=status, headers=headers)

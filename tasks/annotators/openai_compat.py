@@ -34,6 +34,8 @@ Design
   cost would take the spend past `annotator.budget_usd`, or when the key is rejected (401/403).
 - Cost: from `usage` and `annotator.price_{in,out}_per_mtok`; `estimate(calls)` prices a
   dry run without sending anything.
+- `annotator.mode: batch` sends the same requests as OpenAI Batch jobs instead
+  (`tasks.annotators.batch`): half the price, answers after the batch completes.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class OpenAIAnnotator(Annotator):
         self.shared = None  # tasks.infra.limits.DaskLimits: one budget and one rate for every Dask worker
         self._synced = (0.0, 0.0)  # (spent, reserved) as last told to `shared`
         self.stats = {"requests": 0, "retries": 0, "image_sends": 0}
+        self.journal: str | None = None  # batch mode: where batch ids are recorded (next to the response cache)
 
     # -- identity -------------------------------------------------------------------
     def signature(self) -> dict:
@@ -200,7 +203,7 @@ class OpenAIAnnotator(Annotator):
             "samples": samples,
             "tokens_in": int(tin),
             "tokens_out": int(tout),
-            "cost_usd": self._cost(tin, tout),
+            "cost_usd": self._cost(tin, tout) * (self.a.batch_discount if self.a.mode == "batch" else 1.0),
         }
 
     def _delay(self, e: Exception, attempt: int) -> float:
@@ -472,6 +475,10 @@ class OpenAIAnnotator(Annotator):
         return self.a.model, self._host(), self.rt.concurrency
 
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
+        if self.a.mode == "batch":
+            from tasks.annotators.batch import BatchRunner
+
+            return BatchRunner(self).run(calls)
         total = len(calls) if hasattr(calls, "__len__") else None  # type: ignore[arg-type]
         prog = Progress(total)
         return run_in_thread(lambda out: self._main(calls, out, prog), prog)

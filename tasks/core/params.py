@@ -87,6 +87,10 @@ class Annotator(Section):
     price_in_per_mtok: float = Field(0.0, ge=0, description="USD per million input tokens")
     price_out_per_mtok: float = Field(0.0, ge=0, description="USD per million output tokens")
     budget_usd: float = Field(0.0, ge=0, description="stop the run before spending more; 0 = no limit")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="batch: each round as OpenAI Batch jobs (/v1/files + /v1/batches); same answers"
+    )
+    batch_discount: float = Field(0.5, gt=0, le=1, description="batch price / online price (OpenAI, Azure: 0.5)")
 
 
 class Sample(Section):
@@ -245,6 +249,9 @@ class Runtime(Section):
     requests_per_minute: int = Field(0, ge=0)
     tokens_per_minute: int = Field(0, ge=0)
     retry_base_s: float = Field(1.0, gt=0, description="first backoff delay; doubles per retry, with jitter")
+    batch_poll_s: float = Field(30.0, gt=0, description="annotator.mode batch: how often a batch's status is read")
+    batch_max_requests: int = Field(50_000, ge=1, description="annotator.mode batch: requests per batch at most")
+    batch_max_mb: float = Field(190.0, gt=0, description="annotator.mode batch: JSONL size per batch at most")
     retry_max_s: float = Field(60.0, gt=0, description="cap on one backoff delay (Retry-After included)")
     max_consecutive_failures: int = Field(
         20, ge=0, description="stop the run after this many failed calls in a row; 0 = never"
@@ -342,8 +349,19 @@ class Params(Section):
 
     def data_digest(self) -> str:
         """Hash of everything that shapes the data (all sections but `paths`, `runtime` and
-        the operational `bench`, `incremental`, `deploy`)."""
-        d = self.model_dump(mode="json", exclude={"paths", "runtime", "bench", "incremental", "deploy"})
+        the operational `bench`, `incremental`, `deploy`; of `annotator`, not how the
+        requests are sent and paid for: `mode`, `batch_discount`, `budget_usd`)."""
+        d = self.model_dump(
+            mode="json",
+            exclude={
+                "paths": True,
+                "runtime": True,
+                "bench": True,
+                "incremental": True,
+                "deploy": True,
+                "annotator": {"mode", "batch_discount", "budget_usd"},
+            },
+        )
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

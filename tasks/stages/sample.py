@@ -30,6 +30,14 @@ from tasks.stages.base import grouped, log, validate, write_metrics
 _WORKER: dict = {}
 
 
+def cache_for(p: Params, ann) -> ResponseCache:
+    """The annotator's response cache; batch mode keeps its journal of batch ids beside it."""
+    cache = ResponseCache(p.runtime.cache, ann.signature_hash())
+    if hasattr(ann, "journal"):
+        ann.journal = f"{cache.root}/batches"
+    return cache
+
+
 def _worker_annotator(p: Params):
     """(annotator, response cache, knowledge) of this process, built once per parameter set
     (on a Dask worker: once per worker, like the model of any other process)."""
@@ -39,7 +47,7 @@ def _worker_annotator(p: Params):
             old[1].close(), old[0].close()
         _WORKER.clear()
         ann = annotators.build(p)
-        _WORKER[key] = (ann, ResponseCache(p.runtime.cache, ann.signature_hash()), knowledge.load())
+        _WORKER[key] = (ann, cache_for(p, ann), knowledge.load())
     return _WORKER[key]
 
 
@@ -154,7 +162,7 @@ def run(p: Params) -> dict:
     k = knowledge.load()
     runner = dask.task_runner(p)
     ann = annotators.build(p) if runner is None else None
-    cache = ResponseCache(p.runtime.cache, ann.signature_hash()) if ann is not None else None
+    cache = cache_for(p, ann) if ann is not None else None
     faces_url, req_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.prompt, "requests.parquet")
     out = io.join(p.paths.sample, "samples.parquet")
     r = _Run(io.count_rows(faces_url), p.runtime.progress_every_s)
