@@ -1,6 +1,7 @@
-"""Fixed overhead of each stage process: a temporary Prefect server per process (what a bare
-`dvc repro` gets with no PREFECT_API_URL) against one shared server (`python -m flows.server`,
-what `make feid`, `seke run` and the test suite use), measured side by side in one run.
+"""Fixed overhead of each stage process, three ways side by side in one run: a temporary
+Prefect server per process (what a bare `dvc repro` gets with no PREFECT_API_URL), one shared
+server (`python -m flows.server` with SEKE_NO_WARM=1), and the shared server with the warm
+stage runner (`flows/warm.py`: what `make feid`, `seke run` and the incremental flow use).
 
     python benchmarks/stage_overhead.py [--faces 2] [--repeats 1]
 
@@ -72,28 +73,45 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     a = ap.parse_args()
+    from flows.warm import ENV
+
+    runs: dict[str, list[dict]] = {"temporary": [], "shared": [], "warm": []}
+    start: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="seke_overhead_") as tmp:
         proj = make_project(Path(tmp) / "proj", a.faces)
-        base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", ENV)}
         base.update(PYTHONPATH=str(proj), PREFECT_HOME=str(proj / ".seke" / "prefect"))
         (proj / ".seke" / "prefect").mkdir(parents=True)
-        temp, shared, t_server = [], [], 0.0
+        os.environ["PREFECT_HOME"] = base["PREFECT_HOME"]
         for _ in range(a.repeats):
-            temp.append(run_stages(proj, base))
-            os.environ["PREFECT_HOME"] = base["PREFECT_HOME"]
-            t0 = time.perf_counter()
-            with shared_server() as api:
-                t_server = time.perf_counter() - t0
-                shared.append(run_stages(proj, {**base, "PREFECT_API_URL": api}))
-    best = lambda runs, s: min(r[s] for r in runs)  # noqa: E731
-    print(f"{a.faces} faces, best of {a.repeats}; one shared server started in {t_server:.1f} s")
-    print(f"{'stage':<8} {'temporary server (s)':>21} {'shared server (s)':>18} {'ratio':>6}")
-    tt = ts = 0.0
+            runs["temporary"].append(run_stages(proj, base))
+            for kind in ("shared", "warm"):
+                os.environ.pop(ENV, None)
+                os.environ["SEKE_NO_WARM"] = "1" if kind == "shared" else ""
+                t0 = time.perf_counter()
+                with shared_server() as api:
+                    start[kind] = time.perf_counter() - t0
+                    env = {**base, "PREFECT_API_URL": api}
+                    if os.environ.get(ENV):
+                        env[ENV] = os.environ[ENV]
+                    elif kind == "warm":
+                        raise SystemExit("the warm stage runner did not start")
+                    runs[kind].append(run_stages(proj, env))
+    best = lambda kind, s: min(r[s] for r in runs[kind])  # noqa: E731
+    print(
+        f"{a.faces} faces, best of {a.repeats}; shared server started in {start['shared']:.1f} s, "
+        f"shared server + warm stage runner in {start['warm']:.1f} s"
+    )
+    print(f"{'stage':<8} {'temporary server':>17} {'shared server':>14} {'+ warm runner':>14} {'warm/temporary':>15}")
+    tot = dict.fromkeys(runs, 0.0)
     for s in stage_names(ROOT / "dvc.yaml"):
-        x, y = best(temp, s), best(shared, s)
-        tt, ts = tt + x, ts + y
-        print(f"{s:<8} {x:>21.1f} {y:>18.1f} {y / x:>6.2f}")
-    print(f"{'all':<8} {tt:>21.1f} {ts + t_server:>18.1f} {(ts + t_server) / tt:>6.2f}  (shared includes its start)")
+        x = {k: best(k, s) for k in runs}
+        for k in runs:
+            tot[k] += x[k]
+        ratio = x["warm"] / x["temporary"]
+        print(f"{s:<8} {x['temporary']:>17.1f} {x['shared']:>14.1f} {x['warm']:>14.1f} {ratio:>15.2f}")
+    t, sh, w = tot["temporary"], tot["shared"] + start["shared"], tot["warm"] + start["warm"]
+    print(f"{'all':<8} {t:>17.1f} {sh:>14.1f} {w:>14.1f} {w / t:>15.2f}  (shared and warm include their start)")
 
 
 if __name__ == "__main__":

@@ -78,4 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flows.warm import run_remote
+
+    code = run_remote(sys.argv[1:])  # in the warm stage runner when there is one (flows/warm.py)
+    raise SystemExit(main() if code is None else code)

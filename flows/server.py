@@ -5,7 +5,9 @@ each DVC stage is its own process: about 10 s of every stage went there (measure
 cores, see README "Stage overhead"). `shared_server()` starts one real `prefect server
 start` on 127.0.0.1, points `PREFECT_API_URL` at it for everything started inside (DVC's
 stage commands inherit the environment), and stops it afterwards. Its database lives under
-`PREFECT_HOME`, so the flow runs stay visible to a later `prefect server start`.
+`PREFECT_HOME`, so the flow runs stay visible to a later `prefect server start`. Next to it
+runs a warm stage runner (`flows.warm`, SEKE_STAGE_SERVER): stage commands fork from a
+process that has imported the heavy libraries once, instead of importing them again.
 
     python -m flows.server dvc repro          # what `make feid` runs
     python -m flows.server -- pytest -q       # any command
@@ -51,6 +53,16 @@ def _prefect() -> str:
 
 @contextmanager
 def shared_server(timeout: float = 120.0) -> Iterator[str]:
+    """A Prefect server (`_prefect_server`) and a warm stage runner (`flows.warm`) for the
+    `with` block; yields the API URL."""
+    from flows.warm import runner
+
+    with _prefect_server(timeout) as api, runner():
+        yield api
+
+
+@contextmanager
+def _prefect_server(timeout: float) -> Iterator[str]:
     """Yield the API URL of a Prefect server that lives as long as the `with` block."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
