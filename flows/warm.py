@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 ENV = "SEKE_STAGE_SERVER"
+PROJECT = ("flows", "tasks", "expectations", "simvllm")  # imported by each stage from its project, never kept
 PRELOAD = (
     "great_expectations",
     "prefect",
@@ -149,6 +150,8 @@ def _child(req: dict, fds: list[int]) -> None:
         prefect.context.refresh_global_settings_context()  # Prefect's settings from this environment
         sys.argv = ["-m", *req["argv"]]
         sys.path[0] = req["cwd"]
+        for name in [m for m in sys.modules if m.split(".")[0] in PROJECT]:
+            del sys.modules[name]  # the runner's own `flows` (it was started as flows.warm): the project's instead
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         import runpy
 
