@@ -17,7 +17,15 @@ from tasks.tools.incremental import IMAGES, MANIFEST, REFUSED, land, write_empty
 
 def params(tmp: Path) -> Params:
     return Params.model_validate(
-        {"paths": {"input": str(tmp / "input"), "inbox": str(tmp / "inbox"), "ingest": str(tmp / "ingest")}}
+        {
+            "paths": {
+                "input": str(tmp / "input"),
+                "inbox": str(tmp / "inbox"),
+                "ingest": str(tmp / "ingest"),
+                "metrics": str(tmp / "metrics"),
+                "plots": str(tmp / "plots"),
+            }
+        }
     )
 
 
