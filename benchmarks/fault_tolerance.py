@@ -49,12 +49,12 @@ FAULTS = {  # 20% in all: per attempt (429, 500, timeout) or per answer (truncat
 CLEAN = {k: 0.0 for k in FAULTS if k.startswith("rate_")}
 
 
-def one(name: str, pairs, conc: int, root: str, config: dict, batch: int = 64) -> dict:
+def one(name: str, pairs, conc: int, root: str, config: dict, batch: int = 64, runtime: dict | None = None) -> dict:
     p = Params(
         paths=Paths(input="x"),
         annotator=Annotator(backend="openai", model="sim-vllm", temperature=1.0),
-        # default timeout, retries and backoff
-        runtime=Runtime(concurrency=conc, batch_size=batch, progress_every_s=3600),
+        # default timeout, retries and backoff unless --timeout-s / --retry-base-s say otherwise
+        runtime=Runtime(concurrency=conc, batch_size=batch, progress_every_s=3600, **(runtime or {})),
     )
     post(f"{root}/sim/config", config)
     post(f"{root}/sim/reset", {})
@@ -95,17 +95,21 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=300)
     ap.add_argument("--batch-size", type=int, default=64, help="runtime.batch_size (the window: max(this, 4 x conc))")
     ap.add_argument("--json", default="")
+    ap.add_argument("--timeout-s", type=float, default=0, help="runtime.timeout_s (0 = the default, 60)")
+    ap.add_argument("--retry-base-s", type=float, default=0, help="runtime.retry_base_s (0 = the default, 1)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     proc, root = start_sim(a.latency_ms)
     pairs = faces(a.faces, 0)
+    rt = {k: v for k, v in (("timeout_s", a.timeout_s), ("retry_base_s", a.retry_base_s)) if v}
     try:
-        clean = one("fault-free", pairs, a.concurrency, root, CLEAN, a.batch_size)
-        faulty = one("20% faults", pairs, a.concurrency, root, FAULTS, a.batch_size)
+        clean = one("fault-free", pairs, a.concurrency, root, CLEAN, a.batch_size, rt)
+        faulty = one("20% faults", pairs, a.concurrency, root, FAULTS, a.batch_size, rt)
     finally:
         proc.terminate()
         proc.wait(10)
     print(f"simulated VLLM, latency {a.latency_ms:.0f} ms, concurrency {a.concurrency}, {a.faces} faces, same seeds")
+    print(f"runtime: {rt or 'the defaults (timeout_s 60, retry_base_s 1)'}")
     head = ("run", "wall s", "ideal s", "ratio", "requests", "lost", "lost %", "repeats")
     print(" ".join(f"{h:>{w}}" for h, w in zip(head, (11, 7, 7, 6, 8, 5, 7, 7))))
     for r in (clean, faulty):
@@ -117,7 +121,8 @@ def main() -> None:
     ratio = faulty["wall_s"] / clean["wall_s"]
     print(f"wall time with faults / without: {ratio:.2f}")
     if a.json:
-        out = {"latency_ms": a.latency_ms, "concurrency": a.concurrency, "runs": [clean, faulty], "wall_ratio": ratio}
+        out = {"latency_ms": a.latency_ms, "concurrency": a.concurrency, "runtime": rt}
+        out.update(runs=[clean, faulty], wall_ratio=ratio)
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
