@@ -1,6 +1,6 @@
 """Deployments against a real local Prefect server: `prefect server start` on 127.0.0.1 and
 `python -m flows.deploy serve`, both started and stopped (SIGTERM) by PID; the incremental
-deployment is triggered with `prefect deployment run` and must complete.
+deployment is triggered with `prefect deployment run` and must complete (in batch mode).
 
 Skipped only when the server cannot start on this machine (the reason is printed).
 """
@@ -102,10 +102,17 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
         params={
             "verify": {"use_priors": False},
             "expectations": {"max_class_share": 1.0, "min_classes": 1},
-            "annotator": {"backend": "openai", "model": "sim-vllm"},
+            # batch mode: a scheduled deployment carries a run whose rounds are OpenAI Batch jobs
+            "annotator": {"backend": "openai", "model": "sim-vllm", "mode": "batch"},
             "incremental": {"input": str(incoming), "manifest": str(incoming / "manifest.csv")},
             "deploy": {"interval_s": 0},
-            "runtime": {"timeout_s": 5, "max_retries": 2, "retry_base_s": 0.01, "retry_max_s": 0.2},
+            "runtime": {
+                "timeout_s": 5,
+                "max_retries": 2,
+                "retry_base_s": 0.01,
+                "retry_max_s": 0.2,
+                "batch_poll_s": 0.2,
+            },
         },
     )
     with sim_server(set_env=False) as sim:
@@ -140,6 +147,7 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
             _stop(serve)
             log.close()
         assert len(sim.sim.log) > 0, "the run called the annotator"
+        assert sim.sim.batch_api.batches and all(e.get("batch") for e in sim.sim.log), "only through batches"
     images = pq.read_table(proj / "data/ingest/images.parquet", columns=["path"]).column("path").to_pylist()
     assert len(images) == 3 and sum(p.startswith("inbox/") for p in images) == 1, "the new image came in"
     assert (proj / "data/feid/feid.parquet").exists() and (proj / "data/inbox/images.dvc").exists()
