@@ -46,6 +46,16 @@ def _healthy(api: str) -> bool:
         return False
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _prefect() -> str:
     exe = Path(sys.executable).with_name("prefect")
     return str(exe) if exe.exists() else "prefect"
@@ -89,12 +99,7 @@ def _prefect_server(timeout: float) -> Iterator[str]:
         yield api
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

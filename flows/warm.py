@@ -123,13 +123,10 @@ def runner(timeout: float = 120.0) -> Iterator[str | None]:
             print("warm stage runner did not start: stages start their own processes", file=sys.stderr)
         yield path if ready else None
     finally:
+        from flows.server import stop
+
         os.environ.pop(ENV, None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(d, ignore_errors=True)
 
 

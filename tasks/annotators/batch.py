@@ -37,6 +37,7 @@ from openai.types.chat import ChatCompletion
 
 from tasks.annotators.base import WAIT, AnnotatorStop, Call, CallResult, RawAnswer
 from tasks.annotators.transport import mime
+from tasks.infra.io import put_whole
 
 log = logging.getLogger("seke.annotator.batch")
 
@@ -72,17 +73,7 @@ class Journal:
             self.mem[e["key"]] = dict(e)
             return
         self.fs.makedirs(self.path, exist_ok=True)
-        dest = f"{self.path}/{e['key']}.json"
-        data = json.dumps(e).encode()
-        if "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)):
-            tmp = f"{dest}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)
-        else:
-            self.fs.pipe_file(dest, data)  # one PUT: an object is whole or absent
+        put_whole(f"{self.url}/{e['key']}.json", json.dumps(e).encode())
 
     def drop(self, e: dict) -> None:
         if not self.url:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.annotators.base import CallResult
+from tasks.infra.io import put_whole
 
 COLUMNS = {
     "key": pa.string(),
@@ -209,15 +210,7 @@ class ResponseCache:
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
         target = f"{self.path}/pack-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
-        if self.local:
-            tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        else:
-            self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
+        put_whole(f"{self.root}/{_name(target)}", data)  # whole or not at all
         gone = [f for f in merged if _name(f) != _name(target)]
         if self.local:
             for f in gone:

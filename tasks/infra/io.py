@@ -122,6 +122,21 @@ def write_json(path: str | Path, obj: dict) -> None:
         fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def put_whole(url: str, data: bytes) -> None:
+    """Write `data` at `url` so that a reader (or a crash) sees all of it or none: locally a
+    synced temporary file renamed into place; on an object store one PUT."""
+    fs, p = fs_path(url)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    else:
+        fs.pipe_file(p, data)
+
+
 def read_bytes(url: str) -> bytes:
     fs, p = fs_path(url)
     with fs.open(p, "rb") as fh:
