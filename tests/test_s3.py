@@ -218,3 +218,33 @@ def test_a_flaky_s3_slows_the_run_but_loses_nothing(tmp_path, monkeypatch, aws_e
     opsproj.run(proj, "dvc", "remote", "modify", "s3", "endpointurl", aws_env)
     r = opsproj.run(proj, "dvc", "status", "--cloud", *[s for s in stage_names() if s != "export"])
     assert "in sync" in r.stdout, r.stdout
+
+
+def test_the_incremental_flow_brings_images_in_from_an_s3_prefix(tmp_path, aws_env):
+    """`python -m flows.incremental` watching s3://: the new images (and their manifest's
+    labels) land in the local, DVC-tracked inbox, and the version is built from them."""
+    import csv
+    import json
+    import sys
+
+    import pyarrow.parquet as pq
+
+    fs = _bucket("incoming")
+    rows = opsproj.london(2, start=1)
+    for r in rows:
+        fs.pipe(f"incoming/{r['path']}", (opsproj.SAMPLE / r["path"]).read_bytes())
+    with fs.open("incoming/manifest.csv", "w") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "expression", "subject", "source"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in ("path", "expression", "subject", "source")} for r in rows)
+    params = {**PARAMS, "incremental": {"input": "s3://incoming", "manifest": "s3://incoming/manifest.csv"}}
+    proj = opsproj.make_project(tmp_path, opsproj.london(1), params=params)
+    r = opsproj.run(proj, sys.executable, "-m", "flows.incremental", "--no-record")
+    out = json.loads(r.stdout[r.stdout.index("\n{") + 1 :] if not r.stdout.startswith("{") else r.stdout)
+    assert out["new_images"] == 2 and out["refused"] == 0, out
+    inbox = list(csv.DictReader(open(proj / "data/inbox/manifest.csv")))
+    assert sorted(m["origin"] for m in inbox) == sorted(f"s3://incoming/{r['path']}" for r in rows)
+    assert {m["expression"] for m in inbox} == {r["expression"] for r in rows}, "the labels came along"
+    images = pq.read_table(proj / "data/ingest/images.parquet", columns=["path", "prior_expression"]).to_pylist()
+    assert len(images) == 3 and sum(i["path"].startswith("inbox/") for i in images) == 2
+    assert (proj / "data/feid/feid.parquet").exists() and (proj / "data/inbox/images.dvc").exists()
