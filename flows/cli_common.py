@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows import env
+
 app = typer.Typer(
     name="seke",
     no_args_is_help=True,
@@ -104,8 +106,7 @@ def _tool_env() -> dict:
 
 
 def _dvc_exe() -> str:
-    exe = Path(sys.executable).with_name("dvc")
-    return str(exe) if exe.exists() else "dvc"
+    return env.tool("dvc")
 
 
 def _table(title: str, rows: list[tuple], headers: tuple[str, ...]) -> Table:

@@ -44,6 +44,14 @@ def _short_database_url(home: str) -> str | None:
     return f"sqlite+aiosqlite:///{d / 'prefect.db'}" if d else None
 
 
+def tool(name: str) -> str:
+    """A command installed next to this Python (the venv's `dvc`, `prefect`), else from PATH."""
+    import sys
+
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else name
+
+
 def apply() -> None:
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)

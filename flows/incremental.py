@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -51,14 +50,9 @@ def _log():
         return logging.getLogger("seke.incremental")
 
 
-def _exe(name: str) -> str:
-    exe = Path(sys.executable).with_name(name)
-    return str(exe) if exe.exists() else name
-
-
 def _dvc(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run(
-        [_exe("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
+        [env.tool("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
     )
     if check and r.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")

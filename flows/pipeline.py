@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 from flows import env
 
@@ -33,8 +31,7 @@ def stage_order(root: str = ".") -> list[str]:
 
 
 def _dvc() -> str:
-    exe = Path(sys.executable).with_name("dvc")
-    return str(exe) if exe.exists() else "dvc"
+    return env.tool("dvc")
 
 
 @task(cache_policy=NO_CACHE, retries=0, task_run_name="repro-{stage}")

@@ -57,8 +57,7 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def _prefect() -> str:
-    exe = Path(sys.executable).with_name("prefect")
-    return str(exe) if exe.exists() else "prefect"
+    return env.tool("prefect")
 
 
 @contextmanager

@@ -25,6 +25,7 @@ import uuid
 from aiohttp import web
 
 from simvllm.config import _rng
+from simvllm.sim import _error
 
 
 class BatchAPI:
@@ -63,25 +64,25 @@ class BatchAPI:
         form = await request.post()
         f = form.get("file")
         if f is None or not hasattr(f, "file"):
-            return _err(400, "no file in the upload")
+            return _error(400, "no file in the upload")
         return web.json_response(self._store(f.file.read(), f.filename or "upload.jsonl", str(form.get("purpose"))))
 
     async def file(self, request: web.Request) -> web.Response:
         f = self.files.get(request.match_info["id"])
-        return web.json_response(f["meta"]) if f else _err(404, "no such file")
+        return web.json_response(f["meta"]) if f else _error(404, "no such file")
 
     async def content(self, request: web.Request) -> web.Response:
         f = self.files.get(request.match_info["id"])
-        return web.Response(body=f["data"], content_type="application/jsonl") if f else _err(404, "no such file")
+        return web.Response(body=f["data"], content_type="application/jsonl") if f else _error(404, "no such file")
 
     # -- batches --------------------------------------------------------------------------
     async def create(self, request: web.Request) -> web.Response:
         body = await request.json()
         f = self.files.get(body.get("input_file_id", ""))
         if f is None:
-            return _err(400, f"input_file_id {body.get('input_file_id')!r} does not exist")
+            return _error(400, f"input_file_id {body.get('input_file_id')!r} does not exist")
         if body.get("endpoint") != "/v1/chat/completions":
-            return _err(400, "only /v1/chat/completions is supported")
+            return _error(400, "only /v1/chat/completions is supported")
         now = int(time.time())
         b = {
             "id": f"batch_{uuid.uuid4().hex[:24]}",
@@ -111,7 +112,7 @@ class BatchAPI:
 
     async def get(self, request: web.Request) -> web.Response:
         b = self.batches.get(request.match_info["id"])
-        return web.json_response(b) if b else _err(404, "no such batch")
+        return web.json_response(b) if b else _error(404, "no such batch")
 
     async def list(self, request: web.Request) -> web.Response:
         data = sorted(self.batches.values(), key=lambda b: b["created_at"], reverse=True)
@@ -120,7 +121,7 @@ class BatchAPI:
     async def cancel(self, request: web.Request) -> web.Response:
         b = self.batches.get(request.match_info["id"])
         if b is None:
-            return _err(404, "no such batch")
+            return _error(404, "no such batch")
         if b["status"] in ("validating", "in_progress"):
             b.update(status="cancelled", cancelled_at=int(time.time()))
         return web.json_response(b)
@@ -170,7 +171,3 @@ class BatchAPI:
 
 def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
-def _err(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=status)

@@ -23,20 +23,17 @@ and `runtime.batch_max_mb` of JSONL (OpenAI's limits are 50,000 and 200 MB).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
 import time
 import uuid
 from typing import Iterable, Iterator
 
 import fsspec
-import openai
 from openai.types.chat import ChatCompletion
 
 from tasks.annotators.base import WAIT, AnnotatorStop, Call, CallResult, RawAnswer
-from tasks.annotators.transport import mime
+from tasks.annotators.transport import data_url
 from tasks.infra.io import put_whole
 
 log = logging.getLogger("seke.annotator.batch")
@@ -88,15 +85,7 @@ class BatchRunner:
         self.journal = Journal(getattr(ann, "journal", None))
 
     def _client(self):
-        kw = {"max_retries": self.rt.max_retries, "timeout": self.rt.timeout_s}
-        try:
-            if self.ann._azure():
-                return openai.AzureOpenAI(**kw)
-            if not os.environ.get("OPENAI_API_KEY"):
-                raise AnnotatorStop("annotator.backend is openai but OPENAI_API_KEY is not set")
-            return openai.OpenAI(**kw)
-        except openai.OpenAIError as e:
-            raise AnnotatorStop(f"cannot build the openai client: {self.ann._scrub(str(e))}") from None
+        return self.ann._make_client(sync=True)
 
     # -- the rounds -------------------------------------------------------------------
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
@@ -146,7 +135,7 @@ class BatchRunner:
         out = {}
         mode, per = self.ann.endpoint.mode, max(1, min(self.a.max_n, self.ann.endpoint.n_cap))
         for call in calls:
-            url = f"data:{mime(call.image)};base64,{base64.b64encode(call.image).decode()}"
+            url = data_url(call.image)
             items = list(zip(call.indices, call.seeds))
             for i in range(0, len(items), per):
                 part = items[i : i + per]

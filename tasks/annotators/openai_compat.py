@@ -41,7 +41,6 @@ Design
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import math
@@ -66,7 +65,7 @@ from tasks.annotators.transport import (
     Progress,
     bad_request_about,
     chat_messages,
-    mime,
+    data_url,
     response_format,
     retry_after,
     retryable,
@@ -143,19 +142,21 @@ class OpenAIAnnotator(Annotator):
         with cls._lock:
             cls._endpoints.clear()
 
-    def _make_client(self):
-        kw: dict[str, Any] = {"max_retries": 0, "timeout": self.rt.timeout_s}
+    def _make_client(self, sync: bool = False):
+        """The async client of online mode (no SDK retries: they are this module's), or with
+        `sync` the batch mode's (its few control calls use the SDK's own retries)."""
+        kw: dict[str, Any] = {"max_retries": self.rt.max_retries if sync else 0, "timeout": self.rt.timeout_s}
         try:
             if self._azure():
                 if not os.environ.get("OPENAI_API_VERSION"):
                     raise AnnotatorStop("AZURE_OPENAI_ENDPOINT is set but OPENAI_API_VERSION is not")
-                return openai.AsyncAzureOpenAI(**kw)
+                return (openai.AzureOpenAI if sync else openai.AsyncAzureOpenAI)(**kw)
             if not os.environ.get("OPENAI_API_KEY"):
                 raise AnnotatorStop(
                     "annotator.backend is openai but OPENAI_API_KEY is not set "
                     "(set it, and OPENAI_BASE_URL for a non-OpenAI endpoint)"
                 )
-            return openai.AsyncOpenAI(**kw)
+            return (openai.OpenAI if sync else openai.AsyncOpenAI)(**kw)
         except openai.OpenAIError as e:
             raise AnnotatorStop(f"cannot build the openai client: {self._scrub(str(e))}") from None
 
@@ -347,7 +348,7 @@ class OpenAIAnnotator(Annotator):
 
     async def _do_call(self, client, call: Call, prog: Progress) -> CallResult:
         t0 = time.perf_counter()
-        data_urls = {"url": f"data:{mime(call.image)};base64,{base64.b64encode(call.image).decode()}"}
+        data_urls = {"url": data_url(call.image)}
         answers: list[RawAnswer] = []
         usage = {"in": 0, "out": 0, "ms": 0.0}
         items = list(zip(call.indices, call.seeds))

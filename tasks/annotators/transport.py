@@ -104,6 +104,13 @@ def image_tokens(image: bytes, detail: str = "auto", model: str = "gpt-4o") -> i
     return int(a + b * math.ceil(w / 512) * math.ceil(h / 512))
 
 
+def data_url(image: bytes) -> str:
+    """The image as a base64 data URL, the form every request sends it in."""
+    import base64
+
+    return f"data:{mime(image)};base64,{base64.b64encode(image).decode()}"
+
+
 def mime(image: bytes) -> str:
     if image[:8] == b"\x89PNG\r\n\x1a\n":
         return "image/png"

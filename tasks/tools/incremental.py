@@ -51,14 +51,15 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
-    """Replace `path` whole (a temporary file, then an atomic rename)."""
+    """Replace `path` whole (`io.put_whole`)."""
+    import io as stdio
+
     cols = first + sorted({k for r in rows for k in r} - set(first))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows)
-    os.replace(tmp, path)
+    buf = stdio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows)
+    io.put_whole(str(path), buf.getvalue().encode())
 
 
 @dataclass
@@ -116,7 +117,7 @@ def known(p: Params, inbox: Path) -> tuple[dict[tuple[str, int], str], set[str]]
 
 
 def _clean(folder: Path) -> None:
-    for f in folder.glob(".*.tmp-*"):
+    for f in folder.glob("*.tmp-*"):  # io.put_whole's temporary files, left by a kill
         f.unlink(missing_ok=True)
 
 
@@ -163,9 +164,7 @@ def land(p: Params, location: str, manifest: str = "") -> Landing:
         name = f"{sha}{PurePosixPath(e.path).suffix.lower()}"
         dest = images / name
         if not dest.exists() or dest.stat().st_size != len(data):
-            tmp = images / f".{name}.tmp-{os.getpid()}"
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            io.put_whole(str(dest), data)
         labels = {k: v for k, v in e.labels.items() if k not in COLUMNS}
         out.new.append(dict(path=f"{IMAGES}/{name}", sha256=sha, origin=url, n_bytes=size, added=now, **labels))
         if first:
