@@ -146,6 +146,10 @@ def incremental_flow(
     here = os.getcwd()
     os.chdir(root)  # every path in params.yaml is relative to the project
     try:
+        from flows import lockfile
+
+        if note := lockfile.repair("."):  # a dvc.lock cut short by a killed run
+            log.warning(note)
         location = input or p.incremental.input or p.paths.input
         summary: dict = {"location": location}
         if location.rstrip("/") != p.paths.input.rstrip("/"):

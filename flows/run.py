@@ -10,14 +10,15 @@ import os
 import sys
 from pathlib import Path
 
-from flows import env
+from flows import env, lockfile
 
 env.apply()
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a stage may read from the project without DVC tracking it as a dep: its params (DVC's
-# `params:`), its inputs and outputs (DVC's deps/outs), and scratch state
-UNTRACKED = ("params.yaml", "dvc.yaml", "data/", "metrics/", "plots/", ".seke/", ".dvc/", ".git/")
+# `params:`), its inputs and outputs (DVC's deps/outs), scratch state, and DVC's own record
+# (dvc.lock: copied by flows/lockfile.py, never read for data)
+UNTRACKED = ("params.yaml", "dvc.yaml", "dvc.lock", "data/", "metrics/", "plots/", ".seke/", ".dvc/", ".git/")
 
 
 def trace(stage: str) -> None:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.stage not in stage_names():
         ap.error(f"unknown stage {a.stage!r}; stages: {', '.join(stage_names())}")
+    lockfile.keep()  # dvc.lock as DVC left it, in case a kill cuts short its next write
     try:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             stage_flow(a.stage)(params_path=a.params)

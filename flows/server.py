@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(__doc__)
         return 2
+    from flows import lockfile
+
+    lockfile.repair()  # a dvc.lock that a killed run cut short (see flows/lockfile.py)
     with shared_server():
         return subprocess.call(args)
 

@@ -1,6 +1,8 @@
-"""`kill -9` at a random moment of each stage, then `dvc repro` again: the FEID equals an
-uninterrupted run's, and no temporary file is left in the outputs. (The sample stage's kill
-test, with the response cache, is tests/test_openai_resume.py.)"""
+"""`kill -9` at a random moment of each stage, then the run again as `make feid` runs it
+(`python -m flows.server dvc repro`): the FEID equals an uninterrupted run's, and no temporary
+file is left in the outputs. A kill just after a stage can land while DVC rewrites dvc.lock in
+place; the entry point repairs that (flows/lockfile.py, tests/test_lockfile.py). (The sample
+stage's kill test, with the response cache, is tests/test_openai_resume.py.)"""
 
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def test_kill_9_in_a_stage_then_resume(stage, reference, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    run(proj, "dvc", "repro", env=env)
+    run(proj, "python", "-m", "flows.server", "dvc", "repro", env=env)
     assert _feid(proj) == reference
     assert _strays(proj) == [], "a killed run left temporary files in the outputs"
     status = run(proj, "dvc", "status", env=env).stdout
