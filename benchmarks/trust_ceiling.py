@@ -14,15 +14,20 @@ can beat. It leaves out the AU/VA consistency signal, which the study's real run
 
 Printed per policy: answers per face, the largest coverage whose accepted error is at most the
 error that Clopper-Pearson can certify as <= target at the study's calibration size, and the
-accuracy of the top 60%.
+accuracy of the top 60%. Besides the pipeline's rules it solves the Bayes-optimal rule for
+this model by dynamic programming (`policy_optimal`): the most any rule that sees the votes
+and the verification call can reach with a given number of answers. Last, the ECE that a
+perfectly calibrated confidence shows over the study's accepted faces: the floor that
+sampling noise puts under the measured ECE.
 
-    python benchmarks/trust_ceiling.py [--faces 40000] [--calibration 343]
+    python benchmarks/trust_ceiling.py [--faces 40000] [--calibration 343] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import random
 import sys
 from functools import lru_cache
@@ -38,6 +43,8 @@ CFG = SimConfig(accuracy=0.7)  # the quality study's setting
 LO, HI = max(0.0, CFG.accuracy - CFG.difficulty_spread), min(1.0, CFG.accuracy + CFG.difficulty_spread)
 P = np.linspace(LO, HI, 61)  # grid over the per-face accuracy (uniform in the simulator)
 C = 8  # expressions
+# (mu, lam) of the optimal rule: mu ~ 1/(1 - the posterior it accepts), lam the price of an answer
+OPTIMAL = [(mu, lam) for mu in (9, 10, 11) for lam in (0.045, 0.05, 0.051, 0.055)]
 
 
 def drawer(r: random.Random):
@@ -56,23 +63,44 @@ def verify(r: random.Random, right: bool) -> bool:
 
 
 @lru_cache(maxsize=None)
-def posterior(counts: tuple[int, ...]) -> float:
-    """P(the top answer is the truth | sorted vote counts), exactly, under the simulator's model."""
+def likelihood(counts: tuple[int, ...]) -> tuple[float, float]:
+    """For one answer sequence whose classes got these (sorted) vote counts: its probability
+    under the simulator's model, and P(the top answer is the truth | it), exactly."""
+    k = len(counts)
     w_other = (1 - P) * (1 - CFG.systematic) / (C - 1)
     w_dis = (1 - P) * CFG.systematic + w_other
-    like = []
-    for t in range(len(counts) + 1):  # the truth is one of the answered classes, or none of them
-        tot = np.zeros_like(P)
-        for d in range(len(counts) + 1):  # the distractor likewise
-            if d == t and t < len(counts):
+    total = top = 0.0
+    for t in range(k + 1):  # the truth: an answered class, or index k = any unanswered one
+        for d in range(k + 1):  # the face's distractor, likewise
+            if d == t and t < k:
                 continue
+            u = C - k  # unanswered classes
+            mult = u * (u - 1) if t == d == k else u if k in (t, d) else 1
             w = np.ones_like(P)
             for c, v in enumerate(counts):
                 w = w * (P if c == t else w_dis if c == d else w_other) ** v
-            # an unanswered distractor stands for every unanswered class but the truth
-            tot += w * (C - len(counts) - (t == len(counts)) if d == len(counts) else 1)
-        like.append(tot.mean())
-    return like[0] / sum(like[: len(counts)] + [like[-1] * (C - len(counts))])
+            x = float(w.mean()) * mult / (C * (C - 1))
+            total += x
+            top += x if (t == 0 and k) else 0.0
+    return total, (top / total if k else 0.0)
+
+
+def posterior(counts: tuple[int, ...]) -> float:
+    """P(the top answer is the truth | sorted vote counts), exactly, under the simulator's model."""
+    return likelihood(counts)[1]
+
+
+def next_answer(counts: tuple[int, ...]) -> list[tuple[float, tuple[int, ...]]]:
+    """(probability, sorted counts after it) for each possible next answer."""
+    total = likelihood(counts)[0]
+    out = []
+    for j in range(len(counts)):
+        c = tuple(sorted(counts[:j] + (counts[j] + 1,) + counts[j + 1 :], reverse=True))
+        out.append((likelihood(c)[0] / total, c))
+    if len(counts) < C:
+        c = tuple(sorted(counts + (1,), reverse=True))
+        out.append((likelihood(c)[0] * (C - len(counts)) / total, c))
+    return out
 
 
 def with_verification(q: float, confirmed: bool) -> float:
@@ -123,6 +151,70 @@ def policy_fixed(k: int):
     return step
 
 
+def policy_optimal(mu: float, lam: float, cap: int = 12):
+    """The Bayes-optimal rule for this model (dynamic programming over sorted vote counts):
+    after each answer, stop, ask for one more, or end with one verification call, whichever
+    is worth most when an accepted face earns 1 - mu * P(wrong) (accepted only if positive)
+    and every answer costs lam. mu sets the error aimed at, lam the answers spent; no rule
+    that sees only votes and the verification call can do better under this model."""
+
+    def accept(q: float) -> float:
+        return max(0.0, 1 - mu * (1 - q))
+
+    def verified(q: float) -> float:
+        yes = q * CFG.verify_confirm_correct + (1 - q) * CFG.verify_confirm_wrong
+        return yes * accept(with_verification(q, True)) + (1 - yes) * accept(with_verification(q, False))
+
+    @lru_cache(maxsize=None)
+    def act(counts: tuple[int, ...]) -> tuple[float, str]:
+        q = posterior(counts)
+        options = {"stop": accept(q), "verify": verified(q) - lam} if counts else {}
+        if sum(counts) < cap:
+            options["more"] = sum(p * act(c)[0] for p, c in next_answer(counts)) - lam
+        best = max(options, key=options.get)
+        return options[best], best
+
+    def step(r, draw):
+        v: collections.Counter = collections.Counter()
+        while act(tuple(sorted(v.values(), reverse=True)))[1] == "more":
+            v[draw()] += 1
+        n, how = sum(v.values()), act(tuple(sorted(v.values(), reverse=True)))[1]
+        top = v.most_common(1)[0][0]
+        q = posterior(tuple(sorted(v.values(), reverse=True)))
+        if how == "verify":
+            q, n = with_verification(q, verify(r, top == 0)), n + 1
+        return (q, top == 0), n
+
+    return step
+
+
+def ece_floor(rows: list[tuple[float, bool]], n: int, coverage: float, reps: int, seed: int) -> np.ndarray:
+    """ECE (10 equal-mass bins, as the study measures it) of a perfectly calibrated confidence
+    over the top `coverage` of `n` faces: what sampling noise alone shows."""
+    from tasks.method.trust import ece
+
+    rng = np.random.default_rng(seed)
+    q_all = np.array([x[0] for x in rows])
+    out = []
+    for _ in range(reps):
+        q = q_all[rng.choice(len(q_all), n, replace=False)]
+        right = rng.random(n) < q  # right with exactly the stated probability
+        keep = np.argsort(-q, kind="stable")[: int(coverage * n)]
+        out.append(ece(list(q[keep]), list(right[keep])))
+    return np.array(out)
+
+
+def policy_vote_share(k: int):
+    """Fixed K ranked by vote share, no verification: the quality study's K=10 baseline."""
+
+    def step(r, draw):
+        v = collections.Counter(draw() for _ in range(k))
+        lead, votes = v.most_common(1)[0]
+        return (votes / k, lead == 0), k
+
+    return step
+
+
 def measure(rows: list[tuple[float, bool]], max_err: float) -> tuple[float, float]:
     rows = sorted(rows, key=lambda x: -x[0])
     ok = np.array([x[1] for x in rows])
@@ -147,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--answers", type=float, default=5.0, help="the issue's budget of answers per face")
+    ap.add_argument("--json", default="", help="also write the numbers here")
     a = ap.parse_args(argv)
     max_err = certifiable(a.calibration, 0.6, a.target, a.delta)
     print(
@@ -157,14 +251,52 @@ def main(argv: list[str] | None = None) -> int:
         f"at 60% of {a.calibration} calibration faces, Clopper-Pearson (delta {a.delta}, the whole delta in one "
         f"walk) certifies <= {a.target} only if the accepted error is <= {max_err:.4f}\n"
     )
-    print(f"{'policy':34} {'answers/face':>12} {'coverage at err<=' + format(max_err, '.3f'):>22} {'acc@60%':>8}")
+    print(f"{'policy':40} {'answers/face':>12} {'coverage at err<=' + format(max_err, '.3f'):>22} {'acc@60%':>8}")
     pols = [("fixed K=5 + verification", policy_fixed(5)), ("fixed K=10 + verification", policy_fixed(10))]
+    pols += [("fixed K=10, by vote share (the study's)", policy_vote_share(10))]
     pols += [("lead 3, kmax 6 (the default)", policy_lead(3, 6)), ("lead 4, kmax 7", policy_lead(4, 7))]
     pols += [("lead 3, kmax 9", policy_lead(3, 9)), ("lead 2, kmax 6", policy_lead(2, 6))]
+    pols += [(f"optimal, mu {mu:g}, lam {lam:g}", policy_optimal(mu, lam)) for mu, lam in OPTIMAL]
+    out = {"max_error": max_err, "faces": a.faces, "policies": []}
+    runs = {}
     for name, step in pols:
         ans, rows = run_policy(step, a.faces, a.seed)
+        runs[name] = (ans, rows)
         cov, acc60 = measure(rows, max_err)
-        print(f"{name:34} {ans:12.2f} {cov:22.3f} {acc60:8.4f}")
+        print(f"{name:40} {ans:12.2f} {cov:22.3f} {acc60:8.4f}", flush=True)
+        out["policies"].append({"policy": name, "answers_per_face": ans, "coverage": cov, "accuracy_at_60": acc60})
+        if name.startswith("lead 3, kmax 6"):
+            default_rows = rows
+    # the optimal rule is a step function of lam: a budget between two steps is met by using one
+    # rule on a share of the faces and the other on the rest
+    best = None
+    opt = {k: v for k, v in runs.items() if k.startswith("optimal")}
+    for lo_name, (lo_ans, lo_rows) in opt.items():
+        for hi_name, (hi_ans, hi_rows) in opt.items():
+            if not lo_ans <= a.answers <= hi_ans:
+                continue
+            share = 1.0 if hi_ans == lo_ans else (hi_ans - a.answers) / (hi_ans - lo_ans)
+            n = int(share * len(lo_rows))
+            cov, acc60 = measure(lo_rows[:n] + hi_rows[n:], max_err)
+            if best is None or cov > best["coverage"]:
+                best = {"rules": [lo_name, hi_name], "share_first": share, "coverage": cov, "accuracy_at_60": acc60}
+    out["optimal_within_budget"] = best
+    if best:
+        print(
+            f"\nthe optimal rule at {a.answers:g} answers per face ({best['rules'][0]} on {best['share_first']:.0%} "
+            f"of the faces, {best['rules'][1]} on the rest): coverage {best['coverage']:.3f}, "
+            f"acc@60% {best['accuracy_at_60']:.4f}"
+        )
+    n_unl = round(a.calibration / 0.3 * 0.7)  # the unlabelled faces of the 30%-labelled study
+    floor = ece_floor(default_rows, n_unl, 0.57, 300, a.seed)
+    p90 = float(np.quantile(floor, 0.9))
+    out["ece_floor"] = {"unlabelled_faces": n_unl, "coverage": 0.57, "mean": float(floor.mean()), "p90": p90}
+    print(
+        f"ECE that a perfectly calibrated confidence shows over the accepted 57% of {n_unl} unlabelled faces "
+        f"(10 equal-mass bins, 300 draws): mean {floor.mean():.4f}, 90th percentile {p90:.4f}"
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
 
 
