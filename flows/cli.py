@@ -70,9 +70,11 @@ def run(
         return
     if set_:  # validate before DVC spends any time
         load_params("params.yaml", set_)
+    from flows import lockfile
     from flows.server import shared_server
     from tasks.tools.project import VERSION_FILE, write_version
 
+    lockfile.repair()  # a dvc.lock that a killed run cut short (see flows/lockfile.py)
     if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
         console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
 
