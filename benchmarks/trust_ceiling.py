@@ -85,6 +85,11 @@ def likelihood(counts: tuple[int, ...]) -> tuple[float, float]:
     return total, (top / total if k else 0.0)
 
 
+def state(votes: collections.Counter) -> tuple[int, ...]:
+    """The sorted vote counts: all that the model's posterior depends on."""
+    return tuple(sorted(votes.values(), reverse=True))
+
+
 def posterior(counts: tuple[int, ...]) -> float:
     """P(the top answer is the truth | sorted vote counts), exactly, under the simulator's model."""
     return likelihood(counts)[1]
@@ -133,7 +138,7 @@ def policy_lead(lead: int, kmax: int, k0: int = 2):
             v[draw()] += 1
         n = sum(v.values())
         top = v.most_common(2)
-        q = posterior(tuple(sorted(v.values(), reverse=True)))
+        q = posterior(state(v))
         if top[0][1] - (top[1][1] if len(top) > 1 else 0) >= lead:
             q, n = with_verification(q, verify(r, top[0][0] == 0)), n + 1
         return (q, top[0][0] == 0), n
@@ -145,7 +150,7 @@ def policy_fixed(k: int):
     def step(r, draw):
         v = collections.Counter(draw() for _ in range(k))
         lead = v.most_common(1)[0][0]
-        q = with_verification(posterior(tuple(sorted(v.values(), reverse=True))), verify(r, lead == 0))
+        q = with_verification(posterior(state(v)), verify(r, lead == 0))
         return (q, lead == 0), k + 1
 
     return step
@@ -176,11 +181,10 @@ def policy_optimal(mu: float, lam: float, cap: int = 12):
 
     def step(r, draw):
         v: collections.Counter = collections.Counter()
-        while act(tuple(sorted(v.values(), reverse=True)))[1] == "more":
+        while act(state(v))[1] == "more":
             v[draw()] += 1
-        n, how = sum(v.values()), act(tuple(sorted(v.values(), reverse=True)))[1]
+        n, how, q = sum(v.values()), act(state(v))[1], posterior(state(v))
         top = v.most_common(1)[0][0]
-        q = posterior(tuple(sorted(v.values(), reverse=True)))
         if how == "verify":
             q, n = with_verification(q, verify(r, top == 0)), n + 1
         return (q, top == 0), n

@@ -4,7 +4,7 @@ DVC rewrites dvc.lock in place after every stage (`dvc/utils/serialize/_common.p
 with "w+"), so a kill at that moment leaves a truncated file, and the next `dvc repro` stops
 with "'./dvc.lock' validation failed". So every stage command, before it starts, keeps a copy
 of dvc.lock as DVC left it (`keep`: DVC has finished writing it by then), and the project's
-entry points (`make feid`, the pipeline flow, the incremental flow) call `repair` first: a
+entry points (`make feid`, `seke run`, the pipeline and incremental flows) call `repair` first: a
 dvc.lock that DVC cannot read is moved aside and that copy put back. `dvc repro` then reruns
 the stage whose record was lost; its outputs are rebuilt from the same inputs, and its calls
 come from the response cache, so none is paid twice.
@@ -26,10 +26,10 @@ KEPT = Path(".seke") / "dvc.lock.kept"
 
 def keep(root: Path | str = ".") -> None:
     """Keep a copy of dvc.lock (called by each stage command, before it starts)."""
-    lock = Path(root) / "dvc.lock"
+    lock, kept = Path(root) / "dvc.lock", Path(root) / KEPT
     if lock.is_file():
-        (Path(root) / KEPT).parent.mkdir(parents=True, exist_ok=True)
-        put_whole(str(Path(root) / KEPT), lock.read_bytes())
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        put_whole(str(kept), lock.read_bytes())
 
 
 def problem(path: Path) -> str | None:
@@ -42,7 +42,8 @@ def problem(path: Path) -> str | None:
     try:
         load(str(path), COMPILED_LOCKFILE_SCHEMA, LocalFileSystem())
     except DvcException as e:
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        return text.splitlines()[0] if text else type(e).__name__
     return None
 
 
