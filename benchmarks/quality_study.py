@@ -508,6 +508,8 @@ def self_calibrated(
         pts = risk_coverage([r["vote_share"] or 0 for r in un], [r["correct"] for r in un])
         out["k10_accuracy_at_same_coverage"] = acc_at(pts, out["coverage"])
         out["k10_acc_at"] = {f"{c:.1f}": acc_at(pts, c) for c in COVERAGES}
+    out["fdr"] = fdr_run(fs, samples, k, p.verify, tr, by)
+    out["evidence_ablations"] = evidence_ablations(fs, samples, k, p.verify, cal, by)
     # per-granularity vs. whole-face acceptance, on the unlabelled faces
     wu = [v for v in whole if not by[v.face_id]["prior_expression"]]
     pk = [v for v in unl if v.expression_status in ("prior", "accepted")]
@@ -534,6 +536,53 @@ def self_calibrated(
     return out
 
 
+SOFT = {"low_confidence", "no_guarantee", "failed_verification"}  # reasons a threshold decides
+
+
+def _unlabelled_outcome(fs: list[dict], samples: dict, k, vp, tr, by: dict) -> dict:
+    """Coverage, realised error and accuracy of the top 60% on the unlabelled faces."""
+    vs = [decide(f, samples[f["face_id"]], k, vp, tr) for f in fs if not f["prior_expression"]]
+    acc = [v.expression == by[v.face_id]["truth"] for v in vs if v.expression_status == "accepted"]
+    pts = risk_coverage(
+        [v.expression_confidence or 0.0 for v in vs], [v.expression == by[v.face_id]["truth"] for v in vs]
+    )
+    return {
+        "coverage": len(acc) / len(vs),
+        "error": 1 - float(np.mean(acc)) if acc else float("nan"),
+        "acc_at_60": acc_at(pts, 0.6),
+        "best_guess_accuracy": float(np.mean([v.expression == by[v.face_id]["truth"] for v in vs])),
+    }
+
+
+def fdr_run(fs: list[dict], samples: dict, k, vp, tr, by: dict) -> dict:
+    """The same run under the expectation guarantee (conformal selection, verify.guarantee fdr)."""
+    import copy
+
+    t2 = copy.copy(tr)
+    t2.report = dict(tr.report)
+    vf = vp.model_copy(update={"guarantee": "fdr"})
+    pre = [decide(f, samples[f["face_id"]], k, vf, tr) for f in fs if not f["prior_expression"]]
+    trust.apply_fdr(
+        t2, vf, [v.expression_confidence for v in pre if v.expression_confidence is not None and set(v.reasons) <= SOFT]
+    )
+    return {"threshold": t2.threshold, **_unlabelled_outcome(fs, samples, k, vf, t2, by)}
+
+
+def evidence_ablations(fs: list[dict], samples: dict, k, vp, cal: list, by: dict) -> dict:
+    """Each evidence source switched off in turn, on the same answers (only verify differs)."""
+    out = {}
+    full = list(vp.evidence_signals)
+    variants = {"all signals": {}, "votes only (old features)": {"evidence_model": False}}
+    for sgn in full:
+        variants[f"without {sgn}"] = {"evidence_signals": [x for x in full if x != sgn]}
+    for name, upd in variants.items():
+        v2 = vp.model_copy(update=upd)
+        rows = [calibration_row(f, samples[f["face_id"]], k, v2) for f in fs if f["prior_expression"]]
+        t2 = trust.build([r for r in rows if r is not None], v2, "openai")
+        out[name] = {"threshold": t2.threshold, **_unlabelled_outcome(fs, samples, k, v2, t2, by)}
+    return out
+
+
 def print_self(results: list[dict]) -> None:
     print(
         f"\n{'labelled':>8} {'cal n':>6} {'source':>7} {'thresh':>7} {'bound':>6} {'cover':>6} {'error':>6} "
@@ -550,6 +599,14 @@ def print_self(results: list[dict]) -> None:
             f"{r['answers_per_unlabelled_face']:7.2f} {r['ranking_acc_at']['0.6']:6.3f} "
             f"{r.get('k10_acc_at', {}).get('0.6', float('nan')):6.3f}"
         )
+    print("\nexpectation guarantee (fdr) and each evidence source switched off (unlabelled faces):")
+    for r in results:
+        rows = {"fdr guarantee": r["fdr"], **{f"pac, {n}": x for n, x in r["evidence_ablations"].items()}}
+        for name, x in rows.items():
+            print(
+                f"{r['labelled_share']:8.2f} {name:>34} cover {x['coverage']:6.3f} error {x['error']:6.3f} "
+                f"acc@60 {x['acc_at_60']:6.3f} best-guess {x['best_guess_accuracy']:6.3f}"
+            )
     print("\nper-granularity vs whole-face acceptance (unlabelled faces):")
     print(
         f"{'labelled':>8} {'mode':>15} {'expr kept':>9} {'expr acc':>8} {'acc@whole':>9} {'VA kept':>7} "

@@ -111,13 +111,20 @@ class Sample(Section):
     )
     seed: int = 1234
     blind_k: int = Field(2, ge=1, description="samples per blind request (self-verification against priors)")
-    stop_rule: Literal["lead", "bayes", "naive"] = Field(
+    stop_rule: Literal["evidence", "lead", "bayes", "naive"] = Field(
         "lead",
-        description="lead: the top answer leads the runner-up by stop_lead votes; bayes: Beta-posterior "
-        "sequential test on the top answer (tasks/method/uamc.py); naive: the stop_* thresholds below on vote "
-        "share, entropy, VA std, AU entropy",
+        description="evidence: the evidence model's posterior of the best label reaches stop_posterior "
+        "(tasks/method/posterior.py); lead: the top answer leads the runner-up by stop_lead votes; "
+        "bayes: Beta-posterior sequential test on the top answer (tasks/method/uamc.py); naive: the stop_* "
+        "thresholds below on vote share, entropy, VA std, AU entropy",
     )
     stop_min_samples: int = Field(2, ge=1)
+    stop_posterior: float = Field(
+        0.97,
+        ge=0,
+        le=1,
+        description="evidence: stop once the knowledge-prior evidence model gives the best label this probability",
+    )
     stop_lead: int = Field(
         3,
         ge=1,
@@ -176,6 +183,12 @@ class Verify(Section):
         "expressions, guaranteed with probability 1 - delta; 0 = use min_confidence",
     )
     delta: float = Field(0.1, gt=0, lt=1)
+    guarantee: Literal["pac", "fdr"] = Field(
+        "pac",
+        description="pac: error among accepted <= target_error with probability >= 1 - delta (Learn-then-Test, "
+        "Clopper-Pearson); fdr: expected error among accepted <= target_error (conformal selection with "
+        "Benjamini-Hochberg, Jin & Candes 2023). Both are reported; this one is applied",
+    )
     self_calibrate: bool = Field(True, description="fit the confidence model on this run's labelled faces")
     min_calibration_faces: int = Field(100, ge=2, description="fewer labelled faces: fall back to `calibration`")
     calibration_folds: int = Field(5, ge=2)
@@ -209,6 +222,15 @@ class Verify(Section):
         "(written by benchmarks/quality_study.py); empty = the built-in uncalibrated prior",
     )
     au_threshold: float = Field(0.5, gt=0, lt=1)
+    evidence_model: bool = Field(
+        True,
+        description="fit the evidence model (tasks/method/posterior.py) on the calibration faces: the "
+        "label and its confidence come from every signal the answers carry, not the votes alone",
+    )
+    evidence_signals: list[Literal["aus", "va", "verification", "second_opinion"]] = Field(
+        default_factory=lambda: ["aus", "va", "verification", "second_opinion"],
+        description="what the evidence model reads besides the stated labels (ablation: drop one)",
+    )
 
 
 class Export(Section):

@@ -10,21 +10,31 @@ from __future__ import annotations
 from tasks.core.knowledge import AUS, Knowledge
 from tasks.core.params import Verify
 from tasks.core.records import Verdict
-from tasks.method import uamc
-from tasks.method.evidence import Stats, binary_entropy, measure, mirror
+from tasks.method import posterior, uamc
+from tasks.method.evidence import VERIFY_VARIANTS, Stats, binary_entropy, measure, mirror
 from tasks.method.trust import CalRow, Trust
 
 
-def expression_gates(s: Stats, v: Verify) -> list[str]:
-    """Hard reasons to withhold a generated expression, whatever its confidence."""
+def expression_gates(s: Stats, v: Verify, evidence_model: bool = False) -> list[str]:
+    """Hard reasons to withhold a generated expression, whatever its confidence. With the
+    evidence model, the knowledge check is part of the confidence (each answer's AUs and VA
+    read against its stated label), so the coarse `knowledge_conflict` gate is not applied."""
     r = []
     if s.vote_share is not None and (s.vote_share < v.min_vote_share or (s.entropy or 0) > v.max_entropy):
         r.append("uncertain_expression")
-    if v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
+    if not evidence_model and v.use_consistency and s.consistency is not None and s.consistency < v.min_consistency:
         r.append("knowledge_conflict")
     if v.use_verification and v.require_confirmation and s.verified is False:
         r.append("failed_verification")
-    if v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement:
+    # with the evidence model, blind answers that miss the source's AUs withhold the generated
+    # VA and AUs (`decide`), not the expression: its confidence is certified on calibration
+    # faces, which have no such check, so the check would select unlabelled faces unlike them
+    if (
+        not evidence_model
+        and v.use_priors
+        and s.prior_agreement is not None
+        and s.prior_agreement < v.min_prior_agreement
+    ):
         r.append("prior_disagreement")
     return r
 
@@ -37,9 +47,13 @@ def expression_confidence(s: Stats, v: Verify, cal: uamc.Calibrator | None = Non
     return (cal or uamc.calibrator(v.calibration))(f)
 
 
-def calibration_row(face: dict, samples: list[dict], k: Knowledge, v: Verify) -> CalRow | None:
+def calibration_row(
+    face: dict, samples: list[dict], k: Knowledge, v: Verify, second: str | None = None
+) -> CalRow | None:
     """One calibration face: the evidence of its blind (mirror) answers and whether their
-    majority named its known expression."""
+    majority named its known expression. With `verify.evidence_model`, also the answers
+    themselves (`tasks.method.posterior.FaceEvidence`), from which the run's evidence model
+    is fitted and this face's label re-scored out of fold (`tasks.method.trust.build`)."""
     m = mirror(face, samples)
     if m is None:
         return None
@@ -49,12 +63,45 @@ def calibration_row(face: dict, samples: list[dict], k: Knowledge, v: Verify) ->
     f = uamc.features(
         s.evidence(), use_consistency=v.use_consistency, use_verification=v.use_verification, use_priors=v.use_priors
     )
+    labels = tuple(k.expressions)
+    ev = posterior.face_evidence(m[1], labels, s.expression, second=second) if v.evidence_model else None
     return CalRow(
         subject=face.get("subject") or face["face_id"],
         features=f,
         correct=s.expression == face["prior_expression"],
-        gated=bool(expression_gates(s, v)),
+        gated=bool(expression_gates(s, v, v.evidence_model)),
+        evidence=ev,
+        truth=labels.index(face["prior_expression"]) if face["prior_expression"] in labels else -1,
+        label=labels.index(s.expression),
     )
+
+
+def apply_evidence(s: Stats, face: dict, samples: list[dict], k: Knowledge, model, second: str | None = None) -> Stats:
+    """The evidence model's label and its probability, in place of the votes' answer. When
+    the model picks another label than the votes, the face's VA and AUs are re-measured
+    from the answers that state that label (the others' VA and AUs follow a label the
+    model does not believe), and the verification round's confirmation no longer applies."""
+    if s.expression_source != "annotator" or not s.n_votes or model is None:
+        return s
+    ev = posterior.face_evidence(samples, model.labels, s.expression, set(face.get("au_set") or []), second)
+    post = model.posterior(ev)
+    best = model.labels[int(post.argmax())]
+    s.posterior = float(post.max())
+    s.measured = s.evidence()
+    if best == s.expression:
+        return s
+    agree = [x for x in samples if x["variant"] in ("blind", *VERIFY_VARIANTS) or x.get("expression") == best]
+    s2 = measure(face, agree, k)
+    if s.va_source == "annotator":
+        for name in ("valence", "arousal", "valence_std", "arousal_std", "va_source"):
+            setattr(s, name, getattr(s2, name))
+    for name in ("au_probs", "au_entropy", "au_source"):
+        setattr(s, name, getattr(s2, name))
+    s.expression = best
+    s.verified = False if s.verified is not None else None
+    rates = {a: p for a, p in zip(AUS, s.au_probs) if p is not None}
+    s.consistency = k.consistency(best, rates or None, s.valence, s.arousal)
+    return s
 
 
 def fallback_trust(v: Verify) -> Trust:
@@ -91,7 +138,7 @@ def _expression_decision(s: Stats, v: Verify, trust: Trust, conf: float) -> tupl
         return "prior", []
     if s.expression_source != "annotator" or not s.n_votes:
         return "missing", []
-    why = expression_gates(s, v)
+    why = expression_gates(s, v, trust.evidence is not None)
     if not why and not trust.accepts(conf):
         why = ["low_confidence" if trust.threshold is not None else "no_guarantee"]
         if v.use_verification and s.verified is False:
@@ -119,7 +166,9 @@ def _au_decision(s: Stats, v: Verify, taint: list[str], au_set: set[str]) -> tup
     return status, out, ((taint or ["au_entropy"]) if out else [])
 
 
-def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trust | None = None) -> Verdict:
+def decide(
+    face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trust | None = None, second: str | None = None
+) -> Verdict:
     """Per-granularity acceptance. The expression is the anchor: a generated one is kept when
     its calibrated confidence passes `trust`'s threshold and no hard gate withholds it. A
     generated VA or AU is kept only when the expression is kept (prior or accepted), because
@@ -128,7 +177,7 @@ def decide(face: dict, samples: list[dict], k: Knowledge, v: Verify, trust: Trus
     its expression cannot be kept (or nothing was answered). With `verify.per_granularity`
     off, any withheld granularity rejects the whole face (the older rule, for ablation)."""
     trust = trust or fallback_trust(v)
-    s = measure(face, samples, k)
+    s = apply_evidence(measure(face, samples, k), face, samples, k, trust.evidence, second)
     conf = confidence(s, v, trust.calibrator) if s.n_ok else 0.0
     e_status, e_why = _expression_decision(s, v, trust, conf)
     disagree = v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement

@@ -94,8 +94,15 @@ class Stats:
     consistency_margin: float | None = None
     verified: bool | None = None  # None: no verification round answered
     n_verify: int = 0
+    posterior: float | None = None  # the evidence model's probability of `expression` (when it chose it)
+    majority: str | None = None  # the votes' own answer (the label the verification round was shown)
+    # the evidence as the votes measured it, kept when the evidence model relabels the face,
+    # so that its confidence reads the same features as a calibration face's
+    measured: uamc.Evidence | None = None
 
     def evidence(self) -> uamc.Evidence:
+        if self.measured is not None:
+            return self.measured
         second = sorted(self.votes.values(), reverse=True)[1] if len(self.votes) > 1 else 0
         spread = max(self.valence_std, self.arousal_std or 0.0) if self.valence_std is not None else None
         return uamc.Evidence(
@@ -108,6 +115,7 @@ class Stats:
             consistency_margin=self.consistency_margin,
             verified=self.verified,
             prior_agreement=self.prior_agreement,
+            posterior=self.posterior,
         )
 
 
@@ -128,7 +136,7 @@ def _measure_expression(s: Stats, face: dict, gen: list[dict], ver: list[dict], 
     # ties break towards the label set's order, so the result never depends on sample order
     tied = [lab for lab, c in votes.items() if c == top]
     label = min(tied, key=k.expressions.index)
-    s.expression, s.expression_source = label, "annotator"
+    s.expression, s.expression_source, s.majority = label, "annotator", label
     s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
     s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
     if ver:
@@ -282,10 +290,12 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
     if not reqs or any(per_req.get(r, 0) < n for r, n in need.items()):
         return False
     s = measure(face, samples, k)
-    if sp.stop_rule in ("bayes", "lead"):
+    if sp.stop_rule in ("bayes", "lead", "evidence"):
         spread = uncertainty_reasons(s, 0.0, float("inf"), sp.stop_max_va_std, sp.stop_max_au_entropy)
         if s.expression_source != "annotator" or not s.n_votes:
             return not spread
+        if sp.stop_rule == "evidence":
+            return best_posterior(face, samples, k) >= sp.stop_posterior
         if sp.stop_rule == "lead":
             e = s.evidence()
             return uamc.stop_lead(
@@ -314,13 +324,39 @@ def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) ->
     )
 
 
-def wants_verification(s: Stats, sp: SampleParams) -> bool:
+_PRIOR_MODELS: dict = {}
+
+
+def _prior_model(k: Knowledge):
+    from tasks.method import posterior
+
+    if k.digest not in _PRIOR_MODELS:
+        _PRIOR_MODELS[k.digest] = posterior.initial(k)
+    return _PRIOR_MODELS[k.digest]
+
+
+def best_posterior(face: dict, samples: list[dict], k: Knowledge) -> float:
+    """The stopping rule's evidence: the probability of the best label under the evidence
+    model's knowledge priors (`tasks.method.posterior.initial`), from every answer's stated
+    label, AUs and VA. The run's own fit comes later, in verify, once all calibration faces
+    are answered; the rule needs only a ranking of how settled each face is."""
+    from tasks.method import posterior
+
+    ev = posterior.face_evidence(samples, tuple(k.expressions), None, set(face.get("au_set") or []))
+    return float(_prior_model(k).posterior(ev).max())
+
+
+def wants_verification(
+    s: Stats, sp: SampleParams, face: dict | None = None, samples: list[dict] | None = None, k: Knowledge | None = None
+) -> bool:
     """Does this face get a verification round? Only a generated expression is verified:
     `all` of them, the `uncertain` ones (vote posterior below `verify_below`), or the
     `leaders`: faces whose top answer reached the lead rule's `stop_lead` (the faces that can
     be accepted; a hopeless face is not worth another call)."""
     if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
         return False
+    if sp.verify_round == "leaders" and sp.stop_rule == "evidence" and samples is not None:
+        return best_posterior(face, samples, k) >= sp.stop_posterior
     if sp.verify_round == "leaders":
         e = s.evidence()
         return e.top - e.second >= sp.stop_lead

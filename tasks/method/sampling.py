@@ -220,7 +220,7 @@ def verification_calls(
     calls: list[Call] = []
     for variant, face, samples in _views(f, reqs, got):
         s = measure(face, samples, k)
-        if not wants_verification(s, sp):
+        if not wants_verification(s, sp, face, samples, k):
             continue
         vid, messages, schema = verification_request(
             k, f["crop_sha256"], _proposal(s), reqs[0]["prompt_version"], params.prompt.knowledge

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class CalRow:
     features: dict[str, float]
     correct: bool
     gated: bool = False  # a hard gate (knowledge conflict, ...) would reject it whatever its score
+    evidence: Any = None  # its `tasks.method.posterior.FaceEvidence` (for the evidence model)
+    truth: int = -1  # index of its known expression
+    label: int = -1  # index of its votes' answer
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ class Trust:
     threshold: float | None  # None: no generated expression is accepted
     report: dict = field(default_factory=dict)
     scores: list[tuple[float, bool]] = field(default_factory=list)  # (out-of-fold confidence, right) per labelled face
+    evidence: Any = None  # the fitted `tasks.method.posterior.EvidenceModel`, or None: votes' label, Platt features
+    gated: list[bool] = field(default_factory=list)  # per labelled face, as `scores`: a hard gate holds
 
     def accepts(self, confidence: float) -> bool:
         return self.threshold is not None and confidence >= self.threshold
@@ -248,7 +254,12 @@ def load_saved(path: str, run: dict) -> "Trust | None":
         source=path,
         annotator=m.get("annotator", ""),
     )
-    return Trust(cal, d.get("threshold"), dict(rep))
+    ev = None
+    if d.get("evidence_model"):
+        from tasks.method import posterior
+
+        ev = posterior.EvidenceModel.from_state(d["evidence_model"])
+    return Trust(cal, d.get("threshold"), dict(rep), evidence=ev)
 
 
 def _fallback(rows: list[CalRow], v, annotator: str) -> tuple[uamc.Calibrator, list[float], dict]:
@@ -280,7 +291,12 @@ def _threshold(rows: list[CalRow], scores: list[float], v, rep: dict) -> float |
         )
         return v.min_confidence
     sel = select_threshold(scores, [r.correct for r in rows], v.target_error, v.delta, [r.gated for r in rows])
+    live = [(s, r.correct) for s, r in zip(scores, rows) if not r.gated]
+    rep["frontier"] = frontier([s for s, _ in live], [c for _, c in live], v.delta)
+    rep["label_budget"] = label_budget([s for s, _ in live], [c for _, c in live], v.target_error, v.delta)
+    rep["pac"] = {"threshold": sel.threshold, "bound": None if sel.bound is None else round(sel.bound, 4)}
     rep.update(
+        guarantee="pac",
         mode="target_error",
         target_error=v.target_error,
         delta=v.delta,
@@ -291,7 +307,7 @@ def _threshold(rows: list[CalRow], scores: list[float], v, rep: dict) -> float |
         expected_coverage=round(sel.coverage, 4),
         selection=sel.reason,
     )
-    if sel.threshold is None:
+    if sel.threshold is None and getattr(v, "guarantee", "pac") == "pac":
         rep["warning"] = (
             f"no generated expression is accepted: {sel.reason}. Label a random sample of your "
             "faces (a few hundred), or set verify.target_error: 0 to accept by "
@@ -321,6 +337,11 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
         )
         saved.report["confidence_model"] = saved.calibrator.to_json()
         return saved
+    model = None
+    if enough and getattr(v, "evidence_model", False) and all(r.evidence is not None for r in rows):
+        model, rows = _crossfit_evidence(rows, v)
+        rep["evidence_model"] = model.to_json()
+        rep["evidence_best_guess_accuracy_oof"] = round(float(np.mean([r.correct for r in rows])), 4)
     if enough:
         cal, scores = crossfit(rows, v.calibration_folds, v.calibration_seed)
         cal = uamc.Calibrator(cal.intercept, cal.coef, source="self", annotator=annotator)
@@ -335,4 +356,133 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
         rep.update(oof_ece=round(ece(scores, [r.correct for r in rows]), 4), ece_bins=10)
     rep["confidence_model"] = cal.to_json()
     pairs = [(float(s), bool(r.correct)) for s, r in zip(scores, rows)]
-    return Trust(cal, _threshold(rows, scores, v, rep), rep, pairs)
+    return Trust(cal, _threshold(rows, scores, v, rep), rep, pairs, evidence=model, gated=[r.gated for r in rows])
+
+
+def apply_fdr(tr: Trust, v, unlabelled_scores: list[float]) -> None:
+    """The expectation guarantee (`select_fdr`) over the run's unlabelled faces, reported
+    always and applied when `verify.guarantee` is `fdr`."""
+    if v.target_error <= 0 or tr.report.get("mode") != "target_error":
+        return
+    live = [(s, ok) for (s, ok), g in zip(tr.scores, tr.gated or [False] * len(tr.scores)) if not g]
+    sel = select_fdr([s for s, _ in live], [ok for _, ok in live], unlabelled_scores, v.target_error)
+    tr.report["fdr"] = sel
+    if v.guarantee == "fdr":
+        tr.threshold = sel["threshold"]
+        tr.report.update(
+            guarantee="fdr",
+            threshold=sel["threshold"],
+            selection=f"conformal selection (Benjamini-Hochberg at {v.target_error}): {sel['selected']} of "
+            f"{sel['faces']} generated expressions selected; expected error among them <= {v.target_error}",
+        )
+        tr.report.pop("warning", None)
+        if sel["threshold"] is None:
+            tr.report["warning"] = (
+                "no generated expression is accepted: conformal selection selects none at "
+                f"verify.target_error {v.target_error}. Label a random sample of your faces (seke review export)"
+            )
+
+
+def _crossfit_evidence(rows: list[CalRow], v) -> tuple[Any, list[CalRow]]:
+    """The evidence model fitted on all calibration faces, and the rows re-scored out of fold:
+    each face's label (the posterior's best guess), whether it is right, and its
+    `evidence_logodds`, from a model fitted on the other folds' people (the same folds as the
+    Platt fit, so no calibration face is scored by a model that saw its person)."""
+    from tasks.core import knowledge
+    from tasks.method import posterior
+
+    k = knowledge.load()
+    sig = tuple(v.evidence_signals)
+    data = [(r.evidence, r.truth) for r in rows]
+    subjects = [r.subject for r in rows]
+    fold = folds_by_subject(subjects, max(2, min(v.calibration_folds, len(set(subjects)))), v.calibration_seed)
+    out = list(rows)
+    for g in sorted(set(fold)):
+        m = posterior.fit([d for d, h in zip(data, fold) if h != g], k, sig)
+        for i, h in enumerate(fold):
+            if h == g:
+                post = m.posterior(rows[i].evidence)
+                best = int(post.argmax())
+                f = dict(rows[i].features, evidence_logodds=uamc.logodds(float(post[best])))
+                out[i] = replace(rows[i], features=f, correct=best == rows[i].truth, label=best)
+    return posterior.fit(data, k, sig), out
+
+
+# ------------------------------------------------------------------ the expectation guarantee
+def conformal_pvalues(cal_scores: list[float], cal_correct: list[bool], scores: list[float]) -> np.ndarray:
+    """Conformal p-values of "this face's label is wrong" (Jin & Candes 2023): for a face with
+    score s, (1 + #{calibration faces that are wrong and score >= s}) / (n + 1). Ties count
+    against the face, so the p-value is conservative."""
+    wrong = np.sort(np.asarray(cal_scores, float)[~np.asarray(cal_correct, bool)])
+    s = np.asarray(scores, float)
+    above = len(wrong) - np.searchsorted(wrong, s, side="left")  # wrong calibration scores >= s
+    return (1.0 + above) / (len(cal_scores) + 1.0)
+
+
+def select_fdr(cal_scores: list[float], cal_correct: list[bool], scores: list[float], alpha: float) -> dict:
+    """Conformal selection (Jin & Candes 2023; conformal alignment, Gui et al. 2024): the
+    Benjamini-Hochberg procedure at level `alpha` over the conformal p-values of the
+    unlabelled faces. Under exchangeability the expected share of wrong labels among the
+    selected faces is <= alpha. Returns the score threshold it implies (None: nothing
+    selected) and how many faces it selects."""
+    m = len(scores)
+    if not m or not cal_scores:
+        return {"threshold": None, "selected": 0, "faces": m}
+    p = conformal_pvalues(cal_scores, cal_correct, scores)
+    order = np.argsort(p, kind="stable")
+    ok = np.flatnonzero(p[order] <= alpha * np.arange(1, m + 1) / m)
+    if not len(ok):
+        return {"threshold": None, "selected": 0, "faces": m}
+    chosen = order[: ok[-1] + 1]
+    t = float(np.asarray(scores, float)[chosen].min())
+    # every face scoring >= t has a p-value <= that of the selected face with score t
+    return {"threshold": t, "selected": int((np.asarray(scores) >= t).sum()), "faces": m}
+
+
+# ------------------------------------------------------------------ what can be certified, and what labels buy
+def frontier(scores: list[float], correct: list[bool], delta: float, points: int = 10) -> list[dict]:
+    """The smallest error that can be certified at each coverage: for the top c of the
+    calibration faces by out-of-fold score, the Clopper-Pearson upper bound (level 1 - delta)
+    on their error. Each point alone is a valid bound for a coverage fixed in advance; the
+    points together are not simultaneous (a run certifies one of them, by Learn-then-Test)."""
+    n = len(scores)
+    if not n:
+        return []
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    wrong = np.cumsum(~np.asarray(correct, bool)[order])
+    out = []
+    for i in range(1, points + 1):
+        c = i / points
+        mm = max(1, int(round(c * n)))
+        k = int(wrong[mm - 1])
+        out.append({"coverage": round(c, 3), "error": round(k / mm, 4), "bound": round(cp_upper(k, mm, delta), 4)})
+    return out
+
+
+def label_budget(
+    scores: list[float], correct: list[bool], target_error: float, delta: float, extra: tuple[int, ...] = ()
+) -> list[dict]:
+    """What more labelled faces would buy: the coverage Learn-then-Test (`select_threshold`, its
+    three walks and their stops) would certify with n + N calibration faces, if the run's
+    calibration curve stayed as measured on its n faces: at each depth of the ranking, the
+    accepted and wrong counts are scaled by (n + N) / n. An estimate, not a promise: the
+    curve's own noise at n faces is in it (tested against runs with that many labels)."""
+    n = len(scores)
+    if not n:
+        return []
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    wrong = np.cumsum(~np.asarray(correct, bool)[order]).astype(float)
+    depth = np.arange(1, n + 1, dtype=float)
+    extra = extra or tuple(sorted({max(50, n // 2), n, 2 * n, 4 * n}))
+    out = []
+    for N in extra:
+        f = (n + N) / n
+        m, k = np.round(depth * f), np.round(wrong * f)
+        need = math.ceil(math.log(0.2 * delta) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
+        best = 0.0
+        for start, share in ((need, 0.2), (max(need, (n + N) // 4), 0.3), (max(need, (n + N) // 2), 0.5)):
+            j = _chain(m, k, _upper(k, m, share * delta), target_error, start)
+            if j is not None:
+                best = max(best, float(depth[j] / n))
+        out.append({"more_labels": int(N), "calibration_faces": int(n + N), "coverage": round(best, 4)})
+    return out

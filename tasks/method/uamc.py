@@ -42,10 +42,11 @@ FEATURES = (
     "prior_agreement",
     "va_spread",
     "au_entropy",
+    "evidence_logodds",
 )
 # features that more agreeing evidence can only raise: their weights must be >= 0, so that
 # adding samples that agree never lowers a face's confidence (a tested property)
-MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agreement")
+MONOTONE = ("vote_logodds", "vote_share", "vote_lead", "consistency", "prior_agreement", "evidence_logodds")
 # features whose growth means the samples disagree more: their weights must be <= 0
 ANTITONE = ("va_spread", "au_entropy")
 
@@ -135,6 +136,7 @@ class Evidence:
     prior_agreement: float | None = None
     va_spread: float | None = None  # the larger of the valence and arousal std across samples
     au_entropy: float | None = None  # mean binary entropy of the sampled AUs
+    posterior: float | None = None  # the evidence model's P(label | every signal), `tasks.method.posterior`
 
 
 def features(
@@ -157,6 +159,8 @@ def features(
         f["va_spread"] = e.va_spread
     if e.au_entropy is not None:
         f["au_entropy"] = e.au_entropy
+    if e.posterior is not None:
+        f["evidence_logodds"] = logodds(e.posterior)
     return f
 
 

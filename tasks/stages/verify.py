@@ -169,6 +169,20 @@ def _fit(p: Params, faces_url: str, smp_url: str) -> trust.Trust:
     return tr
 
 
+def unlabelled_scores(p: Params, faces_url: str, smp_url: str, tr: trust.Trust) -> list[float]:
+    """The confidence of every generated expression that no hard gate withholds: the test
+    scores of the conformal selection (`trust.apply_fdr`). One more streaming pass."""
+    k = knowledge.load()
+    soft = {"low_confidence", "no_guarantee"} | (set() if p.verify.require_confirmation else {"failed_verification"})
+    out = []
+    for batch, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)):
+        for f in batch:
+            v = decide(f, by.get(f["face_id"], []), k, p.verify, tr)
+            if v.expression_confidence is not None and set(v.reasons) <= soft:
+                out.append(v.expression_confidence)
+    return out
+
+
 def run(p: Params) -> dict:
     """Two streaming passes over faces and their samples (both in face order): the first
     fits the run's confidence model and threshold on its labelled faces (`calibrate`), the
@@ -177,6 +191,8 @@ def run(p: Params) -> dict:
     faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
     out = io.join(p.paths.verify, "verdicts.parquet")
     tr = _fit(p, faces_url, smp_url)
+    if tr.report.get("mode") == "target_error":
+        trust.apply_fdr(tr, p.verify, unlabelled_scores(p, faces_url, smp_url, tr))
     t = _Tally()
     runner = dask.task_runner(p)
     texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose
@@ -193,6 +209,7 @@ def run(p: Params) -> dict:
         io.join(p.paths.verify, TRUST_FILE),
         {
             "model": tr.calibrator.to_json(),
+            "evidence_model": tr.evidence.to_state() if tr.evidence is not None else None,
             "threshold": tr.threshold,
             "report": report,
             "calibration_scores": [[round(c, 4), int(ok)] for c, ok in tr.scores],  # reliability, risk-coverage

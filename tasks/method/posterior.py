@@ -1,0 +1,395 @@
+"""The evidence model: a posterior over each face's true expression from everything its answers carry.
+
+Why: a VLLM rationalises. When it states a wrong label, most of its AUs and its VA follow
+that label, but not all of them: some AUs and part of the VA still come from the face. So an
+answer's AUs and VA, read against the prototype of the label *that answer states*, tell
+which expression is really there (only the true expression can have put a smile's AUs into
+an answer that says "neutral"). The vote share alone cannot see this, and neither can the
+consistency of the top label with the *mean* AUs, which mostly repeat the votes.
+
+The model (a latent-class model in the spirit of Dawid and Skene, 1979), for one face with
+true expression y:
+
+- Each answer states y with the face's accuracy a (a latent per-face value on a grid, its
+  distribution `pi` learned), else a wrong label: the face's own distractor d (a latent
+  per-face label, `D[y, d]` learned) with probability `rho`, else any other label.
+  Systematic errors are thus modelled, not assumed away: a face whose wrong answers repeat
+  one label is explained by a distractor, not by a second true expression.
+- Each answer's AU u is on with probability `theta[s, u]` when its stated label s is y;
+  when s is wrong, it follows the stated label with probability `lam[u]` (a rationalising
+  model: `lam` near 1) and the face with 1 - `lam[u]`. `theta` is the AU rate of right
+  answers per expression.
+- Each answer's VA is Gaussian around `beta * mu[s] + (1 - beta) * mu[y]` (`mu`: the VA of
+  right answers per expression; `beta`: how far a wrong answer's VA follows its label).
+- The verification round: the annotator confirms a proposal that is y with `conf[0]`, the
+  face's distractor with `conf[1]`, another wrong label with `conf[2]`; a refusal's
+  correction is one more answer that is not the proposal.
+- The local models' label on the crop (the second opinion, which never sees the VLLM's
+  answer): a confusion matrix `S[y, l]`.
+
+Every parameter is learned from the run's calibration faces (their known labels make y
+observed; the distractor and the accuracy stay latent, so `pi`, `D`, `rho` and the confirm
+rates are fitted by EM). The knowledge files give the starting values and the priors that
+shrink small counts: the prototype's core and frequent AUs, the VA centroids. Nothing comes
+from the simulator. The model falls back by itself: when the AUs and VA of wrong answers
+follow the stated label completely, `lam` and `beta` are fitted near 1 and the AU/VA terms
+no longer differ between expressions, so the posterior ranks by votes and verification
+alone.
+
+The posterior is not trusted as a probability: answers are not independent given the
+face in every way the model assumes. Its log-odds is the input of the run's Platt
+calibration (`tasks.method.trust`), and the error guarantee holds whatever the model gets
+wrong, because it is certified on held-out calibration faces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.core.knowledge import AUS, Knowledge
+
+SIGNALS = ("aus", "va", "verification", "second_opinion")
+GRID = np.linspace(0.05, 0.95, 10)  # the per-face accuracy a
+_EPS = 1e-9
+_KAPPA = 5.0  # pseudo-answers with which the knowledge priors shrink theta and mu
+_SD_FLOOR = 0.05
+_NOT_GENERATED = ("blind", "verify", "verify_blind")
+_STATE = ("log_prior", "pi", "D", "theta", "lam", "mu", "beta", "sd", "conf", "S")
+
+
+@dataclass
+class FaceEvidence:
+    """What one face's answers carry: stated labels, AUs and VA per answer, the verification
+    round (the proposal shown and each verdict: confirmed, or the correction's label index or
+    -1), and the local models' label (-1: none)."""
+
+    stated: np.ndarray  # (n,) label indices
+    aus: np.ndarray  # (n, 17): 1/0, nan where not asked or not answered
+    va: np.ndarray  # (n, 2): nan where missing
+    proposal: int = -1
+    verdicts: list[tuple[bool, int]] = field(default_factory=list)
+    second: int = -1
+
+
+def face_evidence(
+    samples: list[dict],
+    labels: tuple[str, ...],
+    proposal: str | None,
+    au_known: set[str] = frozenset(),
+    second: str | None = None,
+) -> FaceEvidence:
+    """A face's evidence from its generated answers (variants other than blind/verify) and its
+    verification answers (variant `verify`). `au_known`: AUs the source annotates (not asked)."""
+    idx = {e: i for i, e in enumerate(labels)}
+    gen = [
+        x for x in samples if x["status"] == "ok" and x["variant"] not in _NOT_GENERATED and x.get("expression") in idx
+    ]
+    n = len(gen)
+    aus = np.full((n, len(AUS)), np.nan)
+    va = np.full((n, 2), np.nan)
+    for j, x in enumerate(gen):
+        if x.get("aus") is not None:
+            on = set(x["aus"])
+            aus[j] = [np.nan if a in au_known else float(a in on) for a in AUS]
+        if x.get("valence") is not None and x.get("arousal") is not None:
+            va[j] = (x["valence"], x["arousal"])
+    verdicts = []
+    if proposal in idx:
+        for x in samples:
+            if x["status"] == "ok" and x["variant"] == "verify":
+                e = x.get("expression")
+                verdicts.append((e == proposal, -1 if e == proposal or e not in idx else idx[e]))
+    return FaceEvidence(
+        np.array([idx[x["expression"]] for x in gen], int),
+        aus,
+        va,
+        idx.get(proposal, -1) if verdicts else -1,
+        verdicts,
+        idx.get(second, -1) if second else -1,
+    )
+
+
+def _priors(k: Knowledge) -> tuple[np.ndarray, np.ndarray]:
+    """Starting AU rates (core 0.85, frequent 0.4, other 0.05) and VA centroids from the knowledge."""
+    theta = np.full((len(k.expressions), len(AUS)), 0.05)
+    mu = np.zeros((len(k.expressions), 2))
+    for i, e in enumerate(k.expressions):
+        core, often = k.prototype(e)
+        for a in often:
+            theta[i, AUS.index(a)] = 0.4
+        for a in core:
+            theta[i, AUS.index(a)] = 0.85
+        cv, ca, _ = k.va_centroid(e)
+        mu[i] = (cv, ca)
+    return theta, mu
+
+
+@dataclass
+class EvidenceModel:
+    labels: tuple[str, ...]
+    signals: tuple[str, ...]
+    log_prior: np.ndarray  # (C,)
+    pi: np.ndarray  # (G,) distribution of the per-face accuracy over GRID
+    rho: float  # share of wrong answers that name the face's distractor
+    D: np.ndarray  # (C, C) P(distractor d | y), zero diagonal
+    theta: np.ndarray  # (C, 17) AU rates of right answers
+    lam: np.ndarray  # (17,) P(a wrong answer's AU follows its stated label)
+    mu: np.ndarray  # (C, 2) VA of right answers
+    beta: np.ndarray  # (2,) how far a wrong answer's VA follows its stated label
+    sd: np.ndarray  # (2, 2) VA spread of [right, wrong] answers
+    conf: np.ndarray  # (3,) P(confirm) for a proposal that is y / the distractor / another label
+    S: np.ndarray  # (C, C) P(second opinion l | y)
+    n_faces: int = 0
+
+    # ---------------------------------------------------------------- posterior
+    def _answer_terms(self, ev: FaceEvidence) -> np.ndarray:
+        """(C,) log-likelihood of the answers' AUs and VA under each true expression."""
+        C = len(self.labels)
+        out = np.zeros(C)
+        if not len(ev.stated):
+            return out
+        s = ev.stated
+        if "aus" in self.signals:
+            a = ev.aus[:, None, :]  # (n, 1, U)
+            p = self.lam * self.theta[s][:, None, :] + (1 - self.lam) * self.theta[None, :, :]  # (n, C, U)
+            ll = np.where(np.isnan(a), 0.0, np.where(a > 0.5, np.log(p), np.log1p(-p)))
+            out += ll.sum(axis=(0, 2))
+        if "va" in self.signals:
+            v = ev.va[:, None, :]
+            m = self.beta * self.mu[s][:, None, :] + (1 - self.beta) * self.mu[None, :, :]  # (n, C, 2)
+            right = s[:, None] == np.arange(C)[None, :]  # (n, C)
+            sd = np.where(right[..., None], self.sd[0], self.sd[1])
+            ll = -0.5 * ((v - m) / sd) ** 2 - np.log(sd)
+            out += np.where(np.isnan(v), 0.0, ll).sum(axis=(0, 2))
+        return out
+
+    def _vote_terms(self, ev: FaceEvidence) -> np.ndarray:
+        """(C, C, G) log-likelihood of the stated labels and the verification round under
+        (true y, distractor d, accuracy a)."""
+        C = len(self.labels)
+        cnt = np.bincount(ev.stated, minlength=C).astype(float)
+        n = cnt.sum()
+        a = GRID[None, None, :]
+        lp_y, lp_d, lp_o = self._answer_probs()
+        kr = cnt[:, None, None]
+        kd = cnt[None, :, None] * np.ones((C, 1, 1))
+        ko = n - kr - kd
+        out = kr * lp_y + kd * lp_d + ko * lp_o
+        if "verification" in self.signals and ev.proposal >= 0:
+            p = ev.proposal
+            pc = np.full((C, C), self.conf[2])
+            pc[:, p] = self.conf[1]
+            pc[p, :] = self.conf[0]
+            pc = pc[:, :, None]
+
+            # P(an answer states label c) under (y, d, a), for the proposal and the corrections
+            def p_state(c: int) -> np.ndarray:
+                q = np.broadcast_to(np.exp(lp_o), (C, C, len(GRID))).copy()
+                q[:, c, :] = np.exp(lp_d[0, 0, :])
+                q[c, :, :] = a[0]
+                return q
+
+            not_p = np.clip(1 - p_state(p), _EPS, 1)
+            for ok, corr in ev.verdicts:
+                if ok:
+                    out = out + np.log(pc)
+                else:
+                    out = out + np.log1p(-pc)
+                    if corr >= 0:
+                        out = out + np.log(np.clip(p_state(corr), _EPS, 1)) - np.log(not_p)
+        return out
+
+    def _answer_probs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """log P(an answer states y), P(states the distractor), P(states one other label), on GRID."""
+        C = len(self.labels)
+        a = GRID
+        lp_y = np.log(a)
+        lp_d = np.log((1 - a) * (self.rho + (1 - self.rho) / (C - 1)))
+        lp_o = np.log((1 - a) * (1 - self.rho) / (C - 1))
+        return lp_y[None, None, :], lp_d[None, None, :], lp_o[None, None, :]
+
+    def _latent(self, ev: FaceEvidence) -> np.ndarray:
+        """(C, C, G) log joint of (y, d, a) and the face's votes and verification round."""
+        return np.log(self.D + _EPS)[:, :, None] + np.log(self.pi)[None, None, :] + self._vote_terms(ev)
+
+    def log_posterior(self, ev: FaceEvidence) -> np.ndarray:
+        """(C,) log P(y | everything the face's answers carry)."""
+        lat = self._latent(ev)
+        m = lat.max(axis=(1, 2), keepdims=True)
+        votes = (m + np.log(np.exp(lat - m).sum(axis=(1, 2), keepdims=True)))[:, 0, 0]
+        lp = self.log_prior + votes + self._answer_terms(ev)
+        if "second_opinion" in self.signals and ev.second >= 0:
+            lp = lp + np.log(self.S[:, ev.second])
+        return lp - _logsumexp(lp)
+
+    def posterior(self, ev: FaceEvidence) -> np.ndarray:
+        return np.exp(self.log_posterior(ev))
+
+    def to_state(self) -> dict:
+        """Every parameter, as trust.json keeps it (`from_state` reads it back)."""
+        d = {name: np.asarray(getattr(self, name)).tolist() for name in _STATE}
+        d.update(labels=list(self.labels), signals=list(self.signals), rho=self.rho, n_faces=self.n_faces)
+        return d
+
+    @staticmethod
+    def from_state(d: dict) -> "EvidenceModel":
+        arrays = {name: np.asarray(d[name], float) for name in _STATE}
+        return EvidenceModel(
+            labels=tuple(d["labels"]),
+            signals=tuple(d["signals"]),
+            rho=float(d["rho"]),
+            n_faces=int(d["n_faces"]),
+            **arrays,
+        )
+
+    def to_json(self) -> dict:
+        """The fitted parameters, as metrics/verify.json reports them."""
+        r = lambda x: np.round(np.asarray(x, float), 4).tolist()  # noqa: E731
+        return {
+            "signals": list(self.signals),
+            "calibration_faces": self.n_faces,
+            "accuracy_mean": round(float((self.pi * GRID).sum()), 4),
+            "distractor_share": round(self.rho, 4),
+            "au_follow_stated": dict(zip(AUS, r(self.lam))),
+            "au_follow_stated_mean": round(float(self.lam.mean()), 4),
+            "va_follow_stated": r(self.beta),
+            "va_spread_right_wrong": r(self.sd),
+            "confirm_rate_right_distractor_other": r(self.conf),
+            "second_opinion_accuracy": round(float(np.mean(np.diag(self.S))), 4),
+        }
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    m = float(np.max(x))
+    return m + float(np.log(np.exp(x - m).sum()))
+
+
+def initial(k: Knowledge, signals: tuple[str, ...] = SIGNALS) -> EvidenceModel:
+    """The starting model from the knowledge files alone (also the prior of `fit`)."""
+    C = len(k.expressions)
+    theta, mu = _priors(k)
+    D = (1 - np.eye(C)) / (C - 1)
+    pi = np.exp(-((GRID - 0.7) ** 2) / (2 * 0.2**2))
+    return EvidenceModel(
+        labels=tuple(k.expressions),
+        signals=tuple(signals),
+        log_prior=np.full(C, -np.log(C)),
+        pi=pi / pi.sum(),
+        rho=0.5,
+        D=D,
+        theta=theta,
+        # a VLLM rationalises: most of a wrong answer's AUs and VA follow its label (fitted per run)
+        lam=np.full(len(AUS), 0.75),
+        mu=mu,
+        beta=np.full(2, 0.75),
+        sd=np.full((2, 2), 0.3),
+        conf=np.array([0.8, 0.4, 0.3]),
+        S=np.full((C, C), 1 / C) * 0.5 + np.eye(C) * 0.5,
+    )
+
+
+def fit(rows: list[tuple[FaceEvidence, int]], k: Knowledge, signals: tuple[str, ...] = SIGNALS, iters: int = 30):
+    """The model fitted on calibration faces: (evidence, index of the known expression)."""
+    m = initial(k, signals)
+    C = len(m.labels)
+    m.n_faces = len(rows)
+    if not rows:
+        return m
+    truth = np.array([y for _, y in rows])
+    counts = np.bincount(truth, minlength=C)
+    m.log_prior = np.log((counts + 5.0) / (counts.sum() + 5.0 * C))
+    stated = np.concatenate([ev.stated for ev, _ in rows]) if rows else np.zeros(0, int)
+    ytrue = np.concatenate([np.full(len(ev.stated), y) for ev, y in rows])
+    aus = np.concatenate([ev.aus for ev, _ in rows])
+    va = np.concatenate([ev.va for ev, _ in rows])
+    right = stated == ytrue
+    _fit_aus(m, stated, ytrue, aus, right)
+    _fit_va(m, stated, ytrue, va, right)
+    _fit_votes(m, rows, iters)
+    sec = [(ev.second, y) for ev, y in rows if ev.second >= 0]
+    if sec:
+        S = np.ones((C, C))
+        for lab, y in sec:
+            S[y, lab] += 1
+        m.S = S / S.sum(axis=1, keepdims=True)
+    return m
+
+
+def _fit_aus(m: EvidenceModel, stated, ytrue, aus, right) -> None:
+    """theta from right answers (shrunk to the prototypes); lam per AU by EM on wrong answers."""
+    for c in range(len(m.labels)):
+        sel = right & (stated == c)
+        x = aus[sel]
+        on = np.nansum(x, axis=0)
+        seen = (~np.isnan(x)).sum(axis=0)
+        m.theta[c] = np.clip((on + _KAPPA * m.theta[c]) / (seen + _KAPPA), 0.01, 0.99)
+    w = ~right
+    x, ts, ty = aus[w], m.theta[stated[w]], m.theta[ytrue[w]]
+    obs = ~np.isnan(x)
+    xs = np.nan_to_num(x)
+    ps = np.where(xs > 0.5, ts, 1 - ts)
+    py = np.where(xs > 0.5, ty, 1 - ty)
+    lam = m.lam.copy()
+    for _ in range(50):
+        r = lam * ps / (lam * ps + (1 - lam) * py)
+        lam = (np.where(obs, r, 0).sum(axis=0) + 1.0) / (obs.sum(axis=0) + 2.0)
+    m.lam = np.clip(lam, 0.01, 0.99)
+
+
+def _fit_va(m: EvidenceModel, stated, ytrue, va, right) -> None:
+    """mu from right answers (shrunk to the centroids), beta by least squares on wrong answers."""
+    ok = ~np.isnan(va).any(axis=1)
+    for c in range(len(m.labels)):
+        sel = ok & right & (stated == c)
+        m.mu[c] = (va[sel].sum(axis=0) + _KAPPA * m.mu[c]) / (sel.sum() + _KAPPA)
+    r_ok = ok & right
+    if r_ok.sum() > 2:
+        m.sd[0] = np.maximum(np.sqrt(((va[r_ok] - m.mu[stated[r_ok]]) ** 2).mean(axis=0)), _SD_FLOOR)
+    w = ok & ~right
+    if w.sum() > 2:
+        dx = m.mu[stated[w]] - m.mu[ytrue[w]]
+        dr = va[w] - m.mu[ytrue[w]]
+        m.beta = np.clip((dx * dr).sum(axis=0) / np.maximum((dx * dx).sum(axis=0), _EPS), 0.0, 1.0)
+        m.sd[1] = np.maximum(np.sqrt(((dr - m.beta * dx) ** 2).mean(axis=0)), _SD_FLOOR)
+
+
+def _fit_votes(m: EvidenceModel, rows: list[tuple[FaceEvidence, int]], iters: int) -> None:
+    """EM for the accuracy distribution, the distractors, their share and the confirm rates."""
+    C = len(m.labels)
+    for _ in range(iters):
+        pi_acc = np.full(len(GRID), 0.5 / len(GRID))
+        D_acc = np.ones((C, C)) - np.eye(C)
+        sys_n = wrong_n = 0.0
+        conf_n = np.array([1.0, 1.0, 1.0])
+        conf_d = np.array([2.0, 2.0, 2.0])
+        frac_d = m.rho / (m.rho + (1 - m.rho) / (C - 1))  # P(systematic | a wrong answer names d)
+        for ev, y in rows:
+            lat = m._latent(ev)[y]  # (C, G) over (d, a)
+            lat[y] = -np.inf
+            r = np.exp(lat - lat.max())
+            r /= r.sum()
+            pi_acc += r.sum(axis=0)
+            D_acc[y] += r.sum(axis=1)
+            cnt = np.bincount(ev.stated, minlength=C).astype(float)
+            wrong = cnt.sum() - cnt[y]
+            rd = r.sum(axis=1)  # P(d | face)
+            sys_n += float((rd * cnt).sum()) * frac_d
+            wrong_n += wrong
+            if ev.proposal >= 0:
+                oks = [ok for ok, _ in ev.verdicts]
+                if ev.proposal == y:
+                    conf_n[0] += sum(oks)
+                    conf_d[0] += len(oks)
+                else:
+                    w_d = rd[ev.proposal]
+                    conf_n[1] += w_d * sum(oks)
+                    conf_d[1] += w_d * len(oks)
+                    conf_n[2] += (1 - w_d) * sum(oks)
+                    conf_d[2] += (1 - w_d) * len(oks)
+        m.pi = pi_acc / pi_acc.sum()
+        np.fill_diagonal(D_acc, 0.0)
+        m.D = D_acc / D_acc.sum(axis=1, keepdims=True)
+        m.rho = float(np.clip(sys_n / wrong_n, 0.0, 0.99)) if wrong_n else m.rho
+        m.conf = np.clip(conf_n / conf_d, 0.01, 0.99)
