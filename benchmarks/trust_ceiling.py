@@ -219,13 +219,118 @@ def policy_vote_share(k: int):
     return step
 
 
-def measure(rows: list[tuple[float, bool]], max_err: float) -> tuple[float, float]:
-    rows = sorted(rows, key=lambda x: -x[0])
-    ok = np.array([x[1] for x in rows])
-    err = np.cumsum(~ok) / np.arange(1, len(ok) + 1)
+def measure_tied(rows: list[tuple[float, bool]], max_err: float) -> tuple[float, float]:
+    """(coverage at accepted error <= max_err, accuracy of the top 60%), ranked by confidence, with
+    ties broken in expectation: a group of equal confidences is taken in
+    part at its mean accuracy, so the result never depends on how tied faces are ordered."""
+    conf = np.array([x[0] for x in rows])
+    ok = np.array([x[1] for x in rows], float)
+    n = len(rows)
+    order = np.argsort(-conf, kind="stable")
+    conf, ok = conf[order], ok[order]
+    edges = np.flatnonzero(np.r_[True, conf[1:] != conf[:-1], True])
+    right = np.zeros(n)  # expected right answers among the top i + 1
+    done = 0.0
+    for a, b in zip(edges[:-1], edges[1:]):
+        mean = ok[a:b].mean()
+        right[a:b] = done + mean * np.arange(1, b - a + 1)
+        done += ok[a:b].sum()
+    err = 1 - right / np.arange(1, n + 1)
     passing = np.flatnonzero(err <= max_err)
-    cov = (passing.max() + 1) / len(ok) if len(passing) else 0.0
-    return cov, 1 - err[int(0.6 * len(ok)) - 1]
+    return ((passing.max() + 1) / n if len(passing) else 0.0), 1 - err[int(0.6 * n) - 1]
+
+
+# ------------------------------------------------------------------ the full evidence
+def full_evidence_faces(n: int, seed: int, cfg: SimConfig, policy: str):
+    """Faces drawn by the simulator's own code (`simvllm.sim.SimVLLM.draw` and its verification
+    answer): every answer's stated label, AUs and VA, sampled by the `lead` rule (k0 2, lead 3,
+    kmax 6) or fixed K, then one verification call (leaders only for `lead`). Returns
+    (FaceEvidence, index of the truth, votes' answer right?) per face, and answers per face."""
+    from simvllm.sim import SimVLLM
+    from tasks.core.knowledge import load
+    from tasks.method import posterior
+    from tasks.method.verification import verification_schema
+
+    sim = SimVLLM(dataclasses_replace(cfg, seed=seed))
+    k = load()
+    labels = tuple(k.expressions)
+    schema = verification_schema(k)
+    r = random.Random(seed)
+    out, answers = [], 0
+    fields = ["expression", "valence", "arousal", "aus"]
+    for i in range(n):
+        sha = f"ceiling-{seed}-{i}"
+        t = sim.truth_of(sha)
+        got = [sim.draw(sha, fields, None, r) for _ in range(2 if policy == "lead" else int(policy))]
+        lead_ok = False
+        while policy == "lead":
+            v = collections.Counter(x["expression"] for x in got).most_common(2)
+            gap = v[0][1] - (v[1][1] if len(v) > 1 else 0)
+            lead_ok = gap >= 3
+            if lead_ok or gap + 6 - len(got) < 3:
+                break
+            got.append(sim.draw(sha, fields, None, r))
+        votes = collections.Counter(x["expression"] for x in got)
+        top = min((e for e, c in votes.items() if c == max(votes.values())), key=labels.index)
+        samples = [{"status": "ok", "variant": "primed", **x} for x in got]
+        if policy != "lead" or lead_ok:
+            text = 'Proposed answer: {"expression": "' + top + '"}'
+            ans = sim._answer_verification(sha, schema, text, r)
+            samples.append(
+                {"status": "ok", "variant": "verify", "expression": top if ans["confirmed"] else ans["expression"]}
+            )
+        answers += len(samples)
+        ev = posterior.face_evidence(samples, labels, top)
+        out.append((ev, labels.index(t.expression), top == t.expression))
+    return out, answers / n
+
+
+def dataclasses_replace(cfg: SimConfig, **kw) -> SimConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def full_evidence(a, max_err: float) -> list[dict]:
+    """Coverage at the certifiable error when the ranking reads every answer's AUs and VA
+    against its stated label (the evidence model of `tasks.method.posterior`), fitted on many
+    labelled faces (the model class's ceiling, not the Bayes-optimal rule) and on the
+    calibration faces a 30%-labelled run has; against the same model on votes and
+    verification alone. Tie-proof measure."""
+    from tasks.core.knowledge import load
+    from tasks.method import posterior
+
+    k = load()
+    rows = []
+    for policy in ("lead", "4"):
+        test, ans = full_evidence_faces(a.evidence_faces, a.seed + 1, CFG, policy)
+        big, _ = full_evidence_faces(a.evidence_fit, a.seed + 2, CFG, policy)
+        small = big[: a.calibration]
+        for name, data, sig in (
+            ("votes + verification", big, ("verification",)),
+            (f"full evidence, fitted on {len(big)} labelled faces", big, ("aus", "va", "verification")),
+            (f"full evidence, fitted on {len(small)} (a run's calibration)", small, ("aus", "va", "verification")),
+        ):
+            m = posterior.fit([(ev, y) for ev, y, _ in data], k, sig)
+            scored = []
+            for ev, y, _ in test:
+                p = m.posterior(ev)
+                scored.append((float(p.max()), int(p.argmax()) == y))
+            cov, acc60 = measure_tied(scored, max_err)
+            best = float(np.mean([ok for _, ok in scored]))
+            pol = "lead 3, kmax 6 + verification" if policy == "lead" else "fixed K=4 + verification"
+            print(f"{pol:32} {name:52} {ans:6.2f} {cov:8.3f} {acc60:8.4f} {best:8.4f}", flush=True)
+            rows.append(
+                {
+                    "policy": pol,
+                    "ranking": name,
+                    "answers_per_face": ans,
+                    "coverage": cov,
+                    "accuracy_at_60": acc60,
+                    "best_guess_accuracy": best,
+                }
+            )
+    return rows
 
 
 def certifiable(n_cal: int, coverage: float, target: float, delta: float) -> float:
@@ -245,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--answers", type=float, default=5.0, help="the issue's budget of answers per face")
     ap.add_argument("--json", default="", help="also write the numbers here")
+    ap.add_argument("--evidence-faces", type=int, default=10000, help="faces drawn with AUs and VA (full evidence)")
+    ap.add_argument(
+        "--evidence-fit", type=int, default=4000, help="labelled faces the evidence model's ceiling fits on"
+    )
     a = ap.parse_args(argv)
     max_err = certifiable(a.calibration, 0.6, a.target, a.delta)
     print(
@@ -266,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in pols:
         ans, rows = run_policy(step, a.faces, a.seed)
         runs[name] = (ans, rows)
-        cov, acc60 = measure(rows, max_err)
+        cov, acc60 = measure_tied(rows, max_err)
         print(f"{name:40} {ans:12.2f} {cov:22.3f} {acc60:8.4f}", flush=True)
         out["policies"].append({"policy": name, "answers_per_face": ans, "coverage": cov, "accuracy_at_60": acc60})
         if name.startswith("lead 3, kmax 6"):
@@ -281,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             share = 1.0 if hi_ans == lo_ans else (hi_ans - a.answers) / (hi_ans - lo_ans)
             n = int(share * len(lo_rows))
-            cov, acc60 = measure(lo_rows[:n] + hi_rows[n:], max_err)
+            cov, acc60 = measure_tied(lo_rows[:n] + hi_rows[n:], max_err)
             if best is None or cov > best["coverage"]:
                 best = {"rules": [lo_name, hi_name], "share_first": share, "coverage": cov, "accuracy_at_60": acc60}
     out["optimal_within_budget"] = best
@@ -299,6 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         f"ECE that a perfectly calibrated confidence shows over the accepted 57% of {n_unl} unlabelled faces "
         f"(10 equal-mass bins, 300 draws): mean {floor.mean():.4f}, 90th percentile {p90:.4f}"
     )
+    print(
+        f"\nthe full evidence (each answer's AUs and VA read against its stated label), {a.evidence_faces} faces drawn "
+        f"by the simulator's own code, ranked by the evidence model's posterior (tie-proof):"
+    )
+    print(f"{'policy':32} {'ranking':52} {'ans/f':>6} {'cover':>8} {'acc@60':>8} {'best':>8}")
+    out["full_evidence"] = full_evidence(a, max_err)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0

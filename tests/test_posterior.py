@@ -152,3 +152,40 @@ def test_frontier_is_a_bound_per_coverage():
     assert [p["coverage"] for p in f] == [round(i / 10, 3) for i in range(1, 11)]
     assert all(p["bound"] >= p["error"] for p in f)
     assert f[0]["error"] <= f[-1]["error"]
+
+
+def test_build_fits_the_evidence_model_and_reports_what_it_used():
+    from tasks.core.params import Verify
+
+    data = draw_faces(400, seed=8, lam=0.8, beta=0.8)
+    rows = [
+        trust.CalRow(f"p{i // 2}", {}, int(ev.proposal) == y, evidence=ev, truth=y, label=int(ev.proposal))
+        for i, (ev, y) in enumerate(data)
+    ]
+    tr = trust.build(rows, Verify(), "openai")
+    rep = tr.report
+    assert tr.evidence is not None and rep["source"] == "self"
+    assert set(rep["evidence_model"]["signals"]) == {"aus", "va", "verification", "second_opinion"}
+    assert 0.6 < rep["evidence_model"]["au_follow_stated_mean"] < 0.95
+    assert rep["evidence_best_guess_accuracy_oof"] > 0.85  # the votes alone: about 0.82 on these faces
+    assert [p["coverage"] for p in rep["frontier"]][-1] == 1.0 and rep["label_budget"]
+    assert rep["pac"]["threshold"] == tr.threshold
+
+
+def test_second_opinion_is_cached_by_crop(tmp_path):
+    from tasks.method import second_opinion
+
+    if second_opinion.status():
+        pytest.skip(second_opinion.status())
+    import hashlib
+    from pathlib import Path
+
+    img = Path(__file__).resolve().parents[1] / "data/sample/images/london_happy_001_08.jpg"
+    crop = img.read_bytes()
+    sha = hashlib.sha256(crop).hexdigest()
+    ops = second_opinion.Opinions(str(tmp_path))
+    first = ops.label(sha, crop)
+    assert first in LABELS and ops.fresh == 1
+    again = second_opinion.Opinions(str(tmp_path))
+    assert again.label(sha, b"not an image") == first and again.fresh == 0  # from the cache, not recomputed
+    assert again.label("other", b"not an image") is None  # an unreadable crop has no opinion

@@ -283,6 +283,17 @@ class LocalAnnotator(Annotator):
             for i, s in zip(call.indices, call.seeds)
         ]
 
+    def opinion(self, image: bytes, face_frac: float | None = None) -> str:
+        """The classifiers' label for a crop, un-augmented and deterministic: the second
+        opinion of an `openai` run (`tasks.method.second_opinion`). It never sees a prompt or
+        the VLLM's answer, so its errors are independent of the VLLM's."""
+        im = ImageOps.exif_transpose(Image.open(io.BytesIO(image))).convert("RGB")
+        sizes = {n: CLASSIFIERS[n]["size"] for n in self.classifiers}
+        inputs, _ = _views(im, _Pass(), sizes, face_frac or FACE_FRAC)
+        with _Models.lock:
+            p = self._expression([inputs])[0]
+        return EXPRESSIONS[int(np.argmax(p))]
+
     def _expression(
         self, inputs: list[dict[str, np.ndarray]], classifiers: tuple[str, ...] | None = None
     ) -> np.ndarray:

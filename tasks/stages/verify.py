@@ -19,7 +19,7 @@ from tasks.core.params import Params, Verify
 from tasks.core.records import FaceRecord, Verdict
 from tasks.infra import dask, io
 from tasks.infra.progress import track
-from tasks.method import rationale, trust
+from tasks.method import rationale, second_opinion, trust
 from tasks.method.decide import calibration_row, decide
 from tasks.stages.base import annotator_of, grouped, log, validate, write_metrics
 
@@ -40,14 +40,18 @@ GRANULARITIES = ("expression", "va", "au")
 
 
 @dask.batch_task("verify")
-def verify_part(faces: list[dict], samples: dict[str, list[dict]], vp: Verify, tr=None, texts=True) -> list[dict]:
+def verify_part(
+    faces: list[dict], samples: dict[str, list[dict]], vp: Verify, tr=None, texts=True, second=None
+) -> list[dict]:
     """`decide` for one batch of faces (on a Dask worker when configured), and the verified
-    rationale of each accepted face (`texts`: the annotator writes its own rationales)."""
+    rationale of each accepted face (`texts`: the annotator writes its own rationales).
+    `second`: the local models' label per face id (the second opinion), if any."""
     k = knowledge.load()
+    second = second or {}
     out = []
     for f in faces:
         smp = samples.get(f["face_id"], [])
-        v = decide(f, smp, k, vp, tr).model_dump()
+        v = decide(f, smp, k, vp, tr, second.get(f["face_id"])).model_dump()
         if v["accepted"]:
             r = rationale.pick(rationale_view(v), smp, k) if texts else rationale.Pick("not_written")
             v.update(rationale=r.text, rationale_sample=r.sample, rationale_status=r.status)
@@ -82,15 +86,33 @@ def batches(faces_url: str, smp_url: str, size: int) -> Iterator[tuple[list[dict
         yield batch, by_face
 
 
-def calibrate(p: Params, faces_url: str, smp_url: str, annotator: str, run_info: dict) -> trust.Trust:
+def second_opinions(p: Params, faces_url: str) -> tuple[dict[str, str], dict]:
+    """The local models' label for every crop (`tasks.method.second_opinion`), when this run
+    reads one: (face id -> label, what the report says about it)."""
+    if not second_opinion.wanted(p):
+        return {}, {"used": False, "why": "not asked (verify.evidence_signals) or the answers are the local models'"}
+    why = second_opinion.status()
+    if why:
+        log().warning(why)
+        return {}, {"used": False, "why": why}
+    ops = second_opinion.Opinions(p.runtime.cache)
+    cols = ["face_id", "crop", "crop_sha256", "crop_face_frac"]
+    got = ops.for_faces(f for b in io.iter_batches(faces_url, columns=cols, batch_size=256) for f in b)
+    return got, {"used": True, "faces": len(got), "computed": ops.fresh, "cache": str(ops.path)}
+
+
+def calibrate(
+    p: Params, faces_url: str, smp_url: str, annotator: str, run_info: dict, second: dict | None = None
+) -> trust.Trust:
     """Pass 1: the calibration rows of the labelled faces (a few floats each) and the run's
     `tasks.method.trust.Trust` fitted on them."""
     k = knowledge.load()
+    second = second or {}
     rows, origin = [], Counter()
     for batch, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)):
         for f in batch:
             if f.get("prior_expression") and f["face_id"] in by:
-                r = calibration_row(f, by[f["face_id"]], k, p.verify)
+                r = calibration_row(f, by[f["face_id"]], k, p.verify, second.get(f["face_id"]))
                 if r is not None:
                     rows.append(r)
                     origin[f.get("label_origin") or "source"] += 1
@@ -158,9 +180,10 @@ class _Tally:
         return out
 
 
-def _fit(p: Params, faces_url: str, smp_url: str) -> trust.Trust:
+def _fit(p: Params, faces_url: str, smp_url: str, second: dict) -> trust.Trust:
     annotator, model = annotator_of(p, smp_url)
-    tr = calibrate(p, faces_url, smp_url, annotator, {"model": model, "prompt_version": p.prompt.version})
+    run_info = {"model": model, "prompt_version": p.prompt.version}
+    tr = calibrate(p, faces_url, smp_url, annotator, run_info, second)
     tr.report.update(annotator=annotator, model=model, prompt_version=p.prompt.version)
     rep = tr.report
     log().info("calibration: %s (%s); %s", rep.get("source", "params"), rep.get("why", ""), rep.get("selection", ""))
@@ -169,7 +192,7 @@ def _fit(p: Params, faces_url: str, smp_url: str) -> trust.Trust:
     return tr
 
 
-def unlabelled_scores(p: Params, faces_url: str, smp_url: str, tr: trust.Trust) -> list[float]:
+def unlabelled_scores(p: Params, faces_url: str, smp_url: str, tr: trust.Trust, second: dict) -> list[float]:
     """The confidence of every generated expression that no hard gate withholds: the test
     scores of the conformal selection (`trust.apply_fdr`). One more streaming pass."""
     k = knowledge.load()
@@ -177,7 +200,7 @@ def unlabelled_scores(p: Params, faces_url: str, smp_url: str, tr: trust.Trust) 
     out = []
     for batch, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)):
         for f in batch:
-            v = decide(f, by.get(f["face_id"], []), k, p.verify, tr)
+            v = decide(f, by.get(f["face_id"], []), k, p.verify, tr, second.get(f["face_id"]))
             if v.expression_confidence is not None and set(v.reasons) <= soft:
                 out.append(v.expression_confidence)
     return out
@@ -190,13 +213,18 @@ def run(p: Params) -> dict:
     read. Memory: one batch, the calibration rows, and the light columns of the verdicts."""
     faces_url, smp_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.sample, "samples.parquet")
     out = io.join(p.paths.verify, "verdicts.parquet")
-    tr = _fit(p, faces_url, smp_url)
+    second, second_report = second_opinions(p, faces_url)
+    tr = _fit(p, faces_url, smp_url, second)
+    tr.report["second_opinion"] = second_report
     if tr.report.get("mode") == "target_error":
-        trust.apply_fdr(tr, p.verify, unlabelled_scores(p, faces_url, smp_url, tr))
+        trust.apply_fdr(tr, p.verify, unlabelled_scores(p, faces_url, smp_url, tr, second))
     t = _Tally()
     runner = dask.task_runner(p)
     texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose
-    args = ((b, by, p.verify, tr, texts) for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024)))
+    args = (
+        (b, by, p.verify, tr, texts, {f["face_id"]: second[f["face_id"]] for f in b if f["face_id"] in second})
+        for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024))
+    )
     with runner or contextlib.nullcontext(), io.writers((out, Verdict)) as (w,):
         verdicts = (v for vs in dask.mapped(runner, "verify", args, dask.in_flight(p)) for v in vs)
         for v in track(verdicts, "verify", io.count_rows(faces_url), every_s=p.runtime.progress_every_s):
