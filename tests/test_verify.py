@@ -20,10 +20,9 @@ from tasks.method.evidence import (
     mean_std,
     measure,
     mirror,
-    settled,
     uncertainty_reasons,
-    wants_verification,
 )
+from tasks.method.stopping import settled, stop_lead, stop_now, wants_verification
 
 K = load()
 
@@ -154,11 +153,11 @@ def test_majority_posterior_closed_form():
 
 
 def test_stop_now():
-    assert uamc.stop_now(2, 2, 3, 0.5) == (False, "too_few")
-    assert uamc.stop_now(3, 3, 3, 0.93) == (True, "certain")
-    assert uamc.stop_now(2, 3, 3, 0.93) == (False, "uncertain")
-    assert uamc.stop_now(2, 6, 3, 0.93, futility=0.5, futility_after=5) == (True, "hopeless")
-    assert uamc.stop_now(3, 3, 3, 0.93, consistency=0.1, min_consistency=0.3) == (False, "knowledge_conflict")
+    assert stop_now(2, 2, 3, 0.5) == (False, "too_few")
+    assert stop_now(3, 3, 3, 0.93) == (True, "certain")
+    assert stop_now(2, 3, 3, 0.93) == (False, "uncertain")
+    assert stop_now(2, 6, 3, 0.93, futility=0.5, futility_after=5) == (True, "hopeless")
+    assert stop_now(3, 3, 3, 0.93, consistency=0.1, min_consistency=0.3) == (False, "knowledge_conflict")
 
 
 def test_settled_bayes_and_naive():
@@ -176,12 +175,12 @@ def test_settled_bayes_and_naive():
 
 
 def test_stop_lead():
-    assert uamc.stop_lead(2, 0, 2, 3, 3, 5) == (False, "too_few")
-    assert uamc.stop_lead(3, 0, 3, 3, 3, 5) == (True, "certain")
-    assert uamc.stop_lead(4, 1, 5, 3, 3, 5) == (True, "certain")  # 4-1: the lead, not the share
-    assert uamc.stop_lead(2, 1, 3, 3, 3, 5) == (False, "uncertain")  # can still reach 4-1
-    assert uamc.stop_lead(1, 1, 3, 3, 3, 5) == (True, "hopeless")  # 1-1-1 cannot lead by 3 in 5
-    assert uamc.stop_lead(3, 2, 5, 3, 3, 5) == (True, "hopeless")
+    assert stop_lead(2, 0, 2, 3, 3, 5) == (False, "too_few")
+    assert stop_lead(3, 0, 3, 3, 3, 5) == (True, "certain")
+    assert stop_lead(4, 1, 5, 3, 3, 5) == (True, "certain")  # 4-1: the lead, not the share
+    assert stop_lead(2, 1, 3, 3, 3, 5) == (False, "uncertain")  # can still reach 4-1
+    assert stop_lead(1, 1, 3, 3, 3, 5) == (True, "hopeless")  # 1-1-1 cannot lead by 3 in 5
+    assert stop_lead(3, 2, 5, 3, 3, 5) == (True, "hopeless")
 
 
 def test_settled_lead_and_the_calibration_mirror():

@@ -3,7 +3,7 @@
 Input: the face (its priors) and its SampleRecords. Output: a Verdict with the aggregated
 labels, every uncertainty measure, and either `accepted` with a confidence in [0, 1] or the
 reasons for rejection. The same aggregation drives the sample stage's adaptive stopping
-(`settled`), so "certain enough to stop sampling" and "certain enough to accept" are
+(`tasks.method.stopping.settled`), so "certain enough to stop sampling" and "certain enough to accept" are
 measured by one piece of code.
 
 Samples of variant `primed`/`plain` provide the generated granularities; `blind` samples,
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from tasks.core.knowledge import AUS, Knowledge
-from tasks.core.params import Sample as SampleParams
 from tasks.method import uamc
 
 REASONS = (
@@ -256,108 +255,3 @@ def mirror(face: dict, samples: list[dict]) -> tuple[dict, list[dict]] | None:
         "au_set": [],
     }
     return mf, ms
-
-
-def settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
-    """Adaptive stopping for a face: its own requests, and (for a labelled face) its blind
-    request measured as its calibration mirror, by the same rule as an unlabelled face."""
-    samples = [x for x in samples if x["variant"] not in VERIFY_VARIANTS]
-    m = mirror(face, samples)
-    if m is None:
-        return _settled(face, samples, k, sp)
-    own = [x for x in samples if x["variant"] != "blind"]
-    return (not own or _settled(face, own, k, sp)) and _settled(m[0], m[1], k, sp)
-
-
-def _settled(face: dict, samples: list[dict], k: Knowledge, sp: SampleParams) -> bool:
-    """Adaptive stopping: may this face stop sampling?
-
-    Every request needs at least `stop_min_samples` answers. Then, with `stop_rule: bayes`,
-    the generated expression's votes decide by the sequential Beta-posterior rule of
-    `tasks.method.uamc.stop_now` (optionally also requiring knowledge consistency), and faces with
-    no generated expression (it is a prior) fall back to the VA/AU spread thresholds; with
-    `stop_rule: naive`, the `stop_*` thresholds on vote share, entropy, VA std and AU
-    entropy. Thresholds are `sample.*` (kept apart from `verify`'s so that changing a
-    verify threshold never re-runs sampling).
-    Faces whose answers all fail also stop: more samples of a failing call cost money and
-    the failure is recorded.
-    """
-    per_req = Counter(x["request_id"] for x in samples if x["status"] == "ok")
-    reqs = {x["request_id"]: x["variant"] for x in samples}
-    if reqs and not per_req:
-        return True
-    need = {r: min(sp.stop_min_samples, sp.blind_k) if v == "blind" else sp.stop_min_samples for r, v in reqs.items()}
-    if not reqs or any(per_req.get(r, 0) < n for r, n in need.items()):
-        return False
-    s = measure(face, samples, k)
-    if sp.stop_rule in ("bayes", "lead", "evidence"):
-        spread = uncertainty_reasons(s, 0.0, float("inf"), sp.stop_max_va_std, sp.stop_max_au_entropy)
-        if s.expression_source != "annotator" or not s.n_votes:
-            return not spread
-        if sp.stop_rule == "evidence":
-            return best_posterior(face, samples, k) >= sp.stop_posterior
-        if sp.stop_rule == "lead":
-            e = s.evidence()
-            return uamc.stop_lead(
-                e.top,
-                e.second,
-                e.n,
-                sp.stop_min_samples,
-                sp.stop_lead,
-                sp.kmax,
-                sp.stop_futility,
-                sp.stop_futility_after,
-            )[0]
-        stop, why = uamc.stop_now(
-            s.top_votes,
-            s.n_votes,
-            sp.stop_min_samples,
-            sp.stop_confidence,
-            sp.stop_futility,
-            sp.stop_futility_after,
-            s.consistency,
-            sp.stop_min_consistency,
-        )
-        return stop
-    return not uncertainty_reasons(
-        s, sp.stop_vote_share, sp.stop_max_entropy, sp.stop_max_va_std, sp.stop_max_au_entropy
-    )
-
-
-_PRIOR_MODELS: dict = {}
-
-
-def _prior_model(k: Knowledge):
-    from tasks.method import posterior
-
-    if k.digest not in _PRIOR_MODELS:
-        _PRIOR_MODELS[k.digest] = posterior.initial(k)
-    return _PRIOR_MODELS[k.digest]
-
-
-def best_posterior(face: dict, samples: list[dict], k: Knowledge) -> float:
-    """The stopping rule's evidence: the probability of the best label under the evidence
-    model's knowledge priors (`tasks.method.posterior.initial`), from every answer's stated
-    label, AUs and VA. The run's own fit comes later, in verify, once all calibration faces
-    are answered; the rule needs only a ranking of how settled each face is."""
-    from tasks.method import posterior
-
-    ev = posterior.face_evidence(samples, tuple(k.expressions), None, set(face.get("au_set") or []))
-    return float(_prior_model(k).posterior(ev).max())
-
-
-def wants_verification(
-    s: Stats, sp: SampleParams, face: dict | None = None, samples: list[dict] | None = None, k: Knowledge | None = None
-) -> bool:
-    """Does this face get a verification round? Only a generated expression is verified:
-    `all` of them, the `uncertain` ones (vote posterior below `verify_below`), or the
-    `leaders`: faces whose top answer reached the lead rule's `stop_lead` (the faces that can
-    be accepted; a hopeless face is not worth another call)."""
-    if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
-        return False
-    if sp.verify_round == "leaders" and sp.stop_rule == "evidence" and samples is not None:
-        return best_posterior(face, samples, k) >= sp.stop_posterior
-    if sp.verify_round == "leaders":
-        e = s.evidence()
-        return e.top - e.second >= sp.stop_lead
-    return sp.verify_round == "all" or uamc.majority_posterior(s.top_votes, s.n_votes) < sp.verify_below

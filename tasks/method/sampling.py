@@ -4,9 +4,9 @@ Input: FaceRecord (crop bytes, priors) and that face's RequestRecords. Output: o
 SampleRecord per sample drawn: parsed answer, raw answer, seed, index, status, annotator.
 
 A face's first round draws `k0` samples of each of its requests; then, while the face is
-not `verify.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
+not `stopping.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
 round (`sample.verify_round`): faces whose generated expression is not certain enough
-(`verify.wants_verification`) get one more call that shows the annotator its aggregated
+(`stopping.wants_verification`) get one more call that shows the annotator its aggregated
 answer with the knowledge about it (`prompt.verification_request`); its answer is recorded
 as a sample of variant `verify` (expression = the confirmed or corrected label). Seeds are a
 pure function of (sample.seed, request id, index), and every raw answer goes through the
@@ -33,14 +33,8 @@ from tasks.core.knowledge import AUS, Knowledge
 from tasks.core.params import Params
 from tasks.core.records import SampleRecord
 from tasks.infra.cache import ResponseCache
-from tasks.method.evidence import (
-    MIRROR_VERIFY_VARIANT,
-    VERIFY_VARIANT,
-    measure,
-    mirror,
-    settled,
-    wants_verification,
-)
+from tasks.method.evidence import MIRROR_VERIFY_VARIANT, VERIFY_VARIANT, measure, mirror
+from tasks.method.stopping import settled, wants_verification
 from tasks.method.verification import VERIFY_ASK, parse_verification, verification_request
 
 log = logging.getLogger(__name__)

@@ -78,53 +78,6 @@ def logodds(p: float, clip: float = 8.0) -> float:
     return max(-clip, min(clip, math.log(p / (1 - p))))
 
 
-def stop_now(
-    top: int,
-    n: int,
-    min_samples: int,
-    confidence: float,
-    futility: float = 0.0,
-    futility_after: int = 5,
-    consistency: float | None = None,
-    min_consistency: float = 0.0,
-) -> tuple[bool, str]:
-    """The sequential rule for one face's expression votes. Returns (stop?, why)."""
-    if n < min_samples:
-        return False, "too_few"
-    post = majority_posterior(top, n)
-    if post >= confidence:
-        if min_consistency > 0 and consistency is not None and consistency < min_consistency:
-            return False, "knowledge_conflict"
-        return True, "certain"
-    if futility > 0 and n >= futility_after and post < futility:
-        return True, "hopeless"
-    return False, "uncertain"
-
-
-def stop_lead(
-    top: int, second: int, n: int, min_samples: int, lead: int, cap: int, futility: float = 0.0, futility_after: int = 5
-) -> tuple[bool, str]:
-    """The lead rule: stop once the top answer leads the runner-up by `lead` votes, or once it
-    can no longer reach that lead within `cap` answers (hopeless: more samples are wasted).
-
-    Why the lead: when a face's wrong answers mostly name one fixed distractor (systematic
-    errors), the likelihood ratio of "the top answer is right, the runner-up is the
-    distractor" against the reverse is (a / d) ** (top - second), whatever the other votes.
-    So the lead, not the share, is the evidence; a sequential test on it (Wald's SPRT for a
-    race between two answers) stops early on clear faces and spends its samples on the
-    contested ones. `futility` also stops a face whose top answer is unlikely to be its
-    majority answer (`majority_posterior` below it) after `futility_after` answers."""
-    if n < min_samples:
-        return False, "too_few"
-    if top - second >= lead:
-        return True, "certain"
-    if top - second + (cap - n) < lead:
-        return True, "hopeless"
-    if futility > 0 and n >= futility_after and majority_posterior(top, n) < futility:
-        return True, "hopeless"
-    return False, "uncertain"
-
-
 @dataclass(frozen=True)
 class Evidence:
     top: int  # votes for the top answer

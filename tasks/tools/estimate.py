@@ -117,6 +117,7 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     floor and ceiling are computed after the pilot, so its answers count as cached there."""
     from tasks import annotators
     from tasks.core import knowledge
+    from tasks.method.stopping import schedule
 
     ann = annotators.build(p)
     k = knowledge.load()
@@ -126,7 +127,7 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
         out["pilot"] = pilot(p, ann, cache, k, pilot_faces)
     faces = _faces(p)
     sp = p.sample
-    rounds = [(0, sp.k0)] + [(lo, min(lo + sp.dk, sp.kmax)) for lo in range(sp.k0, sp.kmax, sp.dk)]
+    rounds = schedule(sp)
     verifies = sp.verify_round != "none" and supports_verification(ann)
     verify = _verification_calls(p, faces, k) if verifies else []
     for name, rs in (("floor", rounds[:1]), ("ceiling", rounds)):
