@@ -182,6 +182,9 @@ def estimate(
         out.print(f"the ceiling includes {est['ceiling']['verification_calls']} verification calls")
     if est.get("warning"):
         console.print(f"[yellow]warning:[/] {est['warning']}")
+    g = est.get("guarantee") or {}
+    if g.get("note"):
+        console.print(f"[yellow]guarantee:[/] {g['note']}. `seke review export` draws faces to label.")
 
 
 # ---------------------------------------------------------------- pipeline

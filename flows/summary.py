@@ -9,6 +9,52 @@ from pathlib import Path
 from tasks.core.params import load, stage_names
 
 
+def guarantee_lines(cal: dict, v: dict) -> list[str]:
+    """What backs the generated labels: the guarantee that holds, or plainly none and how to get one."""
+    th, n = cal.get("threshold"), v.get("accepted_generated_expressions", 0)
+    em = cal.get("evidence_model")
+    out = []
+    if em:
+        used = [s for s in em["signals"] if s != "second_opinion" or (cal.get("second_opinion") or {}).get("used")]
+        out.append(
+            f"evidence: label and confidence from {', '.join(['votes'] + used)} "
+            f"(best guess right {cal.get('evidence_best_guess_accuracy_oof', 0):.0%} on calibration faces, out of fold)"
+        )
+    if cal.get("guaranteed"):
+        kind = cal.get("guarantee")
+        what = (
+            f"error <= {cal['target_error']} with probability {1 - cal['delta']:.2f} (Learn-then-Test)"
+            if kind == "pac"
+            else f"expected error <= {cal['target_error']} (conformal selection)"
+        )
+        out.append(f"guarantee: {n} generated expressions kept, {what}; threshold {th:.4f}")
+        return out
+    if cal.get("mode") == "target_error" and th is None:
+        out.append("guarantee: NONE, and verify.guarantee_mode is required: no generated expression kept")
+    else:
+        out.append(
+            f"guarantee: NONE for the {n} generated expressions kept (accepted by verify.min_confidence={th}, "
+            "a calibrated confidence, not certified)"
+        )
+    if cal.get("mode") == "target_error":
+        out.append(f"  why: {cal.get('selection') or cal.get('why')}")
+    out.append("  to get one: `seke review export` draws a blind random sample to label; import it and run again")
+    if cal.get("label_budget_line"):
+        out.append(f"  {cal['label_budget_line']}")
+    elif cal.get("label_budget"):
+        most = max(b["calibration_faces"] for b in cal["label_budget"])
+        out.append(
+            f"  even {most} labelled faces would not certify the target at this annotator's accuracy "
+            "(estimate): a stronger annotator or a looser verify.target_error would"
+        )
+    fr = [
+        f"{p['coverage']:.0%}: {p['bound']:.1%}" for p in cal.get("frontier") or [] if p["coverage"] in (0.2, 0.5, 0.8)
+    ]
+    if fr:
+        out.append(f"  smallest certifiable error at coverage {', '.join(fr)}")
+    return out
+
+
 def main() -> int:
     p = load(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
     m = {s: json.loads(f.read_text()) for s in stage_names() if (f := Path(p.paths.metrics) / f"{s}.json").exists()}
@@ -32,18 +78,8 @@ def main() -> int:
     cal = v.get("calibration") or {}
     if cal:
         print(f"  trust: confidence from {cal.get('source')} ({cal.get('why')})")
-        th = cal.get("threshold")
-        if cal.get("mode") == "target_error":
-            print(
-                f"  trust: target error {cal['target_error']} with probability {1 - cal['delta']:.2f}: "
-                + (
-                    f"threshold {th:.4f}, bound {cal['bound']:.4f}, expected coverage {cal['expected_coverage']:.0%}"
-                    if th is not None
-                    else "NOT MET, no generated expression accepted"
-                )
-            )
-        else:
-            print(f"  trust: plain threshold verify.min_confidence={th} (no error guarantee)")
+        for line in guarantee_lines(cal, v):
+            print(f"  {line}")
     print(
         "  all stages passed their Great Expectations suites"
         if all(x.get("validation", {}).get("success") for x in m.values())

@@ -39,6 +39,7 @@ def _verdicts(**over):
         withheld=[],
         expression_status="accepted",
         expression_confidence=0.9,
+        guarantee="pac",
         va_status="accepted",
         au_withheld=[],
         au_status="accepted",

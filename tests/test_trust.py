@@ -9,7 +9,7 @@ import pytest
 
 from tasks.core.params import Verify
 from tasks.method import trust
-from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
+from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold, settle
 
 
 def _draw(n: int, r: random.Random) -> tuple[list[float], list[bool]]:
@@ -103,9 +103,16 @@ def test_too_few_labelled_faces_fall_back_and_say_so(tmp_path):
     t = build(_rows(30), Verify(target_error=0.0, min_calibration_faces=100))
     assert t.report["source"] == "default" and "only 30 labelled faces" in t.report["why"]
     assert t.threshold == Verify().min_confidence and "no error guarantee" in t.report["selection"]
-    # a target error with too few faces: no generated label is accepted, with a warning
+    # a target error with too few faces: no threshold certifies it. `auto` (the default) then accepts
+    # by min_confidence and says there is no guarantee and how to get one; `required` accepts nothing
     t = build(_rows(30), Verify(target_error=0.05, min_calibration_faces=100))
-    assert t.threshold is None and "no generated expression is accepted" in t.report["warning"]
+    assert t.threshold is None
+    settle(t, Verify(target_error=0.05))
+    assert t.threshold == Verify().min_confidence and t.guarantee == "none" and not t.report["guaranteed"]
+    assert "NO GUARANTEE" in t.report["warning"] and "seke review export" in t.report["warning"]
+    t = build(_rows(30), Verify(target_error=0.05, min_calibration_faces=100))
+    settle(t, Verify(target_error=0.05, guarantee_mode="required"))
+    assert t.threshold is None and "required" in t.report["warning"]
     # a calibration file fitted for another annotator is not used
     f = tmp_path / "c.json"
     f.write_text('{"intercept": 0, "coef": {"vote_share": 1}, "annotator": "local"}')

@@ -189,6 +189,12 @@ class Verify(Section):
         "Clopper-Pearson); fdr: expected error among accepted <= target_error (conformal selection with "
         "Benjamini-Hochberg, Jin & Candes 2023). Both are reported; this one is applied",
     )
+    guarantee_mode: Literal["auto", "required"] = Field(
+        "auto",
+        description="auto: certify target_error when the labelled faces allow it, else accept by min_confidence "
+        "and say everywhere that there is no guarantee; required: a run that cannot certify stops (before the "
+        "first paid call when that is known from the count of labelled faces)",
+    )
     self_calibrate: bool = Field(True, description="fit the confidence model on this run's labelled faces")
     min_calibration_faces: int = Field(100, ge=2, description="fewer labelled faces: fall back to `calibration`")
     calibration_folds: int = Field(5, ge=2)

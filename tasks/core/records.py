@@ -193,6 +193,14 @@ class SampleRecord(Record):
 Status = Literal["prior", "accepted", "withheld", "missing"]
 
 
+Guarantee = Literal["source", "pac", "fdr", "none"]
+GUARANTEE_DOC = (
+    "what backs the expression: source (a label the source or a person gave), pac (error <= verify.target_error "
+    "with probability >= 1 - delta), fdr (expected error <= target_error), none (accepted by "
+    "verify.min_confidence: no guarantee; `seke review export` draws faces to label for one)"
+)
+
+
 class Verdict(Record):
     face_id: str
     accepted: bool
@@ -203,6 +211,7 @@ class Verdict(Record):
     expression_source: Optional[Literal["prior", "annotator"]] = None
     expression_status: Status = "missing"
     expression_confidence: Optional[float] = Field(None, description="calibrated P(right) of a generated expression")
+    guarantee: Optional[Guarantee] = Field(None, description=GUARANTEE_DOC)
     vote_share: Optional[float] = None
     entropy: Optional[float] = None
     n_samples: int
@@ -252,6 +261,7 @@ class FeidRecord(Record):
     expression: str
     expression_confidence: float
     expression_status: Literal["prior", "accepted"]
+    guarantee: Guarantee = Field("none", description=GUARANTEE_DOC)
     valence: Optional[float] = Field(description="null when withheld (va_status)")
     arousal: Optional[float]
     va_status: Status

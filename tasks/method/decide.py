@@ -206,6 +206,7 @@ def decide(
         expression_source=s.expression_source,
         expression_status=e_status,
         expression_confidence=conf if s.expression_source == "annotator" and s.n_votes else None,
+        guarantee="source" if e_status == "prior" else trust.guarantee if e_status == "accepted" else None,
         vote_share=s.vote_share,
         entropy=s.entropy,
         n_samples=s.n_samples,

@@ -225,6 +225,7 @@ class Trust:
     scores: list[tuple[float, bool]] = field(default_factory=list)  # (out-of-fold confidence, right) per labelled face
     evidence: Any = None  # the fitted `tasks.method.posterior.EvidenceModel`, or None: votes' label, Platt features
     gated: list[bool] = field(default_factory=list)  # per labelled face, as `scores`: a hard gate holds
+    guarantee: str = "none"  # what backs an accepted generated expression: pac | fdr | none (see `settle`)
 
     def accepts(self, confidence: float) -> bool:
         return self.threshold is not None and confidence >= self.threshold
@@ -307,12 +308,6 @@ def _threshold(rows: list[CalRow], scores: list[float], v, rep: dict) -> float |
         expected_coverage=round(sel.coverage, 4),
         selection=sel.reason,
     )
-    if sel.threshold is None and getattr(v, "guarantee", "pac") == "pac":
-        rep["warning"] = (
-            f"no generated expression is accepted: {sel.reason}. Label a random sample of your "
-            "faces (a few hundred), or set verify.target_error: 0 to accept by "
-            "verify.min_confidence with no guarantee"
-        )
     return sel.threshold
 
 
@@ -362,7 +357,7 @@ def build(rows: list[CalRow], v, annotator: str = "", run: dict | None = None) -
 def apply_fdr(tr: Trust, v, unlabelled_scores: list[float]) -> None:
     """The expectation guarantee (`select_fdr`) over the run's unlabelled faces, reported
     always and applied when `verify.guarantee` is `fdr`."""
-    if v.target_error <= 0 or tr.report.get("mode") != "target_error":
+    if v.target_error <= 0 or tr.report.get("mode") != "target_error" or tr.report.get("source") == "earlier_run":
         return
     live = [(s, ok) for (s, ok), g in zip(tr.scores, tr.gated or [False] * len(tr.scores)) if not g]
     sel = select_fdr([s for s, _ in live], [ok for _, ok in live], unlabelled_scores, v.target_error)
@@ -375,12 +370,6 @@ def apply_fdr(tr: Trust, v, unlabelled_scores: list[float]) -> None:
             selection=f"conformal selection (Benjamini-Hochberg at {v.target_error}): {sel['selected']} of "
             f"{sel['faces']} generated expressions selected; expected error among them <= {v.target_error}",
         )
-        tr.report.pop("warning", None)
-        if sel["threshold"] is None:
-            tr.report["warning"] = (
-                "no generated expression is accepted: conformal selection selects none at "
-                f"verify.target_error {v.target_error}. Label a random sample of your faces (seke review export)"
-            )
 
 
 def _crossfit_evidence(rows: list[CalRow], v) -> tuple[Any, list[CalRow]]:
@@ -486,3 +475,93 @@ def label_budget(
                 best = max(best, float(depth[j] / n))
         out.append({"more_labels": int(N), "calibration_faces": int(n + N), "coverage": round(best, 4)})
     return out
+
+
+# ------------------------------------------------------------------ the guarantee when possible, a dataset always
+HOW_TO_CERTIFY = (
+    "to get a guarantee, label a blind random sample of this run's faces: `seke review export` draws it, "
+    "`seke review import` brings the labels back, then run again"
+)
+
+
+def min_labels(v) -> int:
+    """The fewest labelled faces with which any threshold can pass: Learn-then-Test's strictest
+    walk needs `need` accepted calibration faces with no error at all (at delta / 5); conformal
+    selection needs a p-value 1 / (n + 1) <= target_error."""
+    if v.target_error <= 0:
+        return 0
+    if v.guarantee == "fdr":
+        return max(1, math.ceil(1 / v.target_error - 1))
+    return math.ceil(math.log(0.2 * v.delta) / math.log(1 - v.target_error))
+
+
+def budget_line(rep: dict) -> str:
+    """'label about N more faces ... to certify about X% coverage', from the label budget."""
+    for b in rep.get("label_budget") or []:
+        if b["coverage"] > 0:
+            return (
+                f"label about {b['more_labels']} more faces to certify about {b['coverage']:.0%} coverage at the "
+                f"target (an estimate from this run's calibration curve)"
+            )
+    return ""
+
+
+def settle(tr: Trust, v) -> None:
+    """Which threshold applies, and what backs the generated expressions it accepts.
+    `verify.guarantee` (pac | fdr) applies when it certifies the target. When it cannot
+    (no labelled faces, too few, or a target no threshold meets): with `guarantee_mode:
+    auto`, generated expressions are accepted by `verify.min_confidence` and every report
+    says there is no guarantee and how to get one; with `required`, none is accepted (the
+    verify stage then stops the run with the reason)."""
+    rep = tr.report
+    if rep.get("source") == "earlier_run":  # its threshold was certified on that run's labelled faces
+        tr.guarantee = (rep.get("guarantee") or "pac") if tr.threshold is not None else "none"
+        rep["guaranteed"] = tr.guarantee != "none"
+        return
+    if v.target_error <= 0:
+        tr.guarantee = "none"
+        rep.update(guaranteed=False, guarantee="none")
+        return
+    kind = v.guarantee
+    t = (rep.get("pac") or {}).get("threshold") if kind == "pac" else (rep.get("fdr") or {}).get("threshold")
+    rep["guarantee_mode"] = v.guarantee_mode
+    if t is not None:
+        tr.threshold, tr.guarantee = t, kind
+        rep.update(guaranteed=True, guarantee=kind, threshold=t)
+        rep.pop("warning", None)
+        return
+    why = rep.get("selection", "") if kind == "pac" else f"conformal selection selects none at {v.target_error}"
+    more = budget_line(rep)
+    tr.guarantee = "none"
+    rep.update(guaranteed=False, guarantee="none", how_to_certify=HOW_TO_CERTIFY, label_budget_line=more)
+    if v.guarantee_mode == "required":
+        tr.threshold = None
+        rep.update(threshold=None, warning=f"verify.guarantee_mode is required and the run cannot certify: {why}")
+        return
+    tr.threshold = v.min_confidence
+    rep.update(
+        threshold=v.min_confidence,
+        warning=f"NO GUARANTEE: {why}. Generated expressions are accepted by verify.min_confidence "
+        f"{v.min_confidence} (calibrated confidence, not certified); {HOW_TO_CERTIFY}" + (f"; {more}" if more else ""),
+    )
+
+
+def certifiable_with(v, labelled: int) -> str | None:
+    """None when `labelled` faces could certify `verify.target_error`; else why not. Known before
+    the first paid call, from the count of labelled faces alone."""
+    need = min_labels(v)
+    if v.target_error <= 0 or labelled >= need:
+        return None
+    return (
+        f"{labelled} labelled faces: no threshold can certify an error of {v.target_error} ({v.guarantee}, "
+        f"delta {v.delta}) with fewer than {need}"
+    )
+
+
+def labelled_faces(p, faces_url: str) -> int:
+    """Faces whose expression is known and that get a blind request (a calibration face each)."""
+    from tasks.infra import io
+
+    if not (p.prompt.blind and p.verify.use_priors):
+        return 0
+    return sum(1 for f in io.iter_rows(faces_url, columns=["prior_expression"]) if f["prior_expression"])

@@ -75,6 +75,7 @@ def feid_row(
         expression=verdict["expression"],
         expression_confidence=float(expr_conf),
         expression_status=verdict["expression_status"],
+        guarantee=verdict.get("guarantee") or "none",
         valence=valence,
         arousal=arousal,
         va_status=verdict.get("va_status") or "missing",

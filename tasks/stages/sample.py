@@ -23,6 +23,7 @@ from tasks.core.records import SampleRecord
 from tasks.infra import dask, io
 from tasks.infra.cache import ResponseCache, compact_all
 from tasks.infra.progress import Progress
+from tasks.method import trust
 from tasks.method.pipeline import sample_batch, sample_stream
 from tasks.method.sampling import Tally
 from tasks.stages.base import grouped, log, validate, write_metrics
@@ -160,10 +161,17 @@ def run(p: Params) -> dict:
     then hold for all workers together (`tasks.infra.limits`); `runtime.concurrency` is per
     worker."""
     k = knowledge.load()
+    faces_url = io.join(p.paths.crop, "faces.parquet")
+    if p.verify.guarantee_mode == "required":
+        why = trust.certifiable_with(p.verify, trust.labelled_faces(p, faces_url))
+        if why:
+            raise RuntimeError(
+                f"sample: stopped before any call: verify.guarantee_mode is required and {why}; {trust.HOW_TO_CERTIFY}"
+            )
     runner = dask.task_runner(p)
     ann = annotators.build(p) if runner is None else None
     cache = cache_for(p, ann) if ann is not None else None
-    faces_url, req_url = io.join(p.paths.crop, "faces.parquet"), io.join(p.paths.prompt, "requests.parquet")
+    req_url = io.join(p.paths.prompt, "requests.parquet")
     out = io.join(p.paths.sample, "samples.parquet")
     r = _Run(io.count_rows(faces_url), p.runtime.progress_every_s)
     batches = _batches(p, faces_url, req_url)

@@ -218,6 +218,11 @@ def run(p: Params) -> dict:
     tr.report["second_opinion"] = second_report
     if tr.report.get("mode") == "target_error":
         trust.apply_fdr(tr, p.verify, unlabelled_scores(p, faces_url, smp_url, tr, second))
+    trust.settle(tr, p.verify)
+    if tr.report.get("warning"):
+        log().warning(tr.report["warning"])
+    if p.verify.guarantee_mode == "required" and not tr.report.get("guaranteed"):
+        raise RuntimeError(f"verify: {tr.report['warning']}; {trust.HOW_TO_CERTIFY}")
     t = _Tally()
     runner = dask.task_runner(p)
     texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose

@@ -126,6 +126,25 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     if pilot_faces:
         out["pilot"] = pilot(p, ann, cache, k, pilot_faces)
     faces = _faces(p)
+    from tasks.method import trust
+
+    n_labelled = trust.labelled_faces(p, io.join(p.paths.crop, "faces.parquet"))
+    why = trust.certifiable_with(p.verify, n_labelled)
+    out["guarantee"] = {
+        "labelled_faces": n_labelled,
+        "needed": trust.min_labels(p.verify),
+        "possible": why is None,
+        "note": (
+            why
+            + (
+                "; the run will stop before sampling"
+                if p.verify.guarantee_mode == "required"
+                else "; generated labels will be accepted by verify.min_confidence, with no guarantee"
+            )
+        )
+        if why
+        else None,
+    }
     sp = p.sample
     rounds = schedule(sp)
     verifies = sp.verify_round != "none" and supports_verification(ann)

@@ -313,6 +313,28 @@ def _card_annotation(card: CardInfo, prov: dict) -> list[str]:
     for sec in ("prompt", "annotator", "sample", "verify", "crop"):
         if sec in p:
             L.append(f"- `{sec}`: `{json.dumps(p[sec], sort_keys=True)}`")
+    cal = (card.metrics.get("verify") or {}).get("calibration") or {}
+    if cal:
+        L += ["", "## How far to trust the labels", ""]
+        if cal.get("guaranteed"):
+            kind = cal.get("guarantee")
+            L.append(
+                f"Generated expressions (`guarantee: {kind}` rows): "
+                + (
+                    f"error <= {cal.get('target_error')} with probability >= {1 - cal.get('delta', 0):.2f}"
+                    if kind == "pac"
+                    else f"expected error <= {cal.get('target_error')}"
+                )
+                + f", certified on {cal.get('calibration_faces')} labelled faces of this run."
+            )
+        else:
+            L.append(
+                "**No guarantee** for the generated expressions (`guarantee: none` rows): they are kept by a "
+                "calibrated confidence, not certified. To certify them, label a blind random sample of the faces "
+                "(`seke review export`) and rebuild."
+                + (f" Estimate: {cal['label_budget_line']}." if cal.get("label_budget_line") else "")
+            )
+        L.append("Rows with `guarantee: source` carry the source's (or a reviewer's) own label.")
     if card.metrics:
         L += [
             "",

@@ -155,12 +155,20 @@ def _calibration_figures(v: Version, save, plt) -> None:
     save(fig, "reliability")
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     cov, risk = risk_coverage(v.scores)
-    ax.plot(cov, risk)
+    ax.plot(cov, risk, label="error (calibration faces)")
+    c = v.calibration
+    fr = c.get("frontier") or []
+    if fr:  # the smallest error certifiable at each coverage (Clopper-Pearson)
+        ax.plot([p["coverage"] for p in fr], [p["bound"] for p in fr], "o:", color="grey", label="certifiable bound")
+    if c.get("target_error"):
+        ax.axhline(c["target_error"], ls="-.", color="green", label=f"target {c['target_error']}")
     if v.threshold is not None:
         at = sum(s >= v.threshold for s, _ in v.scores) / len(v.scores)
-        ax.axvline(at, ls="--", color="red", label=f"threshold {v.threshold:.2f}")
-        ax.legend()
-    ax.set(xlim=(0, 1), ylim=(0, max(0.05, float(risk.max()) if len(risk) else 0.05)), xlabel="coverage")
+        kind = c.get("guarantee") if c.get("guaranteed") else "no guarantee"
+        ax.axvline(at, ls="--", color="red", label=f"threshold {v.threshold:.2f} ({kind})")
+    ax.legend(fontsize=7)
+    top = max([0.05, float(risk.max()) if len(risk) else 0.05] + [min(p["bound"], 0.5) for p in fr])
+    ax.set(xlim=(0, 1), ylim=(0, top), xlabel="coverage")
     ax.set(ylabel="error among accepted", title="Risk-coverage (calibration faces)")
     save(fig, "risk_coverage")
 
@@ -252,11 +260,22 @@ def _summary(v: Version) -> str:
         ("calibration", f"{c.get('source', 'n/a')}: {c.get('why', '')}"),
         ("calibration faces", c.get("calibration_faces", 0)),
         ("error target", c.get("selection") or "n/a"),
+        ("guarantee", _guarantee_text(c)),
         ("threshold", v.threshold),
         ("out-of-fold ECE", c.get("oof_ece")),
     ]
     body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(x))}</td></tr>" for k, x in rows)
     return f"<table>{body}</table>"
+
+
+def _guarantee_text(c: dict) -> str:
+    if c.get("guaranteed"):
+        return f"{c.get('guarantee')}: error <= {c.get('target_error')} among kept generated expressions"
+    more = f" {c['label_budget_line']}." if c.get("label_budget_line") else ""
+    return (
+        "NONE: generated expressions are kept by a calibrated confidence, not certified. "
+        "`seke review export` draws a blind random sample to label for one." + more
+    )
 
 
 def _card(g: dict) -> str:
