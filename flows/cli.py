@@ -68,13 +68,15 @@ def run(
     console.print(f"[dim]$ {' '.join(cmd)}[/]", soft_wrap=True)
     if dry:
         return
-    if set_:  # validate before DVC spends any time
-        load_params("params.yaml", set_)
-    from flows import lockfile
+    from flows.preflight import preflight
     from flows.server import shared_server
+    from tasks.core.params import ParamsError
     from tasks.tools.project import VERSION_FILE, write_version
 
-    lockfile.repair()  # a dvc.lock that a killed run cut short (see flows/lockfile.py)
+    try:  # every mistake in params.yaml before DVC spends any time; a cut-short dvc.lock repaired
+        preflight(".", set_)
+    except ParamsError as e:
+        raise Fail(str(e), 2) from None
     if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
         console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
 

@@ -146,9 +146,9 @@ def incremental_flow(
     here = os.getcwd()
     os.chdir(root)  # every path in params.yaml is relative to the project
     try:
-        from flows import lockfile
+        from flows.preflight import preflight
 
-        if note := lockfile.repair("."):  # a dvc.lock cut short by a killed run
+        if note := preflight("."):  # params.yaml checked whole; a dvc.lock cut short by a killed run
             log.warning(note)
         location = input or p.incremental.input or p.paths.input
         summary: dict = {"location": location}

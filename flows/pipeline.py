@@ -50,9 +50,9 @@ def repro_stage(stage: str, root: str = ".", force: bool = False) -> str:
 @flow(name="feid-pipeline")
 def pipeline(root: str = ".", force: bool = False) -> dict[str, str]:
     """Bring every stage of dvc.yaml up to date, in order; stop at the first failure."""
-    from flows import lockfile
+    from flows.preflight import preflight
 
-    if note := lockfile.repair(root):
+    if note := preflight(root):
         get_run_logger().warning(note)
     return {s: repro_stage(s, root, force) for s in stage_order(root)}
 

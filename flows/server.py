@@ -108,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(__doc__)
         return 2
-    from flows import lockfile
+    from flows.preflight import preflight
+    from tasks.core.params import ParamsError
 
-    lockfile.repair()  # a dvc.lock that a killed run cut short (see flows/lockfile.py)
+    try:  # params.yaml checked whole, a cut-short dvc.lock repaired (flows/preflight.py)
+        preflight()
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     with shared_server():
         return subprocess.call(args)
 
