@@ -57,7 +57,7 @@ from tasks.core.knowledge import load as load_knowledge
 from tasks.core.params import Params  # noqa: E402
 from tasks.core.records import FaceRecord, ImageRecord  # noqa: E402
 from tasks.infra.cache import ResponseCache  # noqa: E402
-from tasks.method import trust, uamc
+from tasks.method import guarantee, trust, uamc
 from tasks.method.decide import calibration_row, decide
 from tasks.method.evidence import VERIFY_VARIANTS, measure
 from tasks.method.pipeline import sample_batch  # noqa: E402
@@ -573,7 +573,7 @@ def fdr_run(fs: list[dict], samples: dict, k, vp, tr, by: dict) -> dict:
     pre = [
         decide(f, samples[f["face_id"]], k, vf, tr, SECOND.get(f["face_id"])) for f in fs if not f["prior_expression"]
     ]
-    trust.apply_fdr(
+    guarantee.apply_fdr(
         t2, vf, [v.expression_confidence for v in pre if v.expression_confidence is not None and set(v.reasons) <= SOFT]
     )
     return {"threshold": t2.threshold, **_unlabelled_outcome(fs, samples, k, vf, t2, by)}

@@ -43,7 +43,7 @@ def test_a_mistake_is_one_line_and_nothing_runs(tmp_path, mutate, line):
 
 
 def test_good_params_run_the_command(tmp_path):
-    from tasks.core.params import problems
+    from tasks.core.params_check import problems
 
     assert problems(ROOT / "params.yaml") == []
     r = _run(tmp_path, lambda p: None)
@@ -53,7 +53,7 @@ def test_good_params_run_the_command(tmp_path):
 def test_a_url_whose_extra_is_missing_names_it(tmp_path, monkeypatch):
     import importlib.util
 
-    from tasks.core import params
+    from tasks.core import params_check as params
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "dvc_s3" else real(m, *a))

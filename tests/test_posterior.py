@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.core.knowledge import AUS, load
-from tasks.method import posterior, trust
+from tasks.method import guarantee, posterior, trust
 
 K = load()
 LABELS = tuple(K.expressions)
@@ -122,7 +122,7 @@ def test_fdr_selection_controls_the_expected_error(alpha):
     for _ in range(300):
         cs, cc = _scores(150, r)
         ts, tc = _scores(300, r)
-        sel = trust.select_fdr(cs, cc, ts, alpha)
+        sel = guarantee.select_fdr(cs, cc, ts, alpha)
         chosen = [ok for s, ok in zip(ts, tc) if sel["threshold"] is not None and s >= sel["threshold"]]
         fdp.append(1 - np.mean(chosen) if chosen else 0.0)
     assert np.mean(fdp) <= alpha + 0.005  # the mean over 300 draws; its standard error is about 0.001
@@ -138,7 +138,7 @@ def test_label_budget_predicts_a_run_with_that_many_more_labels():
         est, real = [], []
         for _ in range(20):
             s, c = _scores(200, r, a, 1.0)
-            est.append(trust.label_budget(s, c, 0.05, 0.1, extra=(600,))[0]["coverage"])
+            est.append(guarantee.label_budget(s, c, 0.05, 0.1, extra=(600,))[0]["coverage"])
             s8, c8 = _scores(800, r, a, 1.0)
             real.append(trust.select_threshold(s8, c8, 0.05, 0.1).coverage)
         assert abs(np.mean(est) - np.mean(real)) < 0.1
@@ -148,7 +148,7 @@ def test_label_budget_predicts_a_run_with_that_many_more_labels():
 def test_frontier_is_a_bound_per_coverage():
     r = random.Random(3)
     s, c = _scores(400, r)
-    f = trust.frontier(s, c, 0.1)
+    f = guarantee.frontier(s, c, 0.1)
     assert [p["coverage"] for p in f] == [round(i / 10, 3) for i in range(1, 11)]
     assert all(p["bound"] >= p["error"] for p in f)
     assert f[0]["error"] <= f[-1]["error"]
@@ -163,13 +163,14 @@ def test_build_fits_the_evidence_model_and_reports_what_it_used():
         for i, (ev, y) in enumerate(data)
     ]
     tr = trust.build(rows, Verify(), "openai")
+    guarantee.finish(tr, Verify(), [0.99, 0.5])
     rep = tr.report
     assert tr.evidence is not None and rep["source"] == "self"
     assert set(rep["evidence_model"]["signals"]) == {"aus", "va", "verification", "second_opinion"}
     assert 0.6 < rep["evidence_model"]["au_follow_stated_mean"] < 0.95
     assert rep["evidence_best_guess_accuracy_oof"] > 0.85  # the votes alone: about 0.82 on these faces
     assert [p["coverage"] for p in rep["frontier"]][-1] == 1.0 and rep["label_budget"]
-    assert rep["pac"]["threshold"] == tr.threshold
+    assert rep["guaranteed"] == (rep["pac"]["threshold"] is not None) and "fdr" in rep
 
 
 def test_second_opinion_is_cached_by_crop(tmp_path):

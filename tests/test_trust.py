@@ -9,7 +9,8 @@ import pytest
 
 from tasks.core.params import Verify
 from tasks.method import trust
-from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold, settle
+from tasks.method.guarantee import settle
+from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
 
 
 def _draw(n: int, r: random.Random) -> tuple[list[float], list[bool]]:

@@ -181,9 +181,7 @@ def decide(
     conf = confidence(s, v, trust.calibrator) if s.n_ok else 0.0
     e_status, e_why = _expression_decision(s, v, trust, conf)
     disagree = v.use_priors and s.prior_agreement is not None and s.prior_agreement < v.min_prior_agreement
-    taint = ([] if e_status in ("prior", "accepted") else ["expression_withheld"]) + (
-        ["prior_disagreement"] if disagree else []
-    )
+    taint = ["expression_withheld"] * (e_status not in ("prior", "accepted")) + ["prior_disagreement"] * disagree
     va_status, va_why = _va_decision(s, v, taint)
     au_status, au_withheld, au_why = _au_decision(s, v, taint, set(face.get("au_set") or []))
     withheld = [f"expression:{r}" for r in e_why] + [f"va:{r}" for r in va_why] + [f"aus:{r}" for r in au_why]

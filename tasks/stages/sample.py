@@ -23,7 +23,7 @@ from tasks.core.records import SampleRecord
 from tasks.infra import dask, io
 from tasks.infra.cache import ResponseCache, compact_all
 from tasks.infra.progress import Progress
-from tasks.method import trust
+from tasks.method import guarantee
 from tasks.method.pipeline import sample_batch, sample_stream
 from tasks.method.sampling import Tally
 from tasks.stages.base import grouped, log, validate, write_metrics
@@ -163,10 +163,11 @@ def run(p: Params) -> dict:
     k = knowledge.load()
     faces_url = io.join(p.paths.crop, "faces.parquet")
     if p.verify.guarantee_mode == "required":
-        why = trust.certifiable_with(p.verify, trust.labelled_faces(p, faces_url))
+        why = guarantee.certifiable_with(p.verify, guarantee.labelled_faces(p, faces_url))
         if why:
             raise RuntimeError(
-                f"sample: stopped before any call: verify.guarantee_mode is required and {why}; {trust.HOW_TO_CERTIFY}"
+                "sample: stopped before any call: verify.guarantee_mode is required and "
+                f"{why}; {guarantee.HOW_TO_CERTIFY}"
             )
     runner = dask.task_runner(p)
     ann = annotators.build(p) if runner is None else None

@@ -19,7 +19,7 @@ from tasks.core.params import Params, Verify
 from tasks.core.records import FaceRecord, Verdict
 from tasks.infra import dask, io
 from tasks.infra.progress import track
-from tasks.method import rationale, second_opinion, trust
+from tasks.method import guarantee, rationale, second_opinion, trust
 from tasks.method.decide import calibration_row, decide
 from tasks.stages.base import annotator_of, grouped, log, validate, write_metrics
 
@@ -194,7 +194,7 @@ def _fit(p: Params, faces_url: str, smp_url: str, second: dict) -> trust.Trust:
 
 def unlabelled_scores(p: Params, faces_url: str, smp_url: str, tr: trust.Trust, second: dict) -> list[float]:
     """The confidence of every generated expression that no hard gate withholds: the test
-    scores of the conformal selection (`trust.apply_fdr`). One more streaming pass."""
+    scores of the conformal selection (`guarantee.apply_fdr`). One more streaming pass."""
     k = knowledge.load()
     soft = {"low_confidence", "no_guarantee"} | (set() if p.verify.require_confirmation else {"failed_verification"})
     out = []
@@ -216,13 +216,12 @@ def run(p: Params) -> dict:
     second, second_report = second_opinions(p, faces_url)
     tr = _fit(p, faces_url, smp_url, second)
     tr.report["second_opinion"] = second_report
-    if tr.report.get("mode") == "target_error":
-        trust.apply_fdr(tr, p.verify, unlabelled_scores(p, faces_url, smp_url, tr, second))
-    trust.settle(tr, p.verify)
+    scores = unlabelled_scores(p, faces_url, smp_url, tr, second) if tr.report.get("mode") == "target_error" else []
+    guarantee.finish(tr, p.verify, scores)
     if tr.report.get("warning"):
         log().warning(tr.report["warning"])
     if p.verify.guarantee_mode == "required" and not tr.report.get("guaranteed"):
-        raise RuntimeError(f"verify: {tr.report['warning']}; {trust.HOW_TO_CERTIFY}")
+        raise RuntimeError(f"verify: {tr.report['warning']}; {guarantee.HOW_TO_CERTIFY}")
     t = _Tally()
     runner = dask.task_runner(p)
     texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose

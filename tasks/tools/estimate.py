@@ -103,6 +103,25 @@ def pilot(p: Params, ann, cache: ResponseCache, k, n: int, seed: int = 0) -> dic
     }
 
 
+def _guarantee_note(p: Params) -> dict:
+    """Whether the run's labelled faces could certify verify.target_error: known before any call."""
+    from tasks.method import guarantee
+
+    n_labelled = guarantee.labelled_faces(p, io.join(p.paths.crop, "faces.parquet"))
+    why = guarantee.certifiable_with(p.verify, n_labelled)
+    after = (
+        "the run will stop before sampling"
+        if p.verify.guarantee_mode == "required"
+        else "generated labels will be accepted by verify.min_confidence, with no guarantee"
+    )
+    return {
+        "labelled_faces": n_labelled,
+        "needed": guarantee.min_labels(p.verify),
+        "possible": why is None,
+        "note": f"{why}; {after}" if why else None,
+    }
+
+
 def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     """{'floor': {...}, 'ceiling': {...}} with calls, requests, image sends, samples, tokens
     and cost in USD for the annotator of `params.annotator`; cached samples are free.
@@ -126,25 +145,7 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     if pilot_faces:
         out["pilot"] = pilot(p, ann, cache, k, pilot_faces)
     faces = _faces(p)
-    from tasks.method import trust
-
-    n_labelled = trust.labelled_faces(p, io.join(p.paths.crop, "faces.parquet"))
-    why = trust.certifiable_with(p.verify, n_labelled)
-    out["guarantee"] = {
-        "labelled_faces": n_labelled,
-        "needed": trust.min_labels(p.verify),
-        "possible": why is None,
-        "note": (
-            why
-            + (
-                "; the run will stop before sampling"
-                if p.verify.guarantee_mode == "required"
-                else "; generated labels will be accepted by verify.min_confidence, with no guarantee"
-            )
-        )
-        if why
-        else None,
-    }
+    out["guarantee"] = _guarantee_note(p)
     sp = p.sample
     rounds = schedule(sp)
     verifies = sp.verify_round != "none" and supports_verification(ann)
