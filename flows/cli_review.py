@@ -68,7 +68,11 @@ def review_import(
         raise Fail("paths.review is empty in params.yaml: set it to where the review labels go")
     try:
         n = import_labels(export, Path(p.paths.review))
-    except (ValueError, KeyError) as ex:
-        raise Fail(f"{export} is not a Label Studio JSON export of a `seke review export` project: {ex}") from None
+    except ValueError as ex:
+        raise Fail(f"{export}: {ex}") from None
     skipped = ", ".join(f"{v} {k}" for k, v in n["skipped"].items()) or "none"
-    out.print(f"{n['imported']} labels imported into {p.paths.review} ({n['labels']} in all); skipped: {skipped}")
+    rejected = ", ".join(f"{v} {k}" for k, v in n["rejected"].items()) or "none"
+    out.print(
+        f"{n['imported']} labels imported into {p.paths.review} ({n['labels']} in all); rejected: {rejected}; "
+        f"skipped: {skipped}; {n['conflicts']} conflicting duplicates (newest kept); every task: {n['report']}"
+    )

@@ -68,16 +68,18 @@ def test_import_reads_labels_and_says_what_it_left_out(tmp_path):
     export.write_text(json.dumps(tasks))
     dest = tmp_path / "labels.csv"
     n = R.import_labels(export, dest)
-    assert n["skipped"] == {
-        "multi_face_image": 1,
-        "not_annotated": 1,
-        "valence_without_arousal": 1,
-        "empty_annotation": 1,
-    }
+    assert n["skipped"] == {"multi_face_image": 1, "not_annotated": 1}
+    # an arousal out of [-1, 1] rejects its task (never clamped); a lone valence too
+    assert n["rejected"] == {"arousal": 1, "valence_without_arousal": 1}
     rows = {r["path"]: r for r in csv.DictReader(open(dest))}
-    assert set(rows) == {"a.jpg", "b.jpg"}  # e.jpg's lone valence is dropped, leaving nothing
+    assert set(rows) == {"b.jpg"}
+    export.write_text(
+        json.dumps([_task("a.jpg", full[:1] + [{**full[2], "value": {"number": 0.4}}, full[1], full[3]])])
+    )
+    R.import_labels(export, dest)
+    rows = {r["path"]: r for r in csv.DictReader(open(dest))}
     a = rows["a.jpg"]
-    assert (a["expression"], a["valence"], a["arousal"], a["label_origin"]) == ("happy", "0.7", "1.0", "review")
+    assert (a["expression"], a["valence"], a["arousal"], a["label_origin"]) == ("happy", "0.7", "0.4", "review")
     assert a["AU06"] == a["AU12"] == "1" and a["AU04"] == "0" and a["reviewer"] == "7"
     assert rows["b.jpg"]["expression"] == "" and all(rows["b.jpg"][x] == "0" for x in knowledge.load().aus)
     # a second import merges by path: a newer label wins, the others stay

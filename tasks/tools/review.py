@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -131,19 +132,79 @@ def _why(v: dict) -> str:
 
 def _annotation(task: dict) -> dict | None:
     """The task's latest annotation that was not skipped."""
-    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    anns = task.get("annotations") or []
+    if not isinstance(anns, list):
+        raise Rejected(f"annotations: expected a list, got {short(anns)}")
+    anns = [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")]
     return max(anns, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0), default=None)
 
 
-def _values(result: list[dict]) -> dict:
+class Rejected(ValueError):
+    """A task whose labels cannot be taken as they are: it is rejected whole, with this reason."""
+
+
+def short(x, n: int = 60) -> str:
+    """A value as an error message shows it: its repr, cut short."""
+    r = repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _number(name: str, x) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise Rejected(f"{name}: {short(x)} is not a number") from None
+    if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+        raise Rejected(f"{name}: {short(x)} is not a finite number in [-1, 1]")
+    return v
+
+
+def _values(result: list[dict], k: knowledge.Knowledge) -> dict:
+    """The labels of one annotation, checked: one known expression, finite VA in [-1, 1], known
+    AU names. Anything else rejects the task (never clamped or dropped silently)."""
     out: dict = {}
+    if not isinstance(result, list):
+        raise Rejected(f"result: expected a list of regions, got {short(result)}")
     for r in result:
+        if not isinstance(r, dict):
+            raise Rejected(f"result: expected objects, got {short(r)}")
         name, val = r.get("from_name"), r.get("value") or {}
         if name in ("expression", "aus") and "choices" in val:
-            out[name] = list(val["choices"])
+            if not isinstance(val["choices"], list):
+                raise Rejected(f"{name}: expected a list of choices, got {short(val['choices'])}")
+            out[name] = [str(c) for c in val["choices"]]
         elif name in ("valence", "arousal") and "number" in val:
-            out[name] = float(val["number"])
+            out[name] = _number(name, val["number"])
+    if "expression" in out:
+        if len(out["expression"]) != 1:
+            raise Rejected(f"expression: {len(out['expression'])} choices {short(out['expression'])}, expected one")
+        try:
+            out["expression"] = k.expression(out["expression"][0])
+        except knowledge.UnknownLabel:
+            raise Rejected(f"expression: {short(out['expression'][0])} is not a known label") from None
+        if out["expression"] not in k.expressions:
+            raise Rejected(f"expression: {short(out['expression'])} is not one of the {len(k.expressions)} labels")
+    if "aus" in out:
+        unknown = [a for a in out["aus"] if a != NONE_AU and a not in k.aus]
+        if unknown:
+            raise Rejected(f"aus: unknown AU name(s) {short(unknown)}")
     return out
+
+
+def _tasks(export: Path) -> list[dict]:
+    """The tasks of a Label Studio JSON export, or one line saying what was expected."""
+    try:
+        tasks = json.loads(Path(export).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not JSON ({short(str(e), 80)})") from None
+    want = 'expected a Label Studio JSON export: a list of tasks [{"data": {"path": ...}, "annotations": [...]}]'
+    if not isinstance(tasks, list):
+        keys = list(tasks)[:5] if isinstance(tasks, dict) else []
+        raise ValueError(f"{want}, got {type(tasks).__name__}" + (f" with keys {short(keys)}" if keys else ""))
+    for n, t in enumerate(tasks, 1):
+        if not isinstance(t, dict) or not isinstance(t.get("data"), dict) or not isinstance(t["data"].get("path"), str):
+            raise ValueError(f"{want}; task {n} is {short(t)}")
+    return tasks
 
 
 def columns(k: knowledge.Knowledge | None = None) -> list[str]:
@@ -157,47 +218,89 @@ def write_empty(dest: Path) -> None:
     dest.write_text(",".join(columns()) + "\n")
 
 
+def _row(t: dict, a: dict, got: dict, k: knowledge.Knowledge) -> dict:
+    d = t["data"]
+    row = {"path": d["path"], "face_id": d.get("face_id", ""), "label_origin": "review"}
+    who = a.get("completed_by")
+    row["reviewer"] = str(who.get("email", who.get("id", "")) if isinstance(who, dict) else who or "")
+    if got.get("expression"):
+        row["expression"] = got["expression"]
+        row["label_set"] = ",".join(k.expressions)
+    for key in ("valence", "arousal"):
+        if key in got:
+            row[key] = got[key]
+    if "aus" in got:
+        on = set(got["aus"]) - {NONE_AU}
+        row.update({a_: int(a_ in on) for a_ in k.aus})
+    return row
+
+
+def _judge(t: dict, k: knowledge.Knowledge) -> tuple[str, str, dict | None, str]:
+    """(status, reason, row, updated_at) of one task: imported, rejected or skipped."""
+    try:
+        a = _annotation(t)
+    except Rejected as e:
+        return "rejected", str(e), None, ""
+    if a is None:
+        return "skipped", "not_annotated", None, ""
+    if int(t["data"].get("n_faces") or 1) > 1:  # labels are per image: one face cannot speak for the others
+        return "skipped", "multi_face_image", None, ""
+    try:
+        got = _values(a.get("result") or [], k)
+    except Rejected as e:
+        return "rejected", str(e), None, ""
+    if ("valence" in got) != ("arousal" in got):  # a prior needs both
+        return "rejected", "valence_without_arousal: a valence needs an arousal, and the reverse", None, ""
+    if "expression" not in got and "valence" not in got and "aus" not in got:
+        return "skipped", "empty_annotation", None, ""
+    return "imported", "", _row(t, a, got, k), str(a.get("updated_at") or a.get("created_at") or "")
+
+
 def import_labels(export: Path, dest: Path) -> dict:
     """Label Studio's JSON export -> the labels CSV that `paths.review` reads, merged with the
-    labels already there (a newer label of the same path wins). Returns counts, with the
-    tasks left out and why."""
+    labels already there (this import's labels win over older ones). Every task ends imported,
+    rejected with a reason, or skipped, in a report beside `dest` (`import_report.csv`). A path
+    exported twice keeps its newest annotation (`updated_at`), and each conflict is reported.
+    A file that is not a Label Studio export raises ValueError with one line."""
     k = knowledge.load()
-    tasks = json.loads(Path(export).read_text())
+    tasks = _tasks(export)
     rows = {r["path"]: r for r in csv.DictReader(open(dest))} if dest.exists() else {}
-    imported, skipped = 0, Counter()
-    for t in tasks:
-        d, a = t.get("data") or {}, _annotation(t)
-        if a is None:
-            skipped["not_annotated"] += 1
+    report, fresh, counts = [], {}, Counter()
+    for n, t in enumerate(tasks, 1):
+        status, reason, row, when = _judge(t, k)
+        counts[status] += 1
+        report.append({"task": n, "path": t["data"]["path"], "status": status, "reason": reason})
+        if row is None:
             continue
-        if int(d.get("n_faces") or 1) > 1:  # labels are per image: one face cannot speak for the others
-            skipped["multi_face_image"] += 1
-            continue
-        got = _values(a.get("result") or [])
-        if ("valence" in got) != ("arousal" in got):  # a prior needs both
-            got.pop("valence", None), got.pop("arousal", None)
-            skipped["valence_without_arousal"] += 1
-        if "expression" not in got and "valence" not in got and "aus" not in got:
-            skipped["empty_annotation"] += 1
-            continue
-        row = {"path": d["path"], "face_id": d.get("face_id", ""), "label_origin": "review"}
-        who = a.get("completed_by")
-        row["reviewer"] = str(who.get("email", who.get("id", "")) if isinstance(who, dict) else who or "")
-        if got.get("expression"):
-            row["expression"] = k.expression(got["expression"][0])
-            row["label_set"] = ",".join(k.expressions)
-        for key in ("valence", "arousal"):
-            if key in got:
-                row[key] = max(-1.0, min(1.0, got[key]))
-        if "aus" in got:
-            on = set(got["aus"]) - {NONE_AU}
-            row.update({a_: int(a_ in on) for a_ in k.aus})
-        rows[d["path"]] = row  # the last task of a path wins
-        imported += 1
+        old, new = fresh.get(row["path"]), (row, when)
+        if old is not None:
+            keep, drop = (new, old) if when >= old[1] else (old, new)
+            differ = {c: (keep[0].get(c), drop[0].get(c)) for c in row if keep[0].get(c) != drop[0].get(c)}
+            if differ:
+                report[-1]["reason"] = f"conflict with another task of this path: kept the one updated {keep[1]}"
+            fresh[row["path"]] = keep
+        else:
+            fresh[row["path"]] = (row, when)
+    rows.update({p: r for p, (r, _) in fresh.items()})
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns(k))
         w.writeheader()
         for path in sorted(rows):
             w.writerow(rows[path])
-    return {"labels": len(rows), "imported": imported, "skipped": dict(skipped)}
+    rep_path = dest.parent / "import_report.csv"
+    with open(rep_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["task", "path", "status", "reason"])
+        w.writeheader()
+        w.writerows(report)
+    skipped = Counter(r["reason"] for r in report if r["status"] == "skipped")
+    rejected = Counter(r["reason"].split(":")[0] for r in report if r["status"] == "rejected")
+    conflicts = sum(1 for r in report if r["reason"].startswith("conflict"))
+    return {
+        "labels": len(rows),
+        "imported": counts["imported"],
+        "rejected": dict(rejected),
+        "skipped": dict(skipped),
+        "conflicts": conflicts,
+        "report": str(rep_path),
+    }
