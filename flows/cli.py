@@ -68,20 +68,21 @@ def run(
     console.print(f"[dim]$ {' '.join(cmd)}[/]", soft_wrap=True)
     if dry:
         return
-    from flows.preflight import preflight
+    from flows.preflight import ProjectBusy, preflight
     from flows.server import shared_server
     from tasks.core.params import ParamsError
     from tasks.tools.project import VERSION_FILE, write_version
 
-    try:  # every mistake in params.yaml before DVC spends any time; a cut-short dvc.lock repaired
-        preflight(".", set_)
+    try:  # every mistake in params.yaml before DVC spends any time; one writer; a cut-short dvc.lock repaired
+        with preflight(".", set_):
+            if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
+                console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
+            with shared_server():  # one Prefect server for every stage of this run
+                r = subprocess.run(cmd, env=_tool_env())
     except ParamsError as e:
         raise Fail(str(e), 2) from None
-    if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
-        console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
-
-    with shared_server():  # one Prefect server for every stage of this run
-        r = subprocess.run(cmd, env=_tool_env())
+    except ProjectBusy as e:
+        raise Fail(f"stepped aside: {e}", 75) from None
     if r.returncode:
         raise Fail(
             f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode

@@ -126,6 +126,36 @@ def commit(root: str, p: Params, message: str) -> str | None:
     return _git(root, "rev-parse", "HEAD").stdout.strip()
 
 
+def _version(p, log, t0: float, input: str, manifest: str, budget_usd: float, record, git_commit) -> dict:
+    """The incremental run's steps, in the project folder, with its lock held."""
+    location = input or p.incremental.input or p.paths.input
+    summary: dict = {"location": location}
+    if location.rstrip("/") != p.paths.input.rstrip("/"):
+        got = land(p, location, manifest or p.incremental.manifest)
+        summary.update(got.summary())
+        for r in got.refused:
+            log.warning(f"incremental: not brought in: {r['origin']}: {r['reason']} ({r['detail']})")
+    summary["tracked"] = track(".", p)
+    crash_point("tracked")
+    todo = stale(".")
+    if todo:
+        log.info(f"incremental: {summary.get('new_images', 0)} new images; building ({', '.join(todo)} changed)")
+        summary["stages"] = build(".", budget_usd)
+        crash_point("built")
+    else:
+        log.info(f"incremental: nothing new at {location}; FEID is up to date")
+        summary["stages"] = {}
+    if p.incremental.record if record is None else record:
+        summary.update(push("."))
+        crash_point("pushed")
+    if p.incremental.git_commit if git_commit is None else git_commit:
+        n = summary.get("new_images", 0)
+        summary["git_commit"] = commit(".", p, f"FEID: +{n} images from {location}")
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    log.info(f"incremental: {summary}")
+    return summary
+
+
 @flow(name="feid-incremental", log_prints=True)
 def incremental_flow(
     input: str = "",
@@ -146,36 +176,15 @@ def incremental_flow(
     here = os.getcwd()
     os.chdir(root)  # every path in params.yaml is relative to the project
     try:
-        from flows.preflight import preflight
+        from flows.preflight import ProjectBusy, preflight
 
-        if note := preflight("."):  # params.yaml checked whole; a dvc.lock cut short by a killed run
-            log.warning(note)
-        location = input or p.incremental.input or p.paths.input
-        summary: dict = {"location": location}
-        if location.rstrip("/") != p.paths.input.rstrip("/"):
-            got = land(p, location, manifest or p.incremental.manifest)
-            summary.update(got.summary())
-            for r in got.refused:
-                log.warning(f"incremental: not brought in: {r['origin']}: {r['reason']} ({r['detail']})")
-        summary["tracked"] = track(".", p)
-        crash_point("tracked")
-        todo = stale(".")
-        if todo:
-            log.info(f"incremental: {summary.get('new_images', 0)} new images; building ({', '.join(todo)} changed)")
-            summary["stages"] = build(".", budget_usd)
-            crash_point("built")
-        else:
-            log.info(f"incremental: nothing new at {location}; FEID is up to date")
-            summary["stages"] = {}
-        if p.incremental.record if record is None else record:
-            summary.update(push("."))
-            crash_point("pushed")
-        if p.incremental.git_commit if git_commit is None else git_commit:
-            n = summary.get("new_images", 0)
-            summary["git_commit"] = commit(".", p, f"FEID: +{n} images from {location}")
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
-        log.info(f"incremental: {summary}")
-        return summary
+        with preflight(".") as note:  # params checked whole; one writer; a cut-short dvc.lock repaired
+            if note:
+                log.warning(note)
+            return _version(p, log, t0, input, manifest, budget_usd, record, git_commit)
+    except ProjectBusy as e:  # a scheduled run beside another: it steps aside, and says so in one line
+        log.warning(f"incremental: stepped aside: {e}")
+        return {"stepped_aside": str(e)}
     finally:
         os.chdir(here)
 

@@ -52,9 +52,10 @@ def pipeline(root: str = ".", force: bool = False) -> dict[str, str]:
     """Bring every stage of dvc.yaml up to date, in order; stop at the first failure."""
     from flows.preflight import preflight
 
-    if note := preflight(root):
-        get_run_logger().warning(note)
-    return {s: repro_stage(s, root, force) for s in stage_order(root)}
+    with preflight(root) as note:  # params checked, the project locked, dvc.lock repaired
+        if note:
+            get_run_logger().warning(note)
+        return {s: repro_stage(s, root, force) for s in stage_order(root)}
 
 
 if __name__ == "__main__":

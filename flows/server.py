@@ -108,16 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(__doc__)
         return 2
-    from flows.preflight import preflight
+    from flows.preflight import ProjectBusy, preflight
     from tasks.core.params import ParamsError
 
-    try:  # params.yaml checked whole, a cut-short dvc.lock repaired (flows/preflight.py)
-        preflight()
+    try:  # params.yaml checked whole, the project locked, a cut-short dvc.lock repaired
+        with preflight(), shared_server():
+            return subprocess.call(args)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with shared_server():
-        return subprocess.call(args)
+    except ProjectBusy as e:
+        print(f"stepped aside: {e}", file=sys.stderr)
+        return 75
 
 
 if __name__ == "__main__":

@@ -343,6 +343,12 @@ class Incremental(Section):
     input: str = Field("", description="folder or fsspec URL (s3://bucket/prefix) to watch; empty = paths.input")
     manifest: str = Field("", description="manifest of the watched location (prior labels); empty = list the folder")
     record: bool = Field(True, description="dvc push to the default remote after building a new version")
+    lock_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a run that finds another holding the project waits this long, then steps aside with one "
+        "line (every entry point; tasks/infra/projectlock.py)",
+    )
     git_commit: bool = Field(
         False, description="also git-commit the new version (dvc.lock, the inbox manifest and .dvc file, metrics)"
     )
