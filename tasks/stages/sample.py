@@ -29,6 +29,18 @@ from tasks.method.sampling import Tally
 from tasks.stages.base import grouped, log, validate, write_metrics
 
 _WORKER: dict = {}
+FAILED_COLUMNS = ("face_id", "request_id", "sample_index", "variant", "status", "error")
+
+
+def _write_rows(url: str, rows: list[dict]) -> None:
+    import io as stdio
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = stdio.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows or [dict.fromkeys(FAILED_COLUMNS)]), buf)
+    io.put_whole(url, buf.getvalue())
 
 
 def cache_for(p: Params, ann) -> ResponseCache:
@@ -94,6 +106,7 @@ class _Run:
 
     def __init__(self, n_faces: int, every_s: float):
         self.tally, self.light, self.status_n = Tally(), Light(SampleRecord, au_col="aus"), Counter()
+        self.failed: list[dict] = []  # the failed answers' ids and errors (small: no image, no text)
         self.n_faces, self.done, self.who = n_faces, 0, None
         self.progress = Progress("sample", n_faces, every_s=every_s)
 
@@ -102,6 +115,8 @@ class _Run:
             w.write(s)
             self.light.add(s)
             self.status_n[s["status"]] += 1
+            if s["status"] != "ok":
+                self.failed.append({k: s.get(k) for k in FAILED_COLUMNS})
             self.who = self.who or (s["annotator"], s["model"])
         self.done += n
         t = self.tally
@@ -110,13 +125,18 @@ class _Run:
         )
 
     def check_errors(self, p: Params) -> None:
+        """Too many failed answers stop the stage: the message gives the most common reasons,
+        and every failed row is written where it points (`failed_samples.parquet`)."""
         n = self.light.n
         bad = n - self.status_n["ok"]
         if n and bad / n > p.sample.max_error_rate:
+            where = io.join(p.paths.sample, "failed_samples.parquet")
+            _write_rows(where, self.failed)
+            why = Counter(f"{s['status']}: {(s.get('error') or '')[:160]}" for s in self.failed).most_common(3)
             raise RuntimeError(
-                f"sample: {bad}/{n} samples failed (> sample.max_error_rate="
-                f"{p.sample.max_error_rate}); see the `status`/`error` columns. Answers that "
-                "succeeded are cached: a re-run will not pay for them again."
+                f"sample: {bad}/{n} samples failed (> sample.max_error_rate={p.sample.max_error_rate}); "
+                f"most common: {'; '.join(f'{c} x {w}' for w, c in why)}; every failed row: {where}. "
+                "Answers that succeeded are cached: a re-run will not pay for them again."
             )
 
     def metrics(self, val: dict, name: str, model: str) -> dict:
