@@ -70,7 +70,8 @@ def main() -> int:
     print(f"  faces {c.get('faces')}, crop status {c.get('status', {})}")
     print(
         f"  samples {s.get('samples')} ({s.get('samples_per_face')} per face, annotator {s.get('annotator')}, "
-        f"{s.get('calls')} calls, {s.get('cache_hits')} cache hits, ${s.get('cost_usd', 0):.4f})"
+        f"{s.get('calls')} calls, {s.get('cache_hits')} cache hits, ${s.get('cost_usd', 0):.4f} this run, "
+        f"${s.get('version_cost_usd', 0):.4f} for the version)"
     )
     print(f"  per class {e.get('per_class', {})}")
     print(f"  kept of accepted faces: {v.get('status_of_accepted', {})}")

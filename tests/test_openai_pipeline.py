@@ -10,6 +10,7 @@ pointed at the simulated VLLM through OPENAI_BASE_URL.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -133,9 +134,13 @@ def test_dvc_repro_with_openai_backend(tmp_path):
         assert sum(e["n"] for e in sim.log) > len(sim.log)
 
         # re-running sends nothing: DVC skips, and a forced `sample` is answered by the cache
+        paid = json.loads((proj / "metrics" / "sample.json").read_text())
+        assert paid["cost_usd"] > 0 and paid["version_cost_usd"] == pytest.approx(paid["cost_usd"])
         _dvc(proj, env, "repro")
         _dvc(proj, env, "repro", "-f", "-s", "sample")
         assert len(sim.log) == first
+        again = json.loads((proj / "metrics" / "sample.json").read_text())
+        assert again["cost_usd"] == 0 and again["version_cost_usd"] == pytest.approx(paid["cost_usd"])
 
         # 20% mixed faults, fresh samples (new seed): every face ends accepted or rejected
         sim.config.update(

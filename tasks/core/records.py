@@ -187,7 +187,8 @@ class SampleRecord(Record):
     tokens_out: int = 0
     latency_ms: float = 0.0
     cached: bool = False
-    cost_usd: float = 0.0
+    cost_usd: float = Field(0.0, description="what this run paid for the answer (0 when it came from the cache)")
+    paid_usd: float = Field(0.0, description="what the answer cost when it was paid for (this run or an earlier one)")
 
 
 Status = Literal["prior", "accepted", "withheld", "missing"]

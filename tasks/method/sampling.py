@@ -97,6 +97,7 @@ def _record(
         tokens_out=round(entry.get("tokens_out", 0)),
         latency_ms=entry.get("latency_ms", 0.0),
         cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+        paid_usd=entry.get("cost_usd", 0.0),
     ).model_dump()
 
 
@@ -280,6 +281,7 @@ def _verify_record(
         tokens_out=round(entry.get("tokens_out", 0)),
         latency_ms=entry.get("latency_ms", 0.0),
         cost_usd=0.0 if cached else entry.get("cost_usd", 0.0),
+        paid_usd=entry.get("cost_usd", 0.0),
     ).model_dump()
 
 

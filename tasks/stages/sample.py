@@ -106,6 +106,7 @@ class _Run:
 
     def __init__(self, n_faces: int, every_s: float):
         self.tally, self.light, self.status_n = Tally(), Light(SampleRecord, au_col="aus"), Counter()
+        self.version_usd = 0.0  # what this version's answers cost when they were paid for
         self.failed: list[dict] = []  # the failed answers' ids and errors (small: no image, no text)
         self.n_faces, self.done, self.who = n_faces, 0, None
         self.progress = Progress("sample", n_faces, every_s=every_s)
@@ -115,6 +116,7 @@ class _Run:
             w.write(s)
             self.light.add(s)
             self.status_n[s["status"]] += 1
+            self.version_usd += s.get("paid_usd") or 0.0
             if s["status"] != "ok":
                 self.failed.append({k: s.get(k) for k in FAILED_COLUMNS})
             self.who = self.who or (s["annotator"], s["model"])
@@ -150,7 +152,8 @@ class _Run:
             "fresh_answers": t.fresh,
             "samples_per_face": round(self.light.n / n_faces, 3) if n_faces else 0,
             "mean_k": round(sum(ks) / len(ks), 3) if ks else 0,
-            "cost_usd": round(t.cost_usd, 6),
+            "cost_usd": round(t.cost_usd, 6),  # this run's spend
+            "version_cost_usd": round(self.version_usd, 6),  # the version's: every answer, whenever it was paid
             "tokens_in": round(t.tokens_in),
             "tokens_out": round(t.tokens_out),
             "validation": val,
