@@ -80,7 +80,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="seke_overhead_") as tmp:
         proj = make_project(Path(tmp) / "proj", a.faces)
         base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", ENV)}
-        base.update(PYTHONPATH=str(proj), PREFECT_HOME=str(proj / ".seke" / "prefect"))
+        # each stage alone: no on-demand daemon either (flows/daemon.py)
+        base.update(PYTHONPATH=str(proj), PREFECT_HOME=str(proj / ".seke" / "prefect"), SEKE_NO_WARM="1")
         (proj / ".seke" / "prefect").mkdir(parents=True)
         os.environ["PREFECT_HOME"] = base["PREFECT_HOME"]
         for _ in range(a.repeats):

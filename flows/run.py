@@ -80,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from flows.warm import run_remote
+    from flows.warm import ENV, IN_RUNNER, run_remote
 
+    if not os.environ.get(ENV) and not os.environ.get(IN_RUNNER):  # a bare `dvc repro`: flows/daemon.py
+        from flows.daemon import ensure
+
+        for k, v in (ensure(".") or {}).items():
+            if k != "pid":
+                os.environ[k] = v
     code = run_remote(sys.argv[1:])  # in the warm stage runner when there is one (flows/warm.py)
     raise SystemExit(main() if code is None else code)

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 ENV = "SEKE_STAGE_SERVER"
+IN_RUNNER = "SEKE_IN_RUNNER"  # set in a forked stage
 PROJECT = ("flows", "tasks", "expectations", "simvllm")  # imported by each stage from its project, never kept
 PRELOAD = (
     "great_expectations",
@@ -142,6 +143,7 @@ def _child(req: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.environ.pop(ENV, None)  # the stage itself runs here, not in another fork
+        os.environ[IN_RUNNER] = "1"  # ... nor in an on-demand runner's (flows/daemon.py)
         import prefect.context
 
         prefect.context.refresh_global_settings_context()  # Prefect's settings from this environment
@@ -171,7 +173,20 @@ def _child(req: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
-def _watch(conn: socket.socket, pid: int) -> None:
+_ACTIVE = [0]
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _activity(path: str, delta: int) -> None:
+    """Count the stages running in `<runner dir>/active`; its mtime is the last start or end
+    (the on-demand daemon, `flows.daemon`, stops when it is idle)."""
+    with _ACTIVE_LOCK:
+        _ACTIVE[0] += delta
+        with open(os.path.join(os.path.dirname(path), "active"), "w") as fh:
+            fh.write(str(_ACTIVE[0]))
+
+
+def _watch(conn: socket.socket, pid: int, path: str = "") -> None:
     """Wait for the child; kill its group if the client goes away first."""
     try:
         while True:
@@ -193,6 +208,8 @@ def _watch(conn: socket.socket, pid: int) -> None:
                 return
     finally:
         conn.close()
+        if path:
+            _activity(path, -1)
 
 
 def serve(path: str) -> None:
@@ -227,7 +244,8 @@ def serve(path: str) -> None:
             os.close(fd)
         with open(os.path.join(os.path.dirname(path), "stages.log"), "a") as log:  # what ran where (tests)
             log.write(f"{pid} {req['cwd']} {' '.join(req['argv'])}\n")
-        threading.Thread(target=_watch, args=(conn, pid), daemon=True).start()
+        _activity(path, +1)
+        threading.Thread(target=_watch, args=(conn, pid, path), daemon=True).start()
 
 
 if __name__ == "__main__":

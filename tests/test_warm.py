@@ -44,7 +44,8 @@ def test_warm_stages_build_the_same_feid_and_die_with_their_client(tmp_path, mon
     proj = opsproj.make_project(tmp_path / "warm", opsproj.london(2), git=False)
     for p in (ref, proj):
         opsproj.run(p, "dvc", "init", "-q", "--no-scm")
-    plain = {k: v for k, v in opsproj.env(ref).items() if k != ENV}  # not the test session's runner
+    # not the test session's runner, nor an on-demand one (flows/daemon.py): every stage in its own process
+    plain = {**{k: v for k, v in opsproj.env(ref).items() if k != ENV}, "SEKE_NO_WARM": "1"}
     opsproj.run(ref, "dvc", "repro", env_=plain)  # every stage in its own process
     monkeypatch.delenv("SEKE_NO_WARM", raising=False)
     monkeypatch.delenv(ENV, raising=False)  # a runner of this test's own
