@@ -165,6 +165,11 @@ def fit_platt(
     from sklearn.linear_model import LogisticRegression
 
     keep = [i for i in range(len(names)) if len(X) and X[:, i].std() > 0]
+    ev = names.index("evidence_logodds") if "evidence_logodds" in names else -1
+    if len(set(y.tolist())) < 2 and ev in keep:
+        # every calibration face right (or wrong): nothing to fit a slope on, so the evidence
+        # model's own posterior is the confidence (it still ranks; the threshold is certified on it)
+        return uamc.Calibrator(0.0, {"evidence_logodds": 1.0}, source=source)
     while True:
         if len(set(y.tolist())) < 2 or not keep:
             p = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
