@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_openai_pipeline import _env, _project
+from test_openai_pipeline import _env, _project, run_dvc
 
 from simvllm.server import ServerThread, SimConfig, SimVLLM
 
@@ -39,17 +39,6 @@ def _set(proj: Path, **verify) -> None:
     (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
 
 
-def _run(proj: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-
-
 def test_no_labelled_faces_required_stops_before_paying_and_auto_builds_unguaranteed(tmp_path):
     import polars as pl
 
@@ -62,14 +51,14 @@ def test_no_labelled_faces_required_stops_before_paying_and_auto_builds_unguaran
             [str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=proj, env=env, check=True
         )
         _set(proj, guarantee_mode="required")
-        r = _run(proj, env, "repro")
+        r = run_dvc(proj, env, "repro")
         assert r.returncode != 0
         out = r.stdout + r.stderr
         assert "stopped before any call" in out and "0 labelled faces" in out and "seke review export" in out
         assert sim.log == []  # not one request reached the endpoint
 
         _set(proj, guarantee_mode="auto")
-        r = _run(proj, env, "repro")
+        r = run_dvc(proj, env, "repro")
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert sim.log
         feid = pl.read_parquet(proj / "data" / "feid" / "feid.parquet")

@@ -89,8 +89,8 @@ def _env(proj: Path, base_url: str) -> dict:
     return env
 
 
-def _dvc(proj: Path, env: dict, *args: str) -> str:
-    r = subprocess.run(
+def run_dvc(proj: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [str(Path(sys.executable).parent / "dvc"), *args],
         cwd=proj,
         env=env,
@@ -98,6 +98,10 @@ def _dvc(proj: Path, env: dict, *args: str) -> str:
         text=True,
         timeout=900,
     )
+
+
+def _dvc(proj: Path, env: dict, *args: str) -> str:
+    r = run_dvc(proj, env, *args)
     assert r.returncode == 0, f"dvc {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
