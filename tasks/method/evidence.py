@@ -94,7 +94,6 @@ class Stats:
     verified: bool | None = None  # None: no verification round answered
     n_verify: int = 0
     posterior: float | None = None  # the evidence model's probability of `expression` (when it chose it)
-    majority: str | None = None  # the votes' own answer (the label the verification round was shown)
     # the evidence as the votes measured it, kept when the evidence model relabels the face,
     # so that its confidence reads the same features as a calibration face's
     measured: uamc.Evidence | None = None
@@ -135,7 +134,7 @@ def _measure_expression(s: Stats, face: dict, gen: list[dict], ver: list[dict], 
     # ties break towards the label set's order, so the result never depends on sample order
     tied = [lab for lab, c in votes.items() if c == top]
     label = min(tied, key=k.expressions.index)
-    s.expression, s.expression_source, s.majority = label, "annotator", label
+    s.expression, s.expression_source = label, "annotator"
     s.vote_share, s.entropy = top / n, entropy_bits(votes.values())
     s.top_votes, s.n_votes, s.votes = top, n, dict(votes)
     if ver:
