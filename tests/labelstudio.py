@@ -1,12 +1,15 @@
 """A real Label Studio server on 127.0.0.1 for the review loop's end-to-end test.
 
 The `label-studio` package (Django, SQLite) is installed by uv into its own venv under
-`.seke/label-studio/` (its pins clash with the project's, so it never shares a venv), once
-per checkout. Where it cannot install (no uv, no package index), the test skips and says so.
+`.seke/label-studio-<lock hash>/` (its pins clash with the project's, so it never shares a venv),
+once per checkout, from `tests/label-studio.lock`: every dependency pinned, because an unpinned
+install broke the day sentry-sdk 3.0 came out. Where it cannot install (no uv, no package index),
+the test skips and says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -21,8 +24,8 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSION = "1.23.2"
-VENV = ROOT / ".seke" / f"label-studio-{VERSION}"
+LOCK = ROOT / "tests" / "label-studio.lock"
+VENV = ROOT / ".seke" / f"label-studio-{hashlib.sha256(LOCK.read_bytes()).hexdigest()[:12]}"
 
 
 def install() -> Path:
@@ -34,13 +37,13 @@ def install() -> Path:
         pytest.skip("Label Studio e2e: uv is not installed, so label-studio cannot be installed in its own venv")
     subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(VENV)], check=True)
     r = subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(VENV / "bin" / "python"), f"label-studio=={VERSION}"],
+        [uv, "pip", "sync", "-q", "--python", str(VENV / "bin" / "python"), str(LOCK)],
         capture_output=True,
         text=True,
     )
     if r.returncode != 0:
         shutil.rmtree(VENV, ignore_errors=True)
-        pytest.skip(f"Label Studio e2e: label-studio=={VERSION} could not be installed: {r.stderr.strip()[-400:]}")
+        pytest.skip(f"Label Studio e2e: {LOCK.name} could not be installed: {r.stderr.strip()[-400:]}")
     return exe
 
 
@@ -97,7 +100,9 @@ def server(data_dir: Path) -> Iterator[Server]:
             except requests.RequestException:
                 pass
             if proc.poll() is not None or time.monotonic() - t0 > 300:
-                raise RuntimeError(f"Label Studio did not start; see {data_dir / 'server.log'}")
+                log.flush()
+                tail = (data_dir / "server.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"Label Studio did not start; the end of {data_dir / 'server.log'}:\n{tail}")
             time.sleep(1)
         yield Server(url, email, password)
     finally:

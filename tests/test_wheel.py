@@ -28,7 +28,19 @@ def _sh(*cmd, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
 def test_seke_init_and_run_from_an_installed_wheel(tmp_path):
     if UV is None:
         pytest.skip("uv is not installed in this environment")
-    _sh(UV, "build", "-q", "--wheel", "-o", tmp_path / "dist", ROOT, cwd=tmp_path)
+    # the build backend as the registry held it on a fixed date, not whatever setuptools is newest
+    _sh(
+        UV,
+        "build",
+        "-q",
+        "--exclude-newer",
+        "2026-12-01T00:00:00Z",
+        "--wheel",
+        "-o",
+        tmp_path / "dist",
+        ROOT,
+        cwd=tmp_path,
+    )
     wheel = next((tmp_path / "dist").glob("seke-*.whl"))
     venv = tmp_path / "venv"
     _sh(UV, "venv", "-q", "-p", sys.executable, venv)
