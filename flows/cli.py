@@ -8,7 +8,6 @@ command group (e.g. `seke knowledge refit`), create a `typer.Typer()` and
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import List, Optional
 
@@ -68,6 +67,7 @@ def run(
     console.print(f"[dim]$ {' '.join(cmd)}[/]", soft_wrap=True)
     if dry:
         return
+    from flows import supervise
     from flows.preflight import ProjectBusy, preflight
     from flows.server import shared_server
     from tasks.core.params import ParamsError
@@ -78,15 +78,15 @@ def run(
             if Path(VERSION_FILE).exists() and write_version(Path(".")):  # a project made by `seke init`
                 console.print(f"[dim]{VERSION_FILE}: the installed seke changed, so every stage re-runs[/]")
             with shared_server():  # one Prefect server for every stage of this run
-                r = subprocess.run(cmd, env=_tool_env())
+                rc = supervise.run(cmd, env=_tool_env())  # a signal or a full disk ends it, and all it started
     except ParamsError as e:
         raise Fail(str(e), 2) from None
     except ProjectBusy as e:
         raise Fail(f"stepped aside: {e}", 75) from None
-    if r.returncode:
-        raise Fail(
-            f"{' '.join(cmd[1:3])} failed (exit {r.returncode}); the failing stage's message is above", r.returncode
-        )
+    except supervise.Stopped as e:
+        raise Fail(str(e), e.code) from None
+    if rc:
+        raise Fail(f"{' '.join(cmd[1:3])} failed (exit {rc}); the failing stage's message is above", rc)
 
 
 # ---------------------------------------------------------------- init

@@ -9,7 +9,7 @@ and params did not change. Each stage's own cmd then runs that stage's flow.
 from __future__ import annotations
 
 import os
-import subprocess
+import tempfile
 
 from flows import env
 
@@ -37,11 +37,15 @@ def _dvc() -> str:
 @task(cache_policy=NO_CACHE, retries=0, task_run_name="repro-{stage}")
 def repro_stage(stage: str, root: str = ".", force: bool = False) -> str:
     log = get_run_logger()
+    from flows import supervise
+
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=os.environ.copy())
-    out = (proc.stdout + proc.stderr).strip()
-    if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed (dvc exit {proc.returncode}):\n{out[-4000:]}")
+    with tempfile.TemporaryFile("w+") as fh:  # a full disk stops it with one line (flows.supervise)
+        rc = supervise.run(cmd, env=os.environ.copy(), root=root, output=fh)
+        fh.seek(0)
+        out = fh.read().strip()
+    if rc != 0:
+        raise RuntimeError(f"stage {stage} failed (dvc exit {rc}):\n{out[-4000:]}")
     skipped = "didn't change, skipping" in out
     log.info(f"{stage}: {'up to date' if skipped else 'ran'}")
     return "skipped" if skipped else "ran"

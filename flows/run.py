@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     except ExpectationsFailed as e:
         print(f"\nstage {a.stage} FAILED its expectations; its output was not written.\n{e}", file=sys.stderr)
         return 1
+    except Exception as e:  # a full disk is one line, not a traceback; anything else as it was
+        from flows.supervise import EXIT_DISK_FULL, disk_full
+
+        line = disk_full(e)
+        if line is None:
+            raise
+        print(f"\nstage {a.stage}: {line}", file=sys.stderr)
+        return EXIT_DISK_FULL
     return 0
 
 

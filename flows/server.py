@@ -76,6 +76,8 @@ def _prefect_server(timeout: float) -> Iterator[str]:
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
+    from flows.supervise import die_with_parent
+
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     log_path = Path(os.environ["PREFECT_HOME"]) / "server.log"
@@ -85,6 +87,7 @@ def _prefect_server(timeout: float) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,  # gone with this process, even after its kill -9
         )
     try:
         t0 = time.monotonic()
@@ -108,18 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         print(__doc__)
         return 2
+    from flows import supervise
     from flows.preflight import ProjectBusy, preflight
     from tasks.core.params import ParamsError
 
     try:  # params.yaml checked whole, the project locked, a cut-short dvc.lock repaired
         with preflight(), shared_server():
-            return subprocess.call(args)
+            return supervise.run(args)  # a signal or a full disk ends it, and everything it started
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ProjectBusy as e:
         print(f"stepped aside: {e}", file=sys.stderr)
         return 75
+    except supervise.Stopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -173,6 +174,7 @@ def _child(req: dict, fds: list[int]) -> None:
             os._exit(code)
 
 
+_CHILDREN: set[int] = set()  # the stages running now (each its own process group)
 _ACTIVE = [0]
 _ACTIVE_LOCK = threading.Lock()
 
@@ -207,9 +209,24 @@ def _watch(conn: socket.socket, pid: int, path: str = "") -> None:
                 os.waitpid(pid, 0)
                 return
     finally:
+        _CHILDREN.discard(pid)
         conn.close()
         if path:
             _activity(path, -1)
+
+
+def _orphan_guard(parent: int, srv: socket.socket) -> None:
+    """Exit when the process that started the runner is gone (`kill -9` of `seke run`): a
+    runner nobody will stop must not be left behind. Running stages keep their own groups."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    srv.close()
+    for pid in list(_CHILDREN):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
 
 
 def serve(path: str) -> None:
@@ -226,6 +243,7 @@ def serve(path: str) -> None:
     srv.bind(path)
     srv.listen(16)
     signal.signal(signal.SIGTERM, lambda *_: (srv.close(), os._exit(0)))
+    threading.Thread(target=_orphan_guard, args=(os.getppid(), srv), daemon=True).start()
     print("ready", flush=True)
     while True:
         conn, _ = srv.accept()
@@ -244,6 +262,7 @@ def serve(path: str) -> None:
             os.close(fd)
         with open(os.path.join(os.path.dirname(path), "stages.log"), "a") as log:  # what ran where (tests)
             log.write(f"{pid} {req['cwd']} {' '.join(req['argv'])}\n")
+        _CHILDREN.add(pid)
         _activity(path, +1)
         threading.Thread(target=_watch, args=(conn, pid, path), daemon=True).start()
 
