@@ -149,3 +149,72 @@ def test_seke_cache_compact(tmp_path):
     assert res.exit_code == 0, res.output
     assert all(_files(tmp_path / sig)[0].startswith("pack-") for sig in ("a", "b"))
     assert "response cache" in res.output
+
+
+class _Disk:
+    """A file system that fills up: `open` in tasks.infra.cache, whose writes fail with ENOSPC
+    after `room` more bytes (part of a write lands first, as on a real disk) while `full`."""
+
+    def __init__(self):
+        self.full, self.room = False, 0
+
+    def open(self, path, mode="r", **kw):
+        disk, real = self, open(path, mode, **kw)
+
+        class F:
+            def write(self, b):
+                if disk.full:
+                    n = min(len(b), disk.room)
+                    disk.room -= n
+                    if n == 0:
+                        raise OSError(28, "No space left on device", path)
+                    return real.write(b[:n])
+                return real.write(b)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return F()
+
+
+def test_answers_a_full_disk_held_back_are_written_when_space_returns(tmp_path, monkeypatch):
+    import tasks.infra.cache as cache_mod
+
+    disk = _Disk()
+    monkeypatch.setattr(cache_mod, "open", disk.open, raising=False)
+    c = ResponseCache(str(tmp_path), "sig")
+    c.put(_call(0))
+    disk.full, disk.room = True, 30  # the next answer's line is torn after 30 bytes
+    c.put(_call(1))
+    c.put(_call(2))
+    assert c.unsaved == 4 and len(c) == 6  # in memory, not on disk
+    assert len(ResponseCache(str(tmp_path), "sig")) == 2  # another process sees only what was written
+    disk.full = False  # space came back within the run: the next write brings the rest
+    c.put(_call(3))
+    assert c.unsaved == 0
+    c.close()
+    back = ResponseCache(str(tmp_path), "sig")
+    assert len(back) == 8 and None not in _texts(back, 4)
+
+
+def test_a_disk_that_stays_full_names_the_cache_and_counts_what_is_lost(tmp_path, monkeypatch):
+    import tasks.infra.cache as cache_mod
+    from flows.supervise import disk_full
+    from tasks.infra.cache import CacheFull
+
+    disk = _Disk()
+    monkeypatch.setattr(cache_mod, "open", disk.open, raising=False)
+    c = ResponseCache(str(tmp_path), "sig")
+    disk.full = True
+    c.put(_call(0, n=3))
+    with pytest.raises(CacheFull) as e:
+        c.close()
+    assert e.value.unsaved == 3
+    line = disk_full(RuntimeError("stage failed")) or ""
+    assert line == ""
+    try:
+        raise RuntimeError("the flow failed") from e.value
+    except RuntimeError as outer:
+        line = disk_full(outer) or ""
+    assert "3 answers that arrived could not be written to the response cache" in line and str(tmp_path) in line
+    assert "\n" not in line

@@ -25,6 +25,7 @@ are keyed, and the loader keeps one. Two compactions at once each delete only wh
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -70,6 +71,18 @@ def _name(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
+class CacheFull(OSError):
+    """Answers that arrived could not be written to the response cache: its disk is full."""
+
+    def __init__(self, n: int, root: str):
+        super().__init__(
+            errno.ENOSPC,
+            f"{n} answers that arrived could not be written to the response cache {root}; a re-run pays for them again",
+            root,
+        )
+        self.unsaved = n
+
+
 class ResponseCache:
     def __init__(self, root: str, signature_hash: str):
         self.base = root.rstrip("/")
@@ -84,6 +97,7 @@ class ResponseCache:
         self._read: set[str] = set()  # packs and closed segments read (they never change)
         self._fh = None
         self._live: str | None = None
+        self._unsaved = ""  # JSON lines a full disk held back
         self.loaded: dict[str, list[str]] = {"pack": [], "seg": [], "live": []}
         self._load()
 
@@ -172,27 +186,54 @@ class ResponseCache:
         return new
 
     def _write(self, entries: Iterable[dict]) -> None:
-        data = "".join(json.dumps(e) + "\n" for e in entries)
+        """Append entries; on a full disk keep them (and any kept before) in memory, and write
+        them with the next call's entries or at `close()`, once space has come back."""
+        data = self._unsaved + "".join(json.dumps(e) + "\n" for e in entries)
         if not data:
             return
-        if self.local:
-            if self._fh is None:
-                os.makedirs(self.path, exist_ok=True)
-                self._live = f"{self.path}/live-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-                self._fh = open(self._live, "a")
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        else:
-            with self.fs.open(f"{self.path}/seg-{uuid.uuid4().hex}.jsonl", "wt") as fh:
-                fh.write(data)
+        try:
+            if self.local:
+                if self._fh is None:
+                    os.makedirs(self.path, exist_ok=True)
+                    self._live = f"{self.path}/live-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+                    self._fh = open(self._live, "ab", buffering=0)
+                view = memoryview(data.encode())
+                while view:  # an unbuffered write may write part, and fail on the rest
+                    view = view[self._fh.write(view) :]
+                os.fsync(self._fh.fileno())
+            else:
+                with self.fs.open(f"{self.path}/seg-{uuid.uuid4().hex}.jsonl", "wt") as fh:
+                    fh.write(data)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._unsaved = data
+            self._end_segment()  # a torn last line stays there; the next write starts a new segment
+            return
+        self._unsaved = ""
+
+    @property
+    def unsaved(self) -> int:
+        """Answers that arrived but are only in memory (the disk was full when they came)."""
+        return self._unsaved.count("\n")
+
+    def _end_segment(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+                os.replace(self._live, self._live.replace("/live-", "/seg-"))
+            except OSError:
+                pass  # a live segment whose process is gone: compaction takes it
+            self._fh = self._live = None
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-            os.replace(self._live, self._live.replace("/live-", "/seg-"))
-            self._live = None
+        """Write what a full disk held back, then close this process's segment. Raises
+        CacheFull, naming the cache and counting the answers, if they still cannot be written."""
+        if self._unsaved:
+            self._write(())
+        self._end_segment()
+        if self._unsaved:
+            raise CacheFull(self.unsaved, self.root)
 
     # compaction -----------------------------------------------------------------------
     def compact(self, stale_s: float = 86_400) -> dict:
