@@ -80,3 +80,39 @@ def test_kill_9_mid_sample_then_resume(tmp_path):
         run(proj, "dvc", "repro", "-f", env=env)
         assert len(sim.log) > n, "the uninterrupted run really called the endpoint"
         assert _feid(proj) == resumed
+
+
+def _cache_cost(proj) -> float:
+    """What every answer in the response cache cost when it was paid for (one per key)."""
+    import json
+
+    costs = {}
+    for f in (proj / ".seke/cache").rglob("*"):
+        if f.name.startswith(("live-", "seg-")) and f.name.endswith(".jsonl"):
+            for line in f.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                costs[e["key"]] = e["cost_usd"]
+        elif f.name.startswith("pack-") and f.name.endswith(".parquet"):
+            t = pq.read_table(f)
+            costs.update(zip(t.column("key").to_pylist(), t.column("cost_usd").to_pylist()))
+    return sum(costs.values())
+
+
+def test_a_budget_stop_then_a_resumed_run_report_the_versions_spend_and_the_runs(tmp_path):
+    import json
+
+    params = {**PARAMS, "annotator": {**PARAMS["annotator"], "price_in_per_mtok": 2.5, "price_out_per_mtok": 10.0}}
+    proj = make_project(tmp_path, london=3, params=params)
+    with ServerThread(SimVLLM(SimConfig(accuracy=0.8))) as server:
+        env = project_env(proj, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=TEST_KEY)
+        stopped = run(proj, "dvc", "repro", env={**env, "SEKE_BUDGET_USD": "0.01"}, check=False)
+        assert stopped.returncode != 0 and "budget" in (stopped.stdout + stopped.stderr)
+        first = _cache_cost(proj)
+        assert 0 < first <= 0.01
+        run(proj, "dvc", "repro", env=env)  # no cap: the rest is paid for
+    m = json.loads((proj / "metrics/sample.json").read_text())
+    assert m["cost_usd"] > 0 and m["version_cost_usd"] == pytest.approx(m["cost_usd"] + first, abs=1e-5)
+    assert m["version_cost_usd"] == pytest.approx(_cache_cost(proj), abs=1e-5)
