@@ -69,8 +69,21 @@ def test_a_waiting_run_gets_the_project_when_the_holder_ends(tmp_path):
         holder.wait()
 
 
+# the real command, with every write to the inbox slowed (as on a slow store): the landing
+# that an unlocked second run used to interleave with
+SLOW_STORE = (
+    "import runpy, sys, time\n"
+    "import tasks.infra.io as io\n"
+    "put = io.put_whole\n"
+    "io.put_whole = lambda *a, **k: (time.sleep(0.5), put(*a, **k))[1]\n"
+    "sys.argv = ['flows.incremental', '--no-record']\n"
+    "runpy.run_module('flows.incremental', run_name='__main__', alter_sys=True)\n"
+)
+
+
 @pytest.mark.e2e
-def test_three_incremental_runs_at_once_lose_nothing(tmp_path):
+@pytest.mark.parametrize("n, store", [(3, "real"), (2, "slowed")])
+def test_incremental_runs_started_together_lose_nothing(tmp_path, n, store):
     import opsproj
     from simserver import TEST_KEY
     from test_incremental import project
@@ -82,10 +95,11 @@ def test_three_incremental_runs_at_once_lose_nothing(tmp_path):
     with ServerThread(SimVLLM(SimConfig())) as server:
         env = opsproj.env(proj, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=TEST_KEY)
         cmd = [sys.executable, "-m", "flows.incremental", "--no-record"]
+        start = cmd if store == "real" else [sys.executable, "-c", SLOW_STORE]
         runs = []
-        for i in range(3):
+        for i in range(n):
             runs.append(
-                subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                subprocess.Popen(start, cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             )
             if i == 0:
                 opsproj.put_images(incoming, opsproj.london(3, start=4))  # files arrive while the first lands
