@@ -63,3 +63,36 @@ def test_a_url_whose_extra_is_missing_names_it(tmp_path, monkeypatch):
     assert params.problems(tmp_path / "params.yaml") == [
         "paths.input: s3:// needs the s3 extra: pip install 'seke[s3]'"
     ]
+
+
+@pytest.mark.e2e
+def test_seke_run_on_a_real_project_stale_or_not_prints_the_one_line_and_runs_nothing(tmp_path):
+    """The table above through `seke run` on a real DVC project: before its first build (every
+    stage stale) and after it (nothing stale, where DVC alone would say 'up to date', exit 0)."""
+    from opsproj import env, london, make_project
+
+    proj = make_project(tmp_path, london(4))
+    good = (proj / "params.yaml").read_text()
+    e = env(proj, COLUMNS="400")
+    seke = [sys.executable, "-m", "flows.cli", "run"]
+
+    def table() -> list[tuple[int, str]]:
+        out = []
+        for mutate, _ in CASES:
+            p = yaml.safe_load(good)
+            mutate(p)
+            (proj / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+            r = subprocess.run(seke, cwd=proj, env=e, capture_output=True, text=True, timeout=120)
+            out.append((r.returncode, r.stdout + r.stderr))
+        (proj / "params.yaml").write_text(good)
+        return out
+
+    for stale in (True, False):
+        lock = (proj / "dvc.lock").read_text() if (proj / "dvc.lock").exists() else None
+        for (code, text), (_, line) in zip(table(), CASES):
+            assert code == 2 and line in text and "Traceback" not in text, (stale, text[-1500:])
+            assert len([x for x in text.splitlines() if x.strip()]) <= 3, text  # the command, heading, mistake
+        assert ((proj / "dvc.lock").read_text() if (proj / "dvc.lock").exists() else None) == lock  # nothing ran
+        if stale:
+            r = subprocess.run(seke, cwd=proj, env=e, capture_output=True, text=True, timeout=900)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
