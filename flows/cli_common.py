@@ -16,6 +16,27 @@ from rich.table import Table
 
 from flows import env
 
+
+def _metavar(self, ctx) -> str | None:
+    """Help's type column in Click's own forms: nothing for a flag, TEXT / INTEGER / FLOAT /
+    PATH or [a|b] for a value, `...` for several. (Typer 0.29 prints `<bool>` for every flag,
+    `--help` too, and `<list[str]>` for repeatable options.)"""
+    if self.metavar is not None:
+        return self.metavar
+    if getattr(self, "is_flag", False):
+        return None
+    label = self.display_type(ctx).strip("<>")
+    label = label[5:-1] if label.startswith("list[") else label
+    if "|" in label:
+        name = f"[{label}]"
+    else:
+        name = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "Path": "PATH"}.get(label, label.upper())
+    return name + ("..." if self.nargs != 1 else "")
+
+
+typer.core.TyperOption.display_type_rich = _metavar
+typer.core.TyperArgument.display_type_rich = _metavar
+
 app = typer.Typer(
     name="seke",
     no_args_is_help=True,

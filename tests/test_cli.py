@@ -48,6 +48,7 @@ def test_help_of_every_command_has_examples(cmd):
     r = runner.invoke(app, [*cmd, "--help"], terminal_width=120)
     assert r.exit_code == 0, r.output
     assert "Usage" in flat(r.output) and "Examples" in flat(r.output) and f"seke {' '.join(cmd)}" in flat(r.output)
+    assert "<bool>" not in r.output and "<list[" not in r.output and "<int>" not in r.output  # Click's forms
 
 
 def test_console_script_runs():
