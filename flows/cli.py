@@ -87,6 +87,10 @@ def run(
         raise Fail(str(e), e.code) from None
     if rc:
         raise Fail(f"{' '.join(cmd[1:3])} failed (exit {rc}); the failing stage's message is above", rc)
+    from flows import summary
+
+    print()
+    summary.main(["params.yaml"])  # what was built, and what its labels are worth (as `make feid` prints)
 
 
 # ---------------------------------------------------------------- init

@@ -55,8 +55,9 @@ def guarantee_lines(cal: dict, v: dict) -> list[str]:
     return out
 
 
-def main() -> int:
-    p = load(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    p = load(args[0] if args else "params.yaml")
     m = {s: json.loads(f.read_text()) for s in stage_names() if (f := Path(p.paths.metrics) / f"{s}.json").exists()}
     if "export" not in m:
         print("no FEID yet: run `dvc repro`")
