@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from local_annotator import ASK, DATA, SETS, majority, rows_of  # noqa: E402
 
-from tasks.annotators.base import Call  # noqa: E402
 from tasks.core.answer import parse  # noqa: E402
+from tasks.core.calls import Call  # noqa: E402
 from tasks.core.knowledge import load  # noqa: E402
 from tasks.core.params import Annotator  # noqa: E402
 from tasks.infra.detect import decode, detect_faces, encode_crop, square_crop  # noqa: E402

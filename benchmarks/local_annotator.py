@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.annotators.base import Call  # noqa: E402
 from tasks.core.answer import parse  # noqa: E402
+from tasks.core.calls import Call  # noqa: E402
 from tasks.core.knowledge import load  # noqa: E402
 from tasks.core.params import Annotator, Crop  # noqa: E402
 from tasks.core.params import LocalAnnotator as LocalParams

@@ -51,7 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tasks.annotators.base import WAIT, Annotator, Call, CallResult  # noqa: E402
+from tasks.annotators.base import Annotator  # noqa: E402
+from tasks.core.calls import WAIT, Call, CallResult  # noqa: E402
 from tasks.core.knowledge import AUS  # noqa: E402
 from tasks.core.knowledge import load as load_knowledge
 from tasks.core.params import Params  # noqa: E402

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.server import shared_server  # noqa: E402
-from tasks.core.params import stage_names  # noqa: E402
+from tasks.core.dvcfile import stage_names  # noqa: E402
 
 
 def make_project(dest: Path, n_faces: int) -> Path:

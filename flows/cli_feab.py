@@ -1,5 +1,5 @@
-"""`seke split | bench | quality | compare | export`: FEAB, label quality, version comparison
-and exports (their logic is in `tasks.tools`)."""
+"""`seke split | bench | quality | compare`: FEAB, label quality and version comparison (their
+logic is in `tasks.tools`; `export` and `report` are in cli_publish.py)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from expectations import ExpectationsFailed
     from flows.stages import stage_flow
-    from tasks.core.params import stage_names
+    from tasks.core.dvcfile import stage_names
 
     if a.stage not in stage_names():
         ap.error(f"unknown stage {a.stage!r}; stages: {', '.join(stage_names())}")

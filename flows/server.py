@@ -46,16 +46,6 @@ def _healthy(api: str) -> bool:
         return False
 
 
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _prefect() -> str:
     return env.tool("prefect")
 
@@ -76,7 +66,7 @@ def _prefect_server(timeout: float) -> Iterator[str]:
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    from flows.supervise import die_with_parent
+    from flows.supervise import die_with_parent, stop
 
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"

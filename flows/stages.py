@@ -16,7 +16,8 @@ import os
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.core.params import Params, load, stage_names
+from tasks.core.dvcfile import stage_names
+from tasks.core.params import Params, load
 
 
 def _run(stage: str, params_path: str, params: Params | None) -> dict:
@@ -77,7 +78,7 @@ def export_flow(params_path: str = "params.yaml", params: Params | None = None) 
 
 
 def stage_flow(stage: str):
-    """The flow of a stage of dvc.yaml (`tasks.core.params.stage_names`, the one stage order)."""
+    """The flow of a stage of dvc.yaml (`tasks.core.dvcfile.stage_names`, the one stage order)."""
     if stage not in stage_names():
         raise KeyError(f"unknown stage {stage!r}; dvc.yaml's stages: {', '.join(stage_names())}")
     return globals()[f"{stage}_flow"]

@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.core.params import load, stage_names
+from tasks.core.dvcfile import stage_names
+from tasks.core.params import load
 
 
 def guarantee_lines(cal: dict, v: dict) -> list[str]:

@@ -111,6 +111,16 @@ def disk_full(exc: BaseException) -> str | None:
     return None
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def die_with_parent() -> None:
     """`preexec_fn` for a child that must not outlive this process, even after its `kill -9`
     (Linux: the kernel sends SIGTERM; elsewhere a no-op)."""

@@ -125,7 +125,7 @@ def runner(timeout: float = 120.0) -> Iterator[str | None]:
             print("warm stage runner did not start: stages start their own processes", file=sys.stderr)
         yield path if ready else None
     finally:
-        from flows.server import stop
+        from flows.supervise import stop
 
         os.environ.pop(ENV, None)
         stop(proc)

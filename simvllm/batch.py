@@ -25,7 +25,7 @@ import uuid
 from aiohttp import web
 
 from simvllm.config import _rng
-from simvllm.sim import _error
+from simvllm.errors import _error
 
 
 class BatchAPI:

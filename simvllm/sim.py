@@ -19,6 +19,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from simvllm.config import SimConfig, Truth, _clip, _rng, _u
+from simvllm.errors import _error, _error_body
 from tasks.core.knowledge import load as load_knowledge
 
 
@@ -378,23 +379,26 @@ class SimVLLM:
             done(status=fault[0], fault=fault[2])
             return _error_body(fault[0], fault[1], fault[3])
         choices = self._answers(body, fp, text, sha, n, rf_type)
-        tokens_out = sum(len(ch["message"]["content"] or ch["message"]["refusal"] or "") // 4 + 1 for ch in choices)
-        tokens_in = len(text) // 4 + c.tokens_per_image * len(images)
         done(choices=len(choices))
-        usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
         return (
             200,
-            {
-                "id": f"chatcmpl-sim-{fp}-{attempt}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", c.model),
-                "system_fingerprint": f"sim-{c.seed}",
-                "choices": choices,
-                "usage": usage,
-            },
+            self._completion(body, fp, attempt, choices, len(text) // 4 + c.tokens_per_image * len(images)),
             None,
         )
+
+    def _completion(self, body: dict, fp: str, attempt: int, choices: list[dict], tokens_in: int) -> dict:
+        """The body of a chat completion that answered with `choices`."""
+        tokens_out = sum(len(ch["message"]["content"] or ch["message"]["refusal"] or "") // 4 + 1 for ch in choices)
+        usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+        return {
+            "id": f"chatcmpl-sim-{fp}-{attempt}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.config.model),
+            "system_fingerprint": f"sim-{self.config.seed}",
+            "choices": choices,
+            "usage": usage,
+        }
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -434,13 +438,3 @@ class SimVLLM:
         app.router.add_post("/sim/config", self.config_endpoint)
         self.batch_api.routes(app)
         return app
-
-
-def _error_body(status: int, message: str, headers: dict | None = None) -> tuple[int, dict, dict | None]:
-    typ = {400: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error"}.get(status, "error")
-    return status, {"error": {"message": message, "type": typ, "param": None, "code": None}}, headers
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
-    status, body, headers = _error_body(status, message, headers)
-    return web.json_response(body, status=status, headers=headers)

@@ -10,7 +10,7 @@ import random
 from typing import Iterator
 
 from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
-from tasks.annotators.base import Call
+from tasks.core.calls import Call
 from tasks.core.params import Annotator, Runtime
 
 TEST_KEY = "test-key-NOT-A-SECRET-0123456789abcdef"  # fake; tests check it never leaks

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tasks.annotators.base import Call, CallResult, RawAnswer
+from tasks.core.calls import Call, CallResult, RawAnswer
 from tasks.infra.cache import ResponseCache, compact_all
 
 

@@ -8,7 +8,7 @@ import opsproj
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.core.params import stage_names
+from tasks.core.dvcfile import stage_names
 
 pytestmark = pytest.mark.e2e
 PARAMS = {

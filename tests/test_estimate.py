@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tasks.annotators.base import Annotator, CallResult, RawAnswer
+from tasks.annotators.base import Annotator
+from tasks.core.calls import CallResult, RawAnswer
 from tasks.core.params import Params, Paths
 from tasks.core.records import FaceRecord, RequestRecord
 from tasks.infra.cache import ResponseCache
@@ -93,7 +94,7 @@ def test_floor_and_ceiling_follow_the_adaptive_rounds(tmp_path, monkeypatch):
 def test_cached_samples_are_free(tmp_path, monkeypatch):
     p, ann = _setup(tmp_path, monkeypatch)
     cache = ResponseCache(p.runtime.cache, ann.signature_hash())
-    from tasks.annotators.base import Call
+    from tasks.core.calls import Call
 
     call = Call(
         request_id="r0",

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.annotators.base import Call, CallResult
 from tasks.core.answer import json_schema, parse
+from tasks.core.calls import Call, CallResult
 from tasks.core.knowledge import AUS, EXPRESSIONS, load
 from tasks.core.params import Annotator as AnnotatorParams
 from tasks.core.params import LocalAnnotator as LocalParams

@@ -15,7 +15,7 @@ import shutil
 import opsproj
 import pytest
 
-from tasks.core.params import stage_names
+from tasks.core.dvcfile import stage_names
 from tasks.infra import storage
 
 pytestmark = pytest.mark.e2e

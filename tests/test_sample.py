@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tasks.annotators.base import Annotator, CallResult, RawAnswer
+from tasks.annotators.base import Annotator
+from tasks.core.calls import CallResult, RawAnswer
 from tasks.core.knowledge import load
 from tasks.core.params import Params, Paths, Sample
 from tasks.core.records import FaceRecord
@@ -203,7 +204,7 @@ class OutOfOrder(Scripted):
     ones it holds in reverse order, as a concurrent endpoint may."""
 
     def run(self, calls):
-        from tasks.annotators.base import WAIT
+        from tasks.core.calls import WAIT
 
         held, it = [], iter(calls)
         while True:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.annotators.base import Annotator, Call, CallResult, RawAnswer
+from tasks.annotators.base import Annotator
+from tasks.core.calls import Call, CallResult, RawAnswer
 
 
 def build(params) -> Annotator:

@@ -32,8 +32,9 @@ from typing import Iterable, Iterator
 import fsspec
 from openai.types.chat import ChatCompletion
 
-from tasks.annotators.base import WAIT, AnnotatorStop, Call, CallResult, RawAnswer
+from tasks.annotators.base import AnnotatorStop
 from tasks.annotators.transport import data_url
+from tasks.core.calls import WAIT, Call, CallResult, RawAnswer
 from tasks.infra.io import put_whole
 
 log = logging.getLogger("seke.annotator.batch")

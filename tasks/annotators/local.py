@@ -63,11 +63,11 @@ posed neutral/happy, muxspace = noisy web faces with one annotator each):
   pass), cold load about 1 s (mostly importing mediapipe).
 - Part of the sample-to-sample variation is crop placement, not the face (see the guide).
 
-Verification requests (`ask == ("verify",)`, built by `tasks.stages.prompt.verification_request`
+Verification requests (`ask == ("verify",)`, built by `tasks.method.verification.verification_request`
 for the sample stage's verification round): the proposed expression is read from the
 request's last text part (`Proposed answer: {...}` JSON; nothing else of the prompt is read,
 so the knowledge text has no effect here either). The answer `{confirmed, expression,
-rationale}` (`tasks.stages.prompt.verification_schema`, parsed by `tasks.stages.prompt.parse_verification`)
+rationale}` (`tasks.method.verification.verification_schema`, parsed by `tasks.method.verification.parse_verification`)
 comes from signals that did *not* produce the vote (the vote = labels drawn from the
 *averaged* fer+facex probabilities of TTA passes at temperature T):
 - **the dissenting classifier**: each classifier's own probabilities on the *un-augmented*
@@ -106,7 +106,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from tasks.annotators.base import WAIT, Annotator, Call, CallResult, RawAnswer
+from tasks.annotators.base import Annotator
 from tasks.annotators.local_models import (
     AU_RELIABILITY,
     AU_TABLE,
@@ -136,6 +136,7 @@ from tasks.annotators.local_models import (
     to_project,
     verify_scores,
 )
+from tasks.core.calls import WAIT, Call, CallResult, RawAnswer
 from tasks.core.knowledge import EXPRESSIONS, load
 from tasks.infra import models
 

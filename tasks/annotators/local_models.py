@@ -215,7 +215,7 @@ def verify_scores(
 
 def proposed_of(messages: list[dict]) -> dict:
     """The proposed answer of a verification request: the JSON after the last
-    'Proposed answer:' in its text parts (`tasks.stages.prompt.verification_text`)."""
+    'Proposed answer:' in its text parts (`tasks.method.verification.verification_text`)."""
     texts = []
     for m in messages or []:
         c = m.get("content")

@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import os
 import queue
 import random
@@ -56,7 +55,8 @@ from urllib.parse import urlsplit
 import openai
 from openai.types.chat import ChatCompletion
 
-from tasks.annotators.base import WAIT, Annotator, AnnotatorStop, Call, CallResult, RawAnswer
+from tasks.annotators.base import Annotator, AnnotatorStop
+from tasks.annotators.billing import Billing
 from tasks.annotators.transport import (
     Bucket,
     Endpoint,
@@ -72,13 +72,14 @@ from tasks.annotators.transport import (
     run_in_thread,
     tokens_in,
 )
+from tasks.core.calls import WAIT, Call, CallResult, RawAnswer
 
 log = logging.getLogger("seke.annotator.openai")
 
 MODES = ("json_schema", "json_object", "text")
 
 
-class OpenAIAnnotator(Annotator):
+class OpenAIAnnotator(Billing, Annotator):
     name = "openai"
     version = "1"
 
@@ -174,38 +175,6 @@ class OpenAIAnnotator(Annotator):
     # -- requests -------------------------------------------------------------------
     def _tokens_in(self, call: Call) -> int:
         return tokens_in(call, self.a.image_detail, self.a.model)
-
-    def _call_cost(self, call: Call) -> float:
-        """The expected cost of a call, before it is sent (for the budget)."""
-        n = len(call.indices)
-        return self._cost(self._requests_for(n) * self._tokens_in(call), n * self._out_per_answer)
-
-    def _cost(self, tin: float, tout: float) -> float:
-        return (tin * self.a.price_in_per_mtok + tout * self.a.price_out_per_mtok) / 1e6
-
-    def _requests_for(self, k: int) -> int:
-        return math.ceil(k / max(1, min(self.a.max_n, self.endpoint.n_cap)))
-
-    def estimate(self, calls: Iterable[Call]) -> dict:
-        """What the calls would cost, without sending anything."""
-        n_calls = reqs = samples = 0
-        tin = tout = 0.0
-        for c in calls:
-            r = self._requests_for(len(c.indices))
-            n_calls += 1
-            reqs += r
-            samples += len(c.indices)
-            tin += r * self._tokens_in(c)
-            tout += len(c.indices) * self._out_per_answer
-        return {
-            "calls": n_calls,
-            "requests": reqs,
-            "image_sends": reqs,
-            "samples": samples,
-            "tokens_in": int(tin),
-            "tokens_out": int(tout),
-            "cost_usd": self._cost(tin, tout) * (self.a.batch_discount if self.a.mode == "batch" else 1.0),
-        }
 
     def _delay(self, e: Exception, attempt: int) -> float:
         ra = retry_after(e)
@@ -386,26 +355,8 @@ class OpenAIAnnotator(Annotator):
         )
 
     # -- the run --------------------------------------------------------------------
-    async def _over_budget(self, fl, est: float, budget: float) -> tuple[bool, float]:
-        """Would `est` more take the spend past `budget`? Here: this annotator's spend and
-        reservations. With `shared` (Dask): every worker's, and the reservation is made there."""
-        if not budget:
-            return False, self.spent_usd
-        if self.shared is None:
-            return self.spent_usd + fl.reserved + est > budget, self.spent_usd
-        ok, spent = await self._sync(fl, est, budget)
-        return not ok, spent
-
-    async def _sync(self, fl, want: float = 0.0, budget: float = 0.0) -> tuple[bool, float]:
-        """Tell `shared` what this annotator paid and released since the last sync, and
-        reserve `want` there if the budget allows it."""
-        d_spent, d_reserved = self.spent_usd - self._synced[0], fl.reserved - self._synced[1]
-        ok, spent = await asyncio.to_thread(self.shared.apply, d_spent, d_reserved, want, budget)
-        self._synced = (self.spent_usd, fl.reserved + (want if ok else 0.0))
-        return ok, spent
-
-    async def _main(self, calls: Iterable[Call], out: "queue.Queue", prog: Progress) -> str | None:
-        """Send the calls; put results on `out`; return a stop reason or None."""
+    def _limits(self) -> None:
+        """The concurrency and the request and token rates: this process's, or (Dask) shared."""
         self._sem = asyncio.Semaphore(self.rt.concurrency)
         if self.shared is not None:
             from tasks.infra.limits import SharedBucket
@@ -415,6 +366,10 @@ class OpenAIAnnotator(Annotator):
         else:
             self._rpm = Bucket(self.rt.requests_per_minute)
             self._tpm = Bucket(self.rt.tokens_per_minute)
+
+    async def _main(self, calls: Iterable[Call], out: "queue.Queue", prog: Progress) -> str | None:
+        """Send the calls; put results on `out`; return a stop reason or None."""
+        self._limits()
         client = self._make_client()
         mode = MODES[self.endpoint.mode]
         log.info("openai annotator: model %s on %s, %d concurrent, response format %s", *self._about(), mode)
@@ -446,11 +401,7 @@ class OpenAIAnnotator(Annotator):
                         fl.settle(done)
                         held = call
                         continue
-                    fl.stop = (
-                        f"budget: the next call (about ${est:.4f}) would take the spend "
-                        f"${spent:.4f}{' (all Dask workers)' if self.shared else ''} past "
-                        f"annotator.budget_usd=${budget:.4f}; stopping"
-                    )
+                    fl.stop = self._budget_stop(est, spent, budget)
                     break
                 fl.reserved += est
                 tasks[asyncio.ensure_future(self._do_call(client, call, prog))] = est

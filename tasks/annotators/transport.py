@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 import openai
 
-from tasks.annotators.base import AnnotatorStop, Call, CallResult
+from tasks.annotators.base import AnnotatorStop
+from tasks.core.calls import Call, CallResult
 
 log = logging.getLogger("seke.annotator.openai")
 
@@ -158,7 +159,7 @@ class Progress:
     """What one annotator run's transport did: calls, HTTP requests, retries, errors and cost,
     logged once at the end. The live display is the stage's (`tasks.infra.progress`)."""
 
-    def __init__(self, total: int | None, every_s: float = 0.0):
+    def __init__(self, total: int | None):
         self.total = total
         self.done = self.errors = self.retries = self.requests = 0
         self.cost = 0.0

@@ -444,12 +444,3 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
     except ValidationError as ex:
         errs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in ex.errors())
         raise ParamsError(f"invalid params ({p}{' with -S overrides' if overrides else ''}): {errs}") from None
-
-
-def stage_names(dvc_yaml: str | Path | None = None) -> list[str]:
-    """The stages of `dvc.yaml`, in the order it declares them: the one source of the stage
-    order (the project's own dvc.yaml when run from its root, else the checkout's)."""
-    path = Path(dvc_yaml) if dvc_yaml else Path("dvc.yaml")
-    if not path.exists():
-        path = Path(__file__).resolve().parents[2] / "dvc.yaml"
-    return list((yaml.safe_load(path.read_text()) or {}).get("stages", {}))

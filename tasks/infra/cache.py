@@ -39,7 +39,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.annotators.base import CallResult
+from tasks.core.calls import CallResult
 from tasks.infra.io import put_whole
 
 COLUMNS = {

@@ -66,14 +66,15 @@ def _share_temporary_server() -> None:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, task_run_name="{name}-batch")
-def dask_batch(name: str, payload: bytes) -> bytes:
+def dask_batch(name: str, module: str, payload: bytes) -> bytes:
     """One batch of a stage on a Dask worker. Arguments and result travel as one pickled
     blob: Prefect walks every task parameter looking for futures, which cost ~3 s per batch
-    of 1,024 faces passed as dicts, and nothing for one bytes object."""
-    if name not in _BATCH_FNS:  # a fresh worker process: import the stage that registers it
+    of 1,024 faces passed as dicts, and nothing for one bytes object. `module` is the one
+    that registered `name` (the caller's, sent along: this layer names no stage)."""
+    if name not in _BATCH_FNS:  # a fresh worker process: import the module that registers it
         import importlib
 
-        importlib.import_module(f"tasks.stages.{name}")
+        importlib.import_module(module)
     return pickle.dumps(_BATCH_FNS[name].fn(*pickle.loads(payload)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -89,14 +90,15 @@ def mapped(runner, name: str, args: Iterator[tuple], window_size: int) -> Iterat
     (memory stays bounded); without one, each is called in turn in this process (still a
     Prefect task run, visible in the UI). Either way the batch travels as one pickled blob
     (`dask_batch`): handed over as dicts, Prefect's walk of the parameters cost ~3 s per batch."""
+    module = _BATCH_FNS[name].fn.__module__
     if runner is None:
         for a in args:
-            yield pickle.loads(dask_batch(name, pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)))
+            yield pickle.loads(dask_batch(name, module, pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)))
         return
     window: list = []
     for a in args:
         payload = pickle.dumps(a, protocol=pickle.HIGHEST_PROTOCOL)
-        window.append(runner.submit(dask_batch, parameters={"name": name, "payload": payload}))
+        window.append(runner.submit(dask_batch, parameters={"name": name, "module": module, "payload": payload}))
         if len(window) > window_size:
             yield pickle.loads(window.pop(0).result())
     for fut in window:

@@ -12,7 +12,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import fsspec
 import pyarrow as pa
@@ -48,10 +48,6 @@ class RecordWriter:
         if len(self._buf) >= self.row_group:
             self.flush()
 
-    def write_many(self, recs: Iterable[Record | dict]) -> None:
-        for r in recs:
-            self.write(r)
-
     def flush(self) -> None:
         if self._buf:
             self._w.write_table(pa.Table.from_pylist(self._buf, schema=self.schema))
@@ -62,9 +58,10 @@ class RecordWriter:
         self.flush()
         self._w.close()
         self._fh.close()
-        if self.fs.exists(self.path):
-            self.fs.rm(self.path)
-        self.fs.mv(self.tmp, self.path)
+        if _is_local(self.fs):  # an atomic rename: a reader sees the old file or the new, never neither
+            os.replace(self.tmp, self.path)
+        else:  # an object store replaces the object whole (copy, then the temporary is deleted)
+            self.fs.mv(self.tmp, self.path)
         return self.url
 
     def abort(self) -> None:
@@ -122,11 +119,15 @@ def write_json(path: str | Path, obj: dict) -> None:
         fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def put_whole(url: str, data: bytes) -> None:
     """Write `data` at `url` so that a reader (or a crash) sees all of it or none: locally a
     synced temporary file renamed into place; on an object store one PUT."""
     fs, p = fs_path(url)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if _is_local(fs):
         tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -7,8 +7,7 @@ Credentials and endpoints come only from the environment, never from params.yaml
   `AWS_PROFILE`, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` for an S3-compatible server
   (MinIO, Ceph, moto). So `tasks.infra.io` needs no options: `fsspec.core.url_to_fs(url)` just works.
 - Clients that do *not* read those variables get explicit options from here:
-  `polars_options()` for polars' native reader, `pyarrow_s3()` for `pyarrow.fs.S3FileSystem`
-  (which ignores `AWS_ENDPOINT_URL`; see docs/operations.md).
+  `polars_options()` for polars' native reader.
 - The DVC remote keeps its own config (`dvc remote modify <r> endpointurl ...`, secrets with
   `--local` so they land in the git-ignored `.dvc/config.local`); `dvc_remote_commands()`
   spells those commands out for a given environment.
@@ -103,28 +102,6 @@ def polars_options(env: Mapping[str, str] | None = None) -> dict:
         if ep.startswith("http://"):
             o["aws_allow_http"] = "true"
     return o
-
-
-def pyarrow_s3(env: Mapping[str, str] | None = None):
-    """`pyarrow.fs.S3FileSystem` with the endpoint given explicitly (pyarrow ignores
-    AWS_ENDPOINT_URL)."""
-    from pyarrow import fs as pafs
-
-    env = os.environ if env is None else env
-    ep = endpoint_url(env)
-    kw: dict = {}
-    if ep:
-        scheme, _, host = ep.partition("://")
-        kw.update(endpoint_override=host, scheme=scheme)
-    if env.get("AWS_ACCESS_KEY_ID"):
-        kw.update(
-            access_key=env["AWS_ACCESS_KEY_ID"],
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-            session_token=env.get("AWS_SESSION_TOKEN"),
-        )
-    if region(env):
-        kw["region"] = region(env)
-    return pafs.S3FileSystem(**kw)
 
 
 def dvc_remote_commands(

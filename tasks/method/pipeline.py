@@ -12,7 +12,8 @@ import collections
 from dataclasses import dataclass
 from typing import Iterator
 
-from tasks.annotators.base import WAIT, Annotator, Call
+from tasks.annotators.base import Annotator
+from tasks.core.calls import WAIT, Call
 from tasks.core.knowledge import Knowledge
 from tasks.core.params import Params
 from tasks.infra.cache import ResponseCache

@@ -7,7 +7,7 @@ A face's first round draws `k0` samples of each of its requests; then, while the
 not `stopping.settled` and has fewer than `kmax` samples, `dk` more. Then the verification
 round (`sample.verify_round`): faces whose generated expression is not certain enough
 (`stopping.wants_verification`) get one more call that shows the annotator its aggregated
-answer with the knowledge about it (`prompt.verification_request`); its answer is recorded
+answer with the knowledge about it (`tasks.method.verification.verification_request`); its answer is recorded
 as a sample of variant `verify` (expression = the confirmed or corrected label). Seeds are a
 pure function of (sample.seed, request id, index), and every raw answer goes through the
 response cache first, so `dvc repro` is reproducible and a re-run, or a run resumed after a
@@ -27,8 +27,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from tasks.annotators.base import Annotator, Call, CallResult
+from tasks.annotators.base import Annotator
 from tasks.core.answer import parse
+from tasks.core.calls import Call, CallResult
 from tasks.core.knowledge import AUS, Knowledge
 from tasks.core.params import Params
 from tasks.core.records import SampleRecord
@@ -146,19 +147,6 @@ def limit(req: dict, sp, face: dict, got: list[dict]) -> int:
     `sample.retry_failed` (a failed answer never counts towards kmax)."""
     failed = sum(1 for x in got if x["request_id"] == req["request_id"] and x["status"] != "ok")
     return cap(req, sp, face) + min(failed, sp.retry_failed)
-
-
-def _round_calls(open_faces, requests, drawn, size: int, sp, ann, cache, tally) -> list[Call]:
-    """The calls of one sampling round: `size` more answers per request of each open face."""
-    calls: list[Call] = []
-    for f in open_faces:
-        for req in requests[f["face_id"]]:
-            got = drawn[f["face_id"]]
-            have = sum(1 for x in got if x["request_id"] == req["request_id"])
-            idx = tuple(range(have, min(have + size, limit(req, sp, f, got))))
-            if idx and (c := call_for(f, req, idx, sp, ann, cache, drawn, tally)) is not None:
-                calls.append(c)
-    return calls
 
 
 def is_open(f: dict, reqs: list[dict], got: list[dict], sp, k: Knowledge) -> bool:

@@ -2,7 +2,7 @@
 
 Input: `crop/faces.parquet` and `prompt/requests.parquet` (both in face order). Output:
 `sample_runs/samples.parquet`, one SampleRecord per answer (failed answers included, with
-their status and raw text). The adaptive loop itself is `tasks.method.sampling.sample_batch`;
+their status and raw text). The adaptive loop itself is `tasks.method.pipeline` (`sample_stream`, `sample_batch`);
 this module batches faces, runs the loop in this process or on Dask workers, validates and
 publishes the answers, and writes `metrics/sample.json`.
 """

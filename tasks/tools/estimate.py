@@ -8,7 +8,7 @@ response cache, at the two ends of adaptive sampling: every face stopping after 
 
 from __future__ import annotations
 
-from tasks.annotators.base import Call
+from tasks.core.calls import Call
 from tasks.core.params import Params
 from tasks.infra import io
 from tasks.infra.cache import ResponseCache
@@ -182,38 +182,3 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
     ann.close()
     cache.close()
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from tasks.core.params import load
-
-    ap = argparse.ArgumentParser(
-        prog="python -m tasks.tools.estimate",
-        description="Estimate calls, tokens and cost of the sample stage; sends nothing.",
-    )
-    ap.add_argument("--params", default="params.yaml")
-    a = ap.parse_args(argv)
-    p = load(a.params)
-    try:
-        est = dry_run(p)
-    except FileNotFoundError as e:
-        raise SystemExit(
-            f"{e}\nrun `dvc repro prompt` first: ingest, crop and prompt make no annotator calls"
-        ) from None
-    print(f"annotator: {p.annotator.backend} / {p.annotator.model}; {est['cached_samples']} samples already cached")
-    if est.get("warning"):
-        print(f"warning: {est['warning']}")
-    for name in ("floor", "ceiling"):
-        e = est[name]
-        print(
-            f"{name:8s} (k={e['k_per_request']} per request): {e['calls']} calls, {e.get('image_sends', e['calls'])} "
-            f"image sends, {e['samples']} samples, {e.get('tokens_in', 0):,} tokens in, "
-            f"{e.get('tokens_out', 0):,} out, ${e['cost_usd']:.2f}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -171,14 +171,19 @@ def land(p: Params, location: str, manifest: str = "") -> Landing:
             crash_point("landing")  # one image copied, the others not yet
             first = False
     crash_point("landed")
+    _record(inbox, out)
+    crash_point("manifest")
+    return out
+
+
+def _record(inbox: Path, out: Landing) -> None:
+    """Add what landed to the inbox's manifest and refusals; remove images it does not list."""
     if out.new:
         _write_csv(inbox / MANIFEST, _read_csv(inbox / MANIFEST) + out.new, COLUMNS)
     if out.refused:
         _write_csv(inbox / REFUSED, _read_csv(inbox / REFUSED) + out.refused, REFUSED_COLUMNS)
     listed = {PurePosixPath(r["path"]).name for r in _read_csv(inbox / MANIFEST)}
-    for f in sorted(images.iterdir()):
+    for f in sorted((inbox / IMAGES).iterdir()):
         if f.name not in listed:  # a copy whose manifest row a killed run never wrote, and
             f.unlink()  # whose origin is gone since: the inbox holds what its manifest lists
             out.removed_strays.append(f.name)
-    crash_point("manifest")
-    return out
