@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows import env
+from tasks.core import backends
 
 
 def _metavar(self, ctx) -> str | None:
@@ -49,11 +50,7 @@ console = Console(stderr=True)
 out = Console()
 
 
-class Backend(str, Enum):
-    """The annotator backends (`annotator.backend`)."""
-
-    local = "local"
-    openai = "openai"
+Backend = Enum("Backend", {n: n for n in backends.names()}, type=str)  # the annotator backends (tasks/core/backends.py)
 
 
 def _version(value: bool) -> None:

@@ -31,9 +31,28 @@ class AnnotatorStop(RuntimeError):
 
 
 class Annotator(ABC):
+    """A backend (registered in tasks/core/backends.py). What it can do, it declares here;
+    callers read these, never its name."""
+
     name: str
     version: str
     model: str
+    supports_verification: bool = False  # answers the verification round (tasks.method.verification)
+    is_local_models: bool = False  # its answers are the local models' own: their second opinion adds nothing
+
+    @classmethod
+    def from_params(cls, params) -> "Annotator":
+        """Built from the whole params (`annotator` and `runtime` sections)."""
+        return cls(params.annotator, params.runtime)
+
+    def estimate(self, calls: Iterable[Call]) -> dict:
+        """What `calls` would cost, sending nothing (`seke estimate`). By default: nothing but time."""
+        calls = list(calls)
+        return {"calls": len(calls), "samples": sum(len(c.indices) for c in calls), "cost_usd": 0.0}
+
+    def estimate_warning(self) -> str | None:
+        """Why the estimate may be far off, if it may."""
+        return None
 
     @abstractmethod
     def signature(self) -> dict:

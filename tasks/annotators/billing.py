@@ -67,6 +67,16 @@ class Billing:
         self._synced = (self.spent_usd, fl.reserved + (want if ok else 0.0))
         return ok, spent
 
+    def estimate_warning(self) -> str | None:
+        from tasks.annotators.transport import IMAGE_BILLING_VERSION, known_model
+
+        if known_model(self.a.model):
+            return None
+        return (
+            f"{self.a.model!r} is not in the image-billing table (tasks/annotators/transport.py, "
+            f"version {IMAGE_BILLING_VERSION}): its images are priced like GPT-4o's, which may be far off"
+        )
+
     def _budget_stop(self, est: float, spent: float, budget: float) -> str:
         return (
             f"budget: the next call (about ${est:.4f}) would take the spend "

@@ -147,6 +147,11 @@ class LocalAnnotator(Annotator):
     name = "local"
     version = VERSION
     supports_verification = True  # from its own signals; see the module docstring
+    is_local_models = True
+
+    @classmethod
+    def from_params(cls, params) -> "LocalAnnotator":
+        return cls(params.annotator)
 
     def __init__(self, params) -> None:
         self.params = params

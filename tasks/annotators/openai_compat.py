@@ -82,6 +82,7 @@ MODES = ("json_schema", "json_object", "text")
 class OpenAIAnnotator(Billing, Annotator):
     name = "openai"
     version = "1"
+    supports_verification = True
 
     _endpoints: ClassVar[dict[str, Endpoint]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()

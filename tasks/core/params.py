@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core import backends
 
 
 class Section(BaseModel):
@@ -76,7 +78,7 @@ class LocalAnnotator(Section):
 
 
 class Annotator(Section):
-    backend: Literal["local", "openai"] = "local"
+    backend: Annotated[str, AfterValidator(backends.check)] = Field("local", description="tasks/core/backends.py")
     model: str = "local-ensemble-v1"
     temperature: float = Field(1.0, ge=0)
     local: LocalAnnotator = LocalAnnotator()

@@ -167,7 +167,7 @@ def is_open(f: dict, reqs: list[dict], got: list[dict], sp, k: Knowledge) -> boo
 
 
 def supports_verification(ann: Annotator) -> bool:
-    return bool(getattr(ann, "supports_verification", ann.name == "openai"))
+    return bool(ann.supports_verification)
 
 
 def _proposal(s) -> dict:

@@ -25,8 +25,14 @@ from tasks.infra import models
 def wanted(p) -> bool:
     """Whether this run reads a second opinion: the evidence model is on and lists it, and the
     answers come from another annotator than the local models themselves."""
+    from tasks.annotators import backend_class
+
     v = p.verify
-    return v.evidence_model and "second_opinion" in v.evidence_signals and p.annotator.backend != "local"
+    return (
+        v.evidence_model
+        and "second_opinion" in v.evidence_signals
+        and not backend_class(p.annotator.backend).is_local_models
+    )
 
 
 def status() -> str | None:

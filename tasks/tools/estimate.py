@@ -157,28 +157,14 @@ def dry_run(p: Params, pilot_faces: int = 0) -> dict:
             batches.append(verify)
             total["verification_calls"] = len(verify)
         for calls in batches:
-            est = (
-                ann.estimate(calls)
-                if hasattr(ann, "estimate")
-                else {  # local: costs only time
-                    "calls": len(calls),
-                    "samples": sum(len(c.indices) for c in calls),
-                    "cost_usd": 0.0,
-                }
-            )
+            est = ann.estimate(calls)
             for key, v in est.items():
                 total[key] = total.get(key, 0) + v
         total["k_per_request"] = rs[-1][1]
         out[name] = total
     out["cached_samples"] = len(cache)
-    if p.annotator.backend == "openai":
-        from tasks.annotators.transport import IMAGE_BILLING_VERSION, known_model
-
-        if not known_model(p.annotator.model):
-            out["warning"] = (
-                f"{p.annotator.model!r} is not in the image-billing table (tasks/annotators/transport.py, "
-                f"version {IMAGE_BILLING_VERSION}): its images are priced like GPT-4o's, which may be far off"
-            )
+    if ann.estimate_warning():
+        out["warning"] = ann.estimate_warning()
     ann.close()
     cache.close()
     return out
