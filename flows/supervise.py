@@ -121,15 +121,23 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait()
 
 
-def die_with_parent() -> None:
-    """`preexec_fn` for a child that must not outlive this process, even after its `kill -9`
-    (Linux: the kernel sends SIGTERM; elsewhere a no-op)."""
+def _prctl():
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl()  # looked up here, not in the forked child (no loader lock taken after fork)
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for a child that must not outlive this process, even after its `kill -9`
+    (Linux: the kernel sends SIGTERM; elsewhere a no-op). One system call, nothing imported."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def members(pgid: int) -> list[int]:
