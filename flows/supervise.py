@@ -52,6 +52,13 @@ def _free(path: Path) -> int:
     return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
 
 
+def _existing(p: Path) -> Path:
+    """`p`, or its nearest parent that exists: a folder not made yet lands on its parent's file system."""
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def watched(root: Path | str = ".") -> dict[int, Path]:
     """One existing path per file system the run writes to, keyed by device."""
     root = Path(root).resolve()
@@ -63,9 +70,7 @@ def watched(root: Path | str = ".") -> dict[int, Path]:
     except (OSError, yaml.YAMLError):
         pass
     out: dict[int, Path] = {}
-    for p in paths:
-        while not p.exists() and p != p.parent:
-            p = p.parent  # a folder not made yet lands on its parent's file system
+    for p in map(_existing, paths):
         out.setdefault(p.stat().st_dev, p)
     return out
 
@@ -100,9 +105,7 @@ def disk_full(exc: BaseException) -> str | None:
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            path = Path(e.filename or ".").resolve()
-            while not path.exists() and path != path.parent:
-                path = path.parent
+            path = _existing(Path(e.filename or ".").resolve())
             line = _full_line((path, _free(path)), f"writing {e.filename} failed" if e.filename else "a write failed")
             return f"{e.strerror}. {line}" if getattr(e, "unsaved", 0) else line
         if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
