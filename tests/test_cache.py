@@ -139,7 +139,7 @@ def test_the_endpoint_is_part_of_the_key_and_no_url_reaches_the_signature(monkey
 def test_seke_cache_compact(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from flows.cli.main import app
 
     for sig in ("a", "b"):
         c = ResponseCache(str(tmp_path), sig)

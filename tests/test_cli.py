@@ -11,7 +11,8 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from flows.cli import app, load_params
+from flows.cli.main import app
+from flows.cli.common import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -89,8 +90,8 @@ def test_version_and_real_choices():
     assert r.exit_code != 0 and "parquet" in flat(r.output) and "hf" in flat(r.output)
     r = runner.invoke(app, ["bench", "--backend", "gemini"])
     assert r.exit_code != 0 and "local" in flat(r.output) and "openai" in flat(r.output)
-    from flows.cli_common import Backend
-    from flows.cli_publish import Format
+    from flows.cli.common import Backend
+    from flows.cli.publish import Format
     from tasks.core import backends
     from tasks.tools.publish import FORMATS
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -26,6 +27,7 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from tasks.core.instructions import IMAGE
 from tasks.core.knowledge import AUS, EXPRESSIONS
@@ -126,6 +128,43 @@ def export_llava(rows: list[dict], out: Path, name: str) -> list[Path]:
     f = out / f"{name}_llava.json"
     f.write_text(json.dumps(data, ensure_ascii=False, indent=1))
     return [f]
+
+
+def version_for_export(repo: str, rev: str, name: str) -> tuple[pa.Table, CardInfo]:
+    """FEID of version `rev` and what its card says: the params, the input's README (licences
+    and attributions), the verify/export metrics and the commit's year. Raises
+    `tasks.tools.compare.VersionError` for a version that cannot be read."""
+    from tasks.tools import compare as C
+
+    sha = C.resolve(repo, rev)
+    st = C.Store(repo, sha)
+    prm = yaml.safe_load(st.read("params.yaml")) or {}
+    paths = prm.get("paths", {})
+    table = st.feid(paths.get("feid", "data/feid"))
+    sources, inp = "", paths.get("input", "")
+    if inp and "://" not in inp:
+        try:
+            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
+        except C.VersionError:
+            pass
+    metrics = {}
+    for stage in ("verify", "export"):
+        try:
+            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
+            metrics[stage].pop("validation", None)
+        except (C.VersionError, ValueError):
+            pass
+    card = CardInfo(name=name, version=rev, rev=sha, params=prm, sources_text=sources, metrics=metrics)
+    card.year = _year(repo, sha)
+    return table, card
+
+
+def _year(repo: str, sha: str | None) -> int | None:
+    """The year of a version's commit (None: the working tree, or not a local git repo)."""
+    if not sha:
+        return None
+    r = subprocess.run(["git", "show", "-s", "--format=%cd", "--date=format:%Y", sha], cwd=repo, capture_output=True)
+    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None
 
 
 def export(table: pa.Table, fmt: str, out: str | Path, card: CardInfo, overwrite: bool = False) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli_common import Fail, app, load_params, out
+from flows.cli.common import Fail, app, load_params, out
 
 review_app = typer.Typer(
     no_args_is_help=True,

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 
-from flows.cli_common import Fail, app, out, progress
+from flows.cli.common import Fail, app, out, progress
 
 
 class Format(str, Enum):
@@ -75,25 +74,17 @@ def export(
     hf: Parquet that `datasets.load_dataset("parquet", ...)` decodes (image column = Image);
     sharegpt: LLaMA-Factory multimodal JSON + dataset_info.json; llava: LLaVA JSON + images/.
     """
-    from tasks.tools import compare as C
     from tasks.tools import publish as X
+    from tasks.tools.compare import VersionError
 
     fmt = fmt_.value
     try:
-        sha = C.resolve(repo, rev)
-        st = C.Store(repo, sha)
-        prm = yaml.safe_load(st.read("params.yaml")) or {}
-        paths = prm.get("paths", {})
         with progress("reading FEID"):
-            table = st.feid(paths.get("feid", "data/feid"))
-    except C.VersionError as ex:
+            table, card = X.version_for_export(repo, rev, name)
+    except VersionError as ex:
         raise Fail(str(ex)) from None
     if table.num_rows == 0:
         raise Fail(f"FEID at {rev} has no rows: nothing to export")
-    sources, metrics = _sources_and_metrics(st, paths)
-    card = X.CardInfo(
-        name=name, version=rev, rev=sha, params=prm, sources_text=sources, metrics=metrics, year=_year(repo, sha)
-    )
     dest = out_dir or Path("exports") / fmt
     try:
         with progress(f"writing {fmt}"):
@@ -112,36 +103,3 @@ def export(
         except Exception as ex:  # auth, network, a name taken: the export stays on disk
             raise Fail(f"upload to {push_to_hub} failed ({type(ex).__name__}: {ex}); the export is in {dest}") from None
         out.print(f"uploaded to {url}")
-
-
-def _sources_and_metrics(st, paths: dict) -> tuple[str, dict]:
-    """The input's README (licences and attributions) and the verify/export metrics of a version."""
-    import json
-
-    from tasks.tools.compare import VersionError
-
-    sources = ""
-    inp = paths.get("input", "")
-    if inp and "://" not in inp:
-        try:
-            sources = st.read(f"{inp.rstrip('/')}/README.md").decode()
-        except VersionError:
-            pass
-    metrics = {}
-    for stage in ("verify", "export"):
-        try:
-            metrics[stage] = json.loads(st.read(f"{paths.get('metrics', 'metrics')}/{stage}.json"))
-            metrics[stage].pop("validation", None)
-        except (VersionError, ValueError):
-            pass
-    return sources, metrics
-
-
-def _year(repo: str, sha: str | None) -> int | None:
-    """The year of a version's commit (None: the working tree, or not a local git repo)."""
-    import subprocess
-
-    if not sha:
-        return None
-    r = subprocess.run(["git", "show", "-s", "--format=%cd", "--date=format:%Y", sha], cwd=repo, capture_output=True)
-    return int(r.stdout) if r.returncode == 0 and r.stdout.strip().isdigit() else None

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from flows.cli_common import (
+from flows.cli.common import (
     PARAMS,
     SET,
     Fail,
@@ -123,7 +123,7 @@ def init(
 
 
 # split, bench, quality, compare, export: registered on `app` in this order, after `run`
-from flows import cli_feab, cli_publish, cli_review  # noqa: E402, F401
+from flows.cli import feab, publish, review  # noqa: E402, F401  (their commands join `app`)
 
 
 # ---------------------------------------------------------------- estimate

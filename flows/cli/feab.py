@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from flows.cli_common import (
+from flows.cli.common import (
     PARAMS,
     SET,
     Backend,
@@ -205,31 +205,6 @@ def _print_eval(res: dict, title: str) -> None:
 
 
 # ---------------------------------------------------------------- quality
-def _quality_scores(p, rows: list[dict], label: str) -> dict:
-    """FEAB's metrics on the accepted faces and on all faces, each printed."""
-    from tasks.tools import feab as B
-
-    res = {}
-    for name, sub in (("accepted", [r for r in rows if r["accepted"]]), ("all", rows)):
-        res[name] = B.evaluate(sub, p.bench.bootstrap, p.bench.ci, p.bench.seed) if sub else None
-        if res[name]:
-            _print_eval(res[name], f"annotation quality of {label}: {name} faces (n={len(sub)})")
-    return res
-
-
-def _verdicts_at(rev: str):
-    """(version, its verdict rows) of a git rev, tag or DVC experiment."""
-    from tasks.tools import compare as C
-
-    try:
-        v = C.load_version(".", rev)
-        params_at = v.params.get("paths", {})
-        verdicts = C.Store(".", v.rev).parquet(f"{params_at.get('verify', 'data/verify')}/verdicts.parquet").to_pylist()
-    except C.VersionError as ex:
-        raise Fail(str(ex)) from None
-    return v, verdicts
-
-
 @app.command(
     epilog="Examples:\n\n"
     "  seke quality --truth ../held_out/manifest.csv\n\n"
@@ -258,42 +233,19 @@ def quality(
     a prior label it was shown. Scores accepted faces (FEID) and all faces (before
     verification), with the same metrics code as FEAB.
     """
-    import json
-
-    from tasks.core.knowledge import load as load_knowledge
-    from tasks.tools import feab as B
+    from tasks.tools.feab import quality as Q
 
     p = load_params(params, set_)
-    if not truth.exists():
-        raise Fail(f"{truth} not found")
-    v, verdicts = _verdicts_at(rev)
-    with progress("hashing ground-truth images"):
-        gt = B.truth_from_manifest(truth, root, load_knowledge())
-    rows = B.quality_rows(verdicts, gt)
-    if not rows:
-        raise Fail(f"no FEID face of {rev} matches an image of {truth} (matched by SHA-256 of the bytes)")
-    res = _quality_scores(p, rows, v.label)
-    meta = {
-        "version": v.label,
-        "truth": str(truth),
-        "matched_faces": len(rows),
-        "accepted": sum(r["accepted"] for r in rows),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if res["accepted"]:
-        B.write_outputs(
-            res["accepted"],
-            [r for r in rows if r["accepted"]],
-            metrics=out_dir / "quality.json",
-            plots=out_dir / "plots",
-            report=out_dir / "quality.md",
-            title=f"Annotation quality: {v.label} (accepted faces)",
-            meta=meta,
-        )
-    (out_dir / "quality_all.json").write_text(
-        json.dumps({"meta": meta, **(res["all"] or {})}, indent=2, sort_keys=True, default=str)
-    )
-    out.print(f"wrote {out_dir}/quality.json, quality_all.json, quality.md, plots/")
+    try:
+        with progress("hashing ground-truth images"):
+            q = Q.score(rev, truth, root, p.bench)
+    except Q.QualityError as ex:
+        raise Fail(str(ex)) from None
+    for name, res in q.scores.items():
+        if res:
+            _print_eval(res, f"annotation quality of {q.version}: {name} faces (n={res['n']})")
+    files = Q.write(q, truth, out_dir)
+    out.print("wrote " + ", ".join(str(f) for f in files))
 
 
 # ---------------------------------------------------------------- compare
