@@ -19,7 +19,8 @@ K = load()
 
 class Scripted(Annotator):
     """Answers face 'easy' always happy, face 'hard' alternating happy/sad; verification
-    answers confirm happy and reject anything else."""
+    answers confirm happy and reject anything else. Each answer's AUs and VA follow the
+    label it states, as a rationalising VLLM's do."""
 
     name, version, model = "scripted", "1", "scripted"
     supports_verification = True
@@ -40,7 +41,8 @@ class Scripted(Annotator):
                     obj = {"confirmed": '"expression": "happy"' in t, "expression": "happy", "rationale": "r"}
                 else:
                     e = "happy" if c.face_id == "easy" or i % 2 == 0 else "sad"
-                    obj = {"expression": e, "valence": 0.5, "arousal": 0.3, "aus": ["AU12"], "rationale": "r"}
+                    va, aus = (0.5, ["AU06", "AU12"]) if e == "happy" else (-0.5, ["AU01", "AU04", "AU15"])
+                    obj = {"expression": e, "valence": va, "arousal": 0.3, "aus": aus, "rationale": "r"}
                 out.append(RawAnswer(index=i, seed=s, text=json.dumps(obj), finish_reason="stop"))
             yield CallResult(call=c, answers=out)
 
@@ -133,10 +135,11 @@ def test_uncertain_round_skips_certain_faces(tmp_path):
         stop_min_samples=3,
         stop_confidence=0.9,
         verify_round="uncertain",
-        verify_below=0.9,
+        verify_below=0.95,
         stop_rule="bayes",
     )
-    assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}  # easy: 3/3 = 0.9375
+    # easy: 3 of 3 with AUs and VA that agree (evidence posterior 0.98); hard: 3 of 5 (0.90)
+    assert {s["face_id"] for s in out if s["variant"] == "verify"} == {"hard"}
 
 
 def test_annotators_without_verification_are_not_asked(tmp_path):

@@ -22,7 +22,7 @@ from tasks.method.evidence import (
     mirror,
     uncertainty_reasons,
 )
-from tasks.method.stopping import settled, stop_lead, stop_now, wants_verification
+from tasks.method.stopping import best_posterior, settled, stop_lead, stop_now, wants_verification
 
 K = load()
 
@@ -217,8 +217,13 @@ def test_wants_verification():
     s = measure(face(), [smp(), smp()], K)
     assert wants_verification(s, Sample(verify_round="all"))
     assert not wants_verification(s, Sample(verify_round="none"))
-    assert wants_verification(s, Sample(verify_round="uncertain", verify_below=0.9))  # 0.875 < 0.9
-    assert not wants_verification(s, Sample(verify_round="uncertain", verify_below=0.8))
+    # uncertain: the evidence posterior of the best label (votes, AUs, VA) under the knowledge priors
+    clean, odd = [smp()] * 3, [smp()] * 2 + [smp(aus=("AU01", "AU04", "AU15"))]  # 3-0; the third's AUs are sad's
+    p_clean, p_odd = best_posterior(face(), clean, K), best_posterior(face(), odd, K)
+    assert p_odd < p_clean
+    below = Sample(verify_round="uncertain", verify_below=(p_odd + p_clean) / 2)
+    assert not wants_verification(measure(face(), clean, K), below, face(), clean, K)
+    assert wants_verification(measure(face(), odd, K), below, face(), odd, K)
     assert not wants_verification(
         measure(face(prior_expression="happy"), [smp(variant="blind")], K), Sample(verify_round="all")
     )

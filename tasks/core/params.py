@@ -104,7 +104,7 @@ class Sample(Section):
 
     k0: int = Field(2, ge=1)
     dk: int = Field(1, ge=1)
-    kmax: int = Field(6, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
+    kmax: int = Field(5, ge=1, description="k0 == kmax gives fixed-K sampling (ablation)")
     retry_failed: int = Field(
         2,
         ge=0,
@@ -155,13 +155,17 @@ class Sample(Section):
     stop_max_va_std: float = Field(0.25, ge=0)
     stop_max_au_entropy: float = Field(0.6, ge=0, le=1)
     verify_round: Literal["none", "uncertain", "leaders", "all"] = Field(
-        "leaders",
+        "uncertain",
         description="the verification round: the annotator sees its aggregated answer and the "
-        "relevant knowledge and confirms or corrects it; none | uncertain | leaders (faces "
-        "whose top answer reached stop_lead) | all faces",
+        "relevant knowledge and confirms or corrects it; none | uncertain (faces whose evidence "
+        "posterior is below verify_below) | leaders (faces whose top answer reached stop_lead) | all faces",
     )
     verify_below: float = Field(
-        0.99, ge=0, le=1, description="uncertain: ask faces whose vote posterior (see stop_confidence) is below this"
+        0.998,
+        ge=0,
+        le=1,
+        description="uncertain: ask faces whose best label's probability under the evidence model's "
+        "knowledge priors (votes, AUs, VA; tasks/method/stopping.best_posterior) is below this",
     )
     max_error_rate: float = Field(0.2, ge=0, le=1)
 

@@ -166,14 +166,17 @@ def wants_verification(
     s: Stats, sp: SampleParams, face: dict | None = None, samples: list[dict] | None = None, k: Knowledge | None = None
 ) -> bool:
     """Does this face get a verification round? Only a generated expression is verified:
-    `all` of them, the `uncertain` ones (vote posterior below `verify_below`), or the
-    `leaders`: faces whose top answer reached the lead rule's `stop_lead` (the faces that can
-    be accepted; a hopeless face is not worth another call)."""
+    `all` of them; the `uncertain` ones, whose best label's probability under the evidence
+    model's knowledge priors (`best_posterior`: votes, AUs and VA) is below `verify_below`;
+    or the `leaders`: faces whose top answer reached the lead rule's `stop_lead` (or, with
+    `stop_rule: evidence`, `stop_posterior`)."""
     if sp.verify_round == "none" or s.expression_source != "annotator" or not s.n_votes:
         return False
-    if sp.verify_round == "leaders" and sp.stop_rule == "evidence" and samples is not None:
+    if sp.verify_round == "all":
+        return True
+    if sp.verify_round == "uncertain":
+        return best_posterior(face, samples, k) < sp.verify_below
+    if sp.stop_rule == "evidence":
         return best_posterior(face, samples, k) >= sp.stop_posterior
-    if sp.verify_round == "leaders":
-        e = s.evidence()
-        return e.top - e.second >= sp.stop_lead
-    return sp.verify_round == "all" or uamc.majority_posterior(s.top_votes, s.n_votes) < sp.verify_below
+    e = s.evidence()
+    return e.top - e.second >= sp.stop_lead
