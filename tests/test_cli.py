@@ -11,8 +11,8 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from flows.cli.main import app
 from flows.cli.common import load_params
+from flows.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
