@@ -131,6 +131,7 @@ class Bucket:
         self.cap = float(per_minute)
         self.level = self.cap
         self.t = time.monotonic()
+        self.waits = 0  # times a take had to wait for the bucket to refill
 
     async def take(self, amount: float) -> None:
         if self.cap <= 0:
@@ -143,6 +144,7 @@ class Bucket:
             if self.level >= amount:
                 self.level -= amount
                 return
+            self.waits += 1
             await asyncio.sleep((amount - self.level) * 60 / self.cap)
 
 

@@ -73,6 +73,7 @@ class SharedBucket:
 
     def __init__(self, limits: DaskLimits, name: str, per_minute: int):
         self.limits, self.name, self.cap = limits, name, float(per_minute)
+        self.waits = 0  # times a take had to wait for the shared bucket to refill
 
     async def take(self, amount: float) -> None:
         import asyncio
@@ -83,4 +84,5 @@ class SharedBucket:
             wait = await asyncio.to_thread(self.limits.take, self.name, amount, self.cap)
             if wait <= 0:
                 return
+            self.waits += 1
             await asyncio.sleep(wait)
