@@ -22,8 +22,8 @@ from simserver import TEST_KEY, make_call, params, sim_server
 
 from simvllm.server import ServerThread, SimConfig, SimVLLM
 from tasks.annotators.base import AnnotatorStop
-from tasks.annotators.batch import BatchRunner
 from tasks.annotators.openai_compat import OpenAIAnnotator
+from tasks.annotators.openai_compat.batch import BatchRunner
 
 PRICES = {"price_in_per_mtok": 2.5, "price_out_per_mtok": 10.0}
 

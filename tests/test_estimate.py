@@ -142,7 +142,7 @@ def test_images_are_priced_by_the_model_s_own_billing():
 
     from PIL import Image
 
-    from tasks.annotators.transport import billing_of, image_tokens
+    from tasks.annotators.openai_compat.transport import billing_of, image_tokens
 
     def jpg(w, h):
         buf = io.BytesIO()
@@ -165,7 +165,7 @@ def test_gemini_images_and_an_unknown_model_warning(tmp_path, monkeypatch):
 
     from PIL import Image
 
-    from tasks.annotators.transport import image_tokens, known_model
+    from tasks.annotators.openai_compat.transport import image_tokens, known_model
 
     def jpg(w, h):
         buf = io.BytesIO()

@@ -200,7 +200,7 @@ def test_rate_limit_requests_per_minute(monkeypatch):
     import asyncio
     import types
 
-    import tasks.annotators.transport as transport
+    import tasks.annotators.openai_compat.transport as transport
 
     clock, waits = [0.0], []
 

@@ -161,11 +161,7 @@ class Sample(Section):
         "posterior is below verify_below) | leaders (faces whose top answer reached stop_lead) | all faces",
     )
     verify_below: float = Field(
-        0.998,
-        ge=0,
-        le=1,
-        description="uncertain: ask faces whose best label's probability under the evidence model's "
-        "knowledge priors (votes, AUs, VA; tasks/method/stopping.best_posterior) is below this",
+        0.998, ge=0, le=1, description="uncertain: ask faces whose evidence posterior (stopping.best_posterior) < this"
     )
     max_error_rate: float = Field(0.2, ge=0, le=1)
 

@@ -33,7 +33,7 @@ import fsspec
 from openai.types.chat import ChatCompletion
 
 from tasks.annotators.base import AnnotatorStop
-from tasks.annotators.transport import data_url
+from tasks.annotators.openai_compat.transport import data_url
 from tasks.core.calls import WAIT, Call, CallResult, RawAnswer
 from tasks.infra.io import put_whole
 

@@ -35,7 +35,7 @@ Design
 - Cost: from `usage` and `annotator.price_{in,out}_per_mtok`; `estimate(calls)` prices a
   dry run without sending anything.
 - `annotator.mode: batch` sends the same requests as OpenAI Batch jobs instead
-  (`tasks.annotators.batch`): half the price, answers after the batch completes.
+  (`tasks.annotators.openai_compat.batch`): half the price, answers after the batch completes.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from tasks.annotators.base import Annotator, AnnotatorStop
-from tasks.annotators.billing import Billing
-from tasks.annotators.transport import (
+from tasks.annotators.openai_compat.billing import Billing
+from tasks.annotators.openai_compat.transport import (
     Bucket,
     Endpoint,
     Fatal,
@@ -429,7 +429,7 @@ class OpenAIAnnotator(Billing, Annotator):
 
     def run(self, calls: Iterable[Call]) -> Iterator[CallResult]:
         if self.a.mode == "batch":
-            from tasks.annotators.batch import BatchRunner
+            from tasks.annotators.openai_compat.batch import BatchRunner
 
             return BatchRunner(self).run(calls)
         total = len(calls) if hasattr(calls, "__len__") else None  # type: ignore[arg-type]

@@ -68,7 +68,7 @@ class Billing:
         return ok, spent
 
     def estimate_warning(self) -> str | None:
-        from tasks.annotators.transport import IMAGE_BILLING_VERSION, known_model
+        from tasks.annotators.openai_compat.transport import IMAGE_BILLING_VERSION, known_model
 
         if known_model(self.a.model):
             return None
