@@ -131,3 +131,21 @@ def test_two_workers_share_one_budget_and_one_rate(limit, shared):
         # a bucket of 120 per worker (the control) never does. An event count, not a timing.
         waits = sum(r["rate_waits"] for r in out)
         assert (waits > 0) == shared, out
+
+
+def test_the_dask_path_reads_only_its_deps(tmp_path):
+    """The dependency trace on the Dask path: `dvc repro` with `runtime.task_runner: dask` (a
+    local cluster in each stage's process); each project file a stage's process read is one
+    of its dvc.yaml deps."""
+    import json
+
+    import yaml
+    from depcheck import uncovered
+
+    p = {**PARAMS, "runtime": {**PARAMS["runtime"], "task_runner": "dask", "dask_workers": 1}}
+    proj = opsproj.make_project(tmp_path, opsproj.london(4), params=p)
+    opsproj.run(proj, "dvc", "repro", env_=opsproj.env(proj, SEKE_TRACE_DIR=str(proj / ".seke" / "trace")))
+    stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
+    traces = {s: json.loads((proj / ".seke" / "trace" / f"{s}.json").read_text()) for s in stages}
+    assert any("tasks/infra/dask.py" in f for f in traces["sample"]), traces["sample"]
+    assert uncovered(stages, traces) == {}

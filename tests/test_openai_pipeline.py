@@ -110,6 +110,18 @@ def _ok_keys(sim: SimVLLM) -> list[tuple]:
     return [(e["fingerprint"], e["seed"]) for e in sim.log if e["status"] == 200]
 
 
+def _deps_cover_what_the_stages_read(proj: Path) -> None:
+    """The dependency trace on the openai path: each project file the stage processes read
+    (the openai backend's package, the second opinion, the cache) is one of their dvc.yaml deps."""
+    from depcheck import uncovered
+
+    stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
+    traces = {s: json.loads(f.read_text()) for s in stages if (f := proj / ".seke" / "trace" / f"{s}.json").exists()}
+    assert {"prompt", "sample", "verify", "export"} <= set(traces)
+    assert any("tasks/annotators/openai_compat/annotator.py" in f for f in traces["sample"])
+    assert uncovered(stages, traces) == {}
+
+
 def test_dvc_repro_with_openai_backend(tmp_path):
     import polars as pl
 
@@ -129,9 +141,10 @@ def test_dvc_repro_with_openai_backend(tmp_path):
                 e = f["prior_expression"]
                 v, a, _ = k.va_centroid(e)
                 sim.truth[f["crop_sha256"]] = Truth(e, v, a, k.prototype(e)[0])
-        _dvc(proj, env, "repro")
+        _dvc(proj, {**env, "SEKE_TRACE_DIR": str(proj / ".seke" / "trace")}, "repro")
         feid = pl.read_parquet(proj / "data" / "feid" / "feid.parquet")
         assert feid.height >= 1
+        _deps_cover_what_the_stages_read(proj)
         first = len(sim.log)
         assert first > 0 and all(e["response_format"] == "json_schema" for e in sim.log)
         # n: one request per face and round, not one per sample
