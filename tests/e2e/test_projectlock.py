@@ -17,7 +17,7 @@ import pytest
 
 from tasks.infra.projectlock import ProjectBusy, project_lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLD = (
     "import sys, time; from tasks.infra.projectlock import project_lock\n"
     "with project_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flows.cli.common import load_params
 from flows.cli.main import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -21,7 +21,7 @@ from tasks.core.knowledge import load as load_knowledge
 from tasks.core.params import BenchSource
 from tasks.tools import feab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -23,7 +23,7 @@ from tasks.infra.io import RecordWriter
 from tasks.stages.export import feid_row
 
 OLDEST_DATASETS = "2.16.0"  # LLaMA-Factory's minimum (its README's install table)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _jpeg(i: int) -> bytes:

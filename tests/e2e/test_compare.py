@@ -21,7 +21,7 @@ from sklearn.metrics import cohen_kappa_score
 from tasks.tools import compare as C
 from tasks.tools import compare_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_PER_CLASS = 5  # London images per class (neutral, happy)
 
 

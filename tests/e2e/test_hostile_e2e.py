@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from badrows import BAD_ROWS
 from PIL import Image
 from project import make_project, project_env, run
-from test_ingest import BAD_ROWS
 
 pytestmark = pytest.mark.e2e
 
@@ -89,7 +89,7 @@ def corpus(root: Path) -> dict[str, str]:
     os.symlink("/etc/hostname", bad / "link_out.jpg")
     out["bad/link_out.jpg"] = "outside_root"
     # (a broken link is not here: DVC, hashing the input folder as a dependency, stops on it
-    # before ingest runs; ingest's own handling of one is in tests/test_ingest.py)
+    # before ingest runs; ingest's own handling of one is in tests/unit/test_ingest.py)
     out["bad/vanished.jpg"] = "unreadable"  # listed, never there
     out["../../outside.jpg"] = "outside_root"
     out["/etc/passwd"] = "outside_root"

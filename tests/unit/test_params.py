@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from tasks.core.params import Params, ParamsError, load
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_projects_params_load():

@@ -1,6 +1,6 @@
 """The one progress mechanism (`tasks.infra.progress`): plain lines off a terminal, a live bar
 on one, the extra numbers a stage adds. The Prefect progress artifacts of real stage runs are
-checked in tests/test_pipeline_e2e.py."""
+checked in tests/e2e/test_pipeline_e2e.py."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from project import BIN, make_project, project_env, run
 
 from flows import lockfile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = (ROOT / "dvc.lock").read_bytes()
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 CASES = [
     (lambda p: p["sample"].update(kmax="six"), "sample.kmax: Input should be a valid integer"),
     (lambda p: p["verify"].update(target_error=1.5), "verify.target_error: Input should be less than 1"),
     (lambda p: p.update(verfy={"target_error": 0.01}), "verfy: unknown key"),
     (lambda p: p["runtime"].update(concurrency=-3), "runtime.concurrency: Input should be greater than or equal to 1"),
-    (lambda p: p["sample"].update(k0=9), "sample: sample.kmax (6) must be >= sample.k0 (9)"),
+    (lambda p: p["sample"].update(k0=9, kmax=6), "sample: sample.kmax (6) must be >= sample.k0 (9)"),
     (lambda p: p["sample"].update(kmx=3), "sample.kmx: unknown key"),
 ]
 

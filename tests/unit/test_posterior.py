@@ -181,7 +181,7 @@ def test_second_opinion_is_cached_by_crop(tmp_path):
     import hashlib
     from pathlib import Path
 
-    img = Path(__file__).resolve().parents[1] / "data/sample/images/london_happy_001_08.jpg"
+    img = Path(__file__).resolve().parents[2] / "data/sample/images/london_happy_001_08.jpg"
     crop = img.read_bytes()
     sha = hashlib.sha256(crop).hexdigest()
     ops = second_opinion.Opinions(str(tmp_path))

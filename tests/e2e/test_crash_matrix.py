@@ -1,8 +1,8 @@
 """`kill -9` at a random moment of each stage, then the run again as `make feid` runs it
 (`python -m flows.server dvc repro`): the FEID equals an uninterrupted run's, and no temporary
 file is left in the outputs. A kill just after a stage can land while DVC rewrites dvc.lock in
-place; the entry point repairs that (flows/lockfile.py, tests/test_lockfile.py). (The sample
-stage's kill test, with the response cache, is tests/test_openai_resume.py.)"""
+place; the entry point repairs that (flows/lockfile.py, tests/e2e/test_lockfile.py). (The sample
+stage's kill test, with the response cache, is tests/e2e/test_openai_resume.py.)"""
 
 from __future__ import annotations
 

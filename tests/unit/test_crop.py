@@ -13,7 +13,7 @@ from tasks.core.records import ImageRecord
 from tasks.infra.detect import decode
 from tasks.stages.crop import crop_image
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "images"
 
 
 def _img(name: str) -> tuple[ImageRecord, bytes]:

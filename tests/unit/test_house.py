@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # from the bottom up; a module may import from its own layer and the ones below, never above
 LAYERS = [
     ("tasks.core",),

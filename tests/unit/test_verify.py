@@ -346,7 +346,7 @@ def test_adding_agreeing_samples_never_lowers_confidence(base, extra, cal, verif
     calibration."""
     from pathlib import Path
 
-    path = "" if not cal else str(Path(__file__).resolve().parents[1] / "tasks" / "calibration" / f"{cal}.json")
+    path = "" if not cal else str(Path(__file__).resolve().parents[2] / "tasks" / "calibration" / f"{cal}.json")
     if path and not Path(path).exists():
         path = ""
     v = Verify(calibration=path)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from simserver import TEST_KEY, sim_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 

@@ -67,10 +67,10 @@ def test_a_live_segment_is_kept_and_a_dead_process_segment_is_merged(tmp_path):
     live.put(_call(0))
     code = (
         "import json,sys; sys.path.insert(0, sys.argv[2]);"
-        "from tests.test_cache import _call; from tasks.infra.cache import ResponseCache;"
+        "from tests.unit.test_cache import _call; from tasks.infra.cache import ResponseCache;"
         "c = ResponseCache(sys.argv[1], 'sig'); c.put(_call(1)); import os; os._exit(0)"  # never closes
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code, str(tmp_path), root], check=True, cwd=root)
     assert len([f for f in _files(tmp_path / "sig") if f.startswith("live-")]) == 2
     out = compact_all(str(tmp_path))["sig"]

@@ -7,6 +7,7 @@ import io
 
 import fsspec
 import pytest
+from badrows import BAD_ROWS
 from PIL import Image
 
 from tasks.core import knowledge
@@ -91,19 +92,6 @@ def test_parse_labels_records_label_and_au_sets():
     )
     assert "contempt" not in seven["label_set"] and seven["prior_expression"] == "surprise"
     assert parse_labels(K, {}, Ingest())["label_set"] == []
-
-
-BAD_ROWS = [  # (manifest row, the warning, what must survive)
-    ({"valence": "1.5", "arousal": "0", "expression": "happy"}, "outside [-1, 1]", "prior_expression"),
-    ({"valence": "0.2", "AU12": "1"}, "together", "au_set"),
-    ({"expression": "bored", "valence": "0.1", "arousal": "0.2"}, "alias", "prior_valence"),
-    ({"expression": "contempt", "label_set": "happy,sad", "AU06": "1"}, "label_set", "au_set"),
-    ({"expression": "7", "label_scheme": "nope", "valence": "0", "arousal": "0"}, "scheme", "prior_valence"),
-    ({"expression": "happy", "AU99": "1", "AU12": "1"}, "17 AUs", "au_set"),
-    ({"expression": "sad", "AU04": "yes"}, "AU04", "prior_expression"),
-    ({"expression": "anger", "arousal": "high", "valence": "0.1"}, "not a number", "prior_expression"),
-    ({"expression": "fear", "AUxyz": "1"}, "AUxyz", "prior_expression"),
-]
 
 
 @pytest.mark.parametrize("labels,msg,kept", BAD_ROWS)

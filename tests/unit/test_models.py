@@ -9,7 +9,7 @@ import pytest
 
 from tasks.infra import models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_package_pins_match_requirements_models():
