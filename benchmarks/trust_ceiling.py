@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'policy':40} {'answers/face':>12} {'coverage at err<=' + format(max_err, '.3f'):>22} {'acc@60%':>8}")
     pols = [("fixed K=5 + verification", policy_fixed(5)), ("fixed K=10 + verification", policy_fixed(10))]
     pols += [("fixed K=10, by vote share (the study's)", policy_vote_share(10))]
-    pols += [("lead 3, kmax 6 (the default)", policy_lead(3, 6)), ("lead 4, kmax 7", policy_lead(4, 7))]
+    pols += [("lead 3, kmax 6 (the previous default)", policy_lead(3, 6)), ("lead 4, kmax 7", policy_lead(4, 7))]
     pols += [("lead 3, kmax 9", policy_lead(3, 9)), ("lead 2, kmax 6", policy_lead(2, 6))]
     pols += [(f"optimal, mu {mu:g}, lam {lam:g}", policy_optimal(mu, lam)) for mu, lam in OPTIMAL]
     out = {"max_error": max_err, "faces": a.faces, "policies": []}
