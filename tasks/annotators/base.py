@@ -39,6 +39,7 @@ class Annotator(ABC):
     model: str
     supports_verification: bool = False  # answers the verification round (tasks.method.verification)
     is_local_models: bool = False  # its answers are the local models' own: their second opinion adds nothing
+    writes_rationales: bool = True  # its rationales are prose about the face (FEID's description tasks use them)
 
     @classmethod
     def from_params(cls, params) -> "Annotator":

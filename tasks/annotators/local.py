@@ -148,6 +148,7 @@ class LocalAnnotator(Annotator):
     version = VERSION
     supports_verification = True  # from its own signals; see the module docstring
     is_local_models = True
+    writes_rationales = False  # diagnostics (which classifier said what), not prose
 
     @classmethod
     def from_params(cls, params) -> "LocalAnnotator":

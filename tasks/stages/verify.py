@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Iterator
 
 from expectations.frames import Light
+from tasks.annotators import backend_class
 from tasks.core import knowledge
 from tasks.core.params import Params, Verify
 from tasks.core.records import FaceRecord, Verdict
@@ -227,7 +228,7 @@ def run(p: Params) -> dict:
         raise RuntimeError(f"verify: {tr.report['warning']}; {guarantee.HOW_TO_CERTIFY}")
     t = _Tally()
     runner = dask.task_runner(p)
-    texts = annotator_of(p, smp_url)[0] != "local"  # the local stand-in writes diagnostics, not prose
+    texts = backend_class(p.annotator.backend).writes_rationales
     args = (
         (b, by, p.verify, tr, texts, {f["face_id"]: second[f["face_id"]] for f in b if f["face_id"] in second})
         for b, by in batches(faces_url, smp_url, max(p.runtime.batch_size, 1024))
