@@ -8,6 +8,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # test helpers (project.py, sims
 SHARED = ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".seke" / "prefect-tests"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist: each worker its own Prefect home (server, database)
+    os.environ["PREFECT_HOME"] += "-" + os.environ["PYTEST_XDIST_WORKER"]
 from flows import env  # noqa: E402
 
 env.apply()
