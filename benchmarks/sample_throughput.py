@@ -31,7 +31,7 @@ from simserver import face_image  # noqa: E402
 
 from tasks import annotators  # noqa: E402
 from tasks.core.knowledge import load  # noqa: E402
-from tasks.core.params import Annotator, Params, Paths, Runtime  # noqa: E402
+from tasks.core.params import Annotator, Params, Paths, Runtime, Sample  # noqa: E402
 from tasks.core.records import FaceRecord  # noqa: E402
 from tasks.infra.cache import ResponseCache  # noqa: E402
 from tasks.method.pipeline import sample_batch, sample_stream  # noqa: E402
@@ -124,7 +124,11 @@ def main() -> None:
     proc, root = start_sim(a.latency_ms)
     results = []
     try:
-        print(f"simulated VLLM, latency {a.latency_ms:.0f} ms; default sampling params (k0=2, dk=1, kmax=6, verify)")
+        sp = Sample()
+        print(
+            f"simulated VLLM, latency {a.latency_ms:.0f} ms; default sampling params (k0={sp.k0}, dk={sp.dk}, "
+            f"kmax={sp.kmax}, verify_round={sp.verify_round})"
+        )
         cols = [("mode", 10), ("conc", 5), ("faces", 6), ("requests", 8), ("req/face", 8), ("wall s", 7)]
         print(" ".join(f"{c:>{w}}" for c, w in cols + [("ideal s", 7), ("ratio", 6)]))
         plan = [
