@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -33,7 +35,7 @@ def render(page: Path, screenshot: Path, size: str = "1280,2000") -> tuple[int, 
     """Load `page` in headless Chromium, save a screenshot, and return (images loaded, images
     on the page) as the page's own load handler counted them (`data-images`)."""
     exe = need_chromium()
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:  # helpers may write late
         base = [exe, *FLAGS, f"--user-data-dir={profile}"]
         dom = subprocess.run(
             [*base, "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
@@ -68,7 +70,7 @@ def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as profile:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:  # helpers may write late
         proc = subprocess.Popen(
             [
                 exe,
@@ -80,6 +82,7 @@ def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: 
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its renderer and helper processes share its group: stopped together
         )
         try:
             t0 = time.monotonic()
@@ -124,7 +127,7 @@ def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: 
 
             png = asyncio.run(drive())
         finally:
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
     screenshot.write_bytes(png)
     return len(png)
