@@ -457,6 +457,7 @@ def self_calibrated(
     workdir: Path,
     seed: int,
     k10_rows: list[dict] | None,
+    scores_out: Path | None = None,
 ) -> dict:
     """The pipeline as a user runs it: `share` of the people labelled, no calibration file,
     verify.target_error; measured on the unlabelled faces only."""
@@ -480,6 +481,8 @@ def self_calibrated(
     per = [decide(f, samples[f["face_id"]], k, p.verify, tr, SECOND.get(f["face_id"])) for f in fs]
     whole = [decide(f, samples[f["face_id"]], k, whole_v, tr, SECOND.get(f["face_id"])) for f in fs]
     unl = [v for v in per if not by[v.face_id]["prior_expression"]]
+    if scores_out:
+        write_scores(scores_out, share, tr, unl, by)
     acc = [v for v in unl if v.expression_status == "accepted"]
     right = [v.expression == by[v.face_id]["truth"] for v in acc]
     gen = [v for v in unl if v.expression_confidence is not None]
@@ -540,6 +543,23 @@ def self_calibrated(
         },
     }
     return out
+
+
+def write_scores(path: Path, share: float, tr, unl: list, by: dict) -> None:
+    """The run's out-of-fold calibration scores (is each right, is it gated) and its unlabelled
+    faces' confidences (is each right, could a threshold accept it): what
+    `benchmarks/ltt_walks.py` replays Learn-then-Test variants on."""
+    path.mkdir(parents=True, exist_ok=True)
+    d = {
+        "share": share,
+        "threshold": tr.threshold,
+        "calibration": [[float(sc), bool(ok)] for sc, ok in tr.scores],
+        "gated": [bool(g) for g in (tr.gated or [False] * len(tr.scores))],
+        "unlabelled": [
+            [v.expression_confidence, v.expression == by[v.face_id]["truth"], set(v.reasons) <= SOFT] for v in unl
+        ],
+    }
+    (path / f"scores_{share}.json").write_text(json.dumps(d))
 
 
 SOFT = {"low_confidence", "no_guarantee", "failed_verification"}  # reasons a threshold decides
@@ -680,6 +700,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument(
+        "--scores",
+        help="with --self-calibrated: write each share's calibration scores and unlabelled confidences "
+        "to this folder (scores_<share>.json, read by benchmarks/ltt_walks.py)",
+    )
+    ap.add_argument(
         "--no-second-opinion",
         action="store_true",
         help="sim: do not give the evidence model the local models' label of each crop",
@@ -785,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
                     workdir,
                     args.seed,
                     all_rows.get("fixed K=10"),
+                    Path(args.scores) if args.scores else None,
                 )
             )
             print(f"  self-calibrated, {share:.0%} labelled: done in {self_results[-1]['seconds']:.0f} s")

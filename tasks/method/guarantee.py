@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tasks.method.trust import Trust, _chain, _upper, cp_upper
+from tasks.method.trust import Trust, _chain, _upper, cp_upper, need_faces, walks
 
 
 def finish(tr: Trust, v, unlabelled_scores: list[float]) -> None:
@@ -115,9 +115,9 @@ def label_budget(
     for N in extra:
         f = (n + N) / n
         m, k = np.round(depth * f), np.round(wrong * f)
-        need = math.ceil(math.log(0.2 * delta) / math.log(1 - target_error)) if 0 < target_error < 1 else 1
+        need = need_faces(target_error, delta)
         best = 0.0
-        for start, share in ((need, 0.2), (max(need, (n + N) // 4), 0.3), (max(need, (n + N) // 2), 0.5)):
+        for start, share in walks(n + N, need):
             j = _chain(m, k, _upper(k, m, share * delta), target_error, start)
             if j is not None:
                 best = max(best, float(depth[j] / n))
@@ -134,13 +134,13 @@ HOW_TO_CERTIFY = (
 
 def min_labels(v) -> int:
     """The fewest labelled faces with which any threshold can pass: Learn-then-Test's strictest
-    walk needs `need` accepted calibration faces with no error at all (at delta / 5); conformal
+    walk needs `need_faces` accepted calibration faces with no error at all; conformal
     selection needs a p-value 1 / (n + 1) <= target_error."""
     if v.target_error <= 0:
         return 0
     if v.guarantee == "fdr":
         return max(1, math.ceil(1 / v.target_error - 1))
-    return math.ceil(math.log(0.2 * v.delta) / math.log(1 - v.target_error))
+    return need_faces(v.target_error, v.delta)
 
 
 def budget_line(rep: dict) -> str:

@@ -15,12 +15,15 @@ true expression y:
   per-face label, `D[y, d]` learned) with probability `rho`, else any other label.
   Systematic errors are thus modelled, not assumed away: a face whose wrong answers repeat
   one label is explained by a distractor, not by a second true expression.
-- Each answer's AU u is on with probability `theta[s, u]` when its stated label s is y;
-  when s is wrong, it follows the stated label with probability `lam[u]` (a rationalising
-  model: `lam` near 1) and the face with 1 - `lam[u]`. `theta` is the AU rate of right
-  answers per expression.
-- Each answer's VA is Gaussian around `beta * mu[s] + (1 - beta) * mu[y]` (`mu`: the VA of
-  right answers per expression; `beta`: how far a wrong answer's VA follows its label).
+- The face has its own true AUs and VA: AU u present with probability `phi[y, u]`, VA
+  drawn around `mu[y]` with spread `tau`. Every answer, right or wrong, reports each AU
+  either from its stated label (with probability `lam[u]`; then u is on with probability
+  `theta[s, u]`, a rationalising model: `lam` near 1) or from the face (then it reports the
+  face's own AU, flipped with probability `eps`). Its VA is `beta * mu[s] + (1 - beta) * v`
+  plus noise `sig`, with v the face's own VA. Because the face's AUs and VA are one latent
+  value shared by all its answers, the model knows that five answers leaking the same smile
+  are one face's smile, not five independent pieces of evidence; the face's latent AUs are
+  summed out per AU and its VA integrated in closed form (an equicorrelated Gaussian).
 - The verification round: the annotator confirms a proposal that is y with `conf[0]`, the
   face's distractor with `conf[1]`, another wrong label with `conf[2]`; a refusal's
   correction is one more answer that is not the proposal.
@@ -49,14 +52,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tasks.core.knowledge import AUS, Knowledge
+from tasks.method import leakage
 
 SIGNALS = ("aus", "va", "verification", "second_opinion")
 GRID = np.linspace(0.05, 0.95, 10)  # the per-face accuracy a
 _EPS = 1e-9
-_KAPPA = 5.0  # pseudo-answers with which the knowledge priors shrink theta and mu
-_SD_FLOOR = 0.05
 _NOT_GENERATED = ("blind", "verify", "verify_blind")
-_STATE = ("log_prior", "pi", "D", "theta", "lam", "mu", "beta", "sd", "conf", "S")
+_STATE = ("log_prior", "pi", "D", "theta", "phi", "lam", "mu", "beta", "tau", "sig", "conf", "S")
 
 
 @dataclass
@@ -134,11 +136,14 @@ class EvidenceModel:
     pi: np.ndarray  # (G,) distribution of the per-face accuracy over GRID
     rho: float  # share of wrong answers that name the face's distractor
     D: np.ndarray  # (C, C) P(distractor d | y), zero diagonal
-    theta: np.ndarray  # (C, 17) AU rates of right answers
-    lam: np.ndarray  # (17,) P(a wrong answer's AU follows its stated label)
-    mu: np.ndarray  # (C, 2) VA of right answers
-    beta: np.ndarray  # (2,) how far a wrong answer's VA follows its stated label
-    sd: np.ndarray  # (2, 2) VA spread of [right, wrong] answers
+    theta: np.ndarray  # (C, 17) AU rates of an answer that reports its stated label s
+    phi: np.ndarray  # (C, 17) AU rates of the faces of each expression
+    lam: np.ndarray  # (17,) P(an answer's AU follows its stated label, not the face); one rate, fitted pooled
+    eps: float  # P(an answer that reports the face's AU gets it wrong)
+    mu: np.ndarray  # (C, 2) VA centre of each expression
+    beta: np.ndarray  # (2,) how far an answer's VA follows its stated label, not the face
+    tau: np.ndarray  # (2,) spread of the faces' own VA around mu[y]
+    sig: np.ndarray  # (2,) an answer's VA noise
     conf: np.ndarray  # (3,) P(confirm) for a proposal that is y / the distractor / another label
     S: np.ndarray  # (C, C) P(second opinion l | y)
     n_faces: int = 0
@@ -147,22 +152,14 @@ class EvidenceModel:
     def _answer_terms(self, ev: FaceEvidence) -> np.ndarray:
         """(C,) log-likelihood of the answers' AUs and VA under each true expression."""
         C = len(self.labels)
-        out = np.zeros(C)
         if not len(ev.stated):
-            return out
-        s = ev.stated
+            return np.zeros(C)
+        A, V, S = ev.aus[None], ev.va[None], ev.stated[None]
+        out = np.zeros(C)
         if "aus" in self.signals:
-            a = ev.aus[:, None, :]  # (n, 1, U)
-            p = self.lam * self.theta[s][:, None, :] + (1 - self.lam) * self.theta[None, :, :]  # (n, C, U)
-            ll = np.where(np.isnan(a), 0.0, np.where(a > 0.5, np.log(p), np.log1p(-p)))
-            out += ll.sum(axis=(0, 2))
+            out += leakage.au_terms(self, A, S)[0]
         if "va" in self.signals:
-            v = ev.va[:, None, :]
-            m = self.beta * self.mu[s][:, None, :] + (1 - self.beta) * self.mu[None, :, :]  # (n, C, 2)
-            right = s[:, None] == np.arange(C)[None, :]  # (n, C)
-            sd = np.where(right[..., None], self.sd[0], self.sd[1])
-            ll = -0.5 * ((v - m) / sd) ** 2 - np.log(sd)
-            out += np.where(np.isnan(v), 0.0, ll).sum(axis=(0, 2))
+            out += leakage.va_terms(self, V, S)[0]
         return out
 
     def _vote_terms(self, ev: FaceEvidence) -> np.ndarray:
@@ -230,7 +227,7 @@ class EvidenceModel:
     def to_state(self) -> dict:
         """Every parameter, as trust.json keeps it (`from_state` reads it back)."""
         d = {name: np.asarray(getattr(self, name)).tolist() for name in _STATE}
-        d.update(labels=list(self.labels), signals=list(self.signals), rho=self.rho, n_faces=self.n_faces)
+        d.update(labels=list(self.labels), signals=list(self.signals), rho=self.rho, eps=self.eps, n_faces=self.n_faces)
         return d
 
     @staticmethod
@@ -240,6 +237,7 @@ class EvidenceModel:
             labels=tuple(d["labels"]),
             signals=tuple(d["signals"]),
             rho=float(d["rho"]),
+            eps=float(d["eps"]),
             n_faces=int(d["n_faces"]),
             **arrays,
         )
@@ -254,8 +252,10 @@ class EvidenceModel:
             "distractor_share": round(self.rho, 4),
             "au_follow_stated": dict(zip(AUS, r(self.lam))),
             "au_follow_stated_mean": round(float(self.lam.mean()), 4),
+            "au_misread_face": round(float(self.eps), 4),
             "va_follow_stated": r(self.beta),
-            "va_spread_right_wrong": r(self.sd),
+            "va_face_spread": r(self.tau),
+            "va_answer_noise": r(self.sig),
             "confirm_rate_right_distractor_other": r(self.conf),
             "second_opinion_accuracy": round(float(np.mean(np.diag(self.S))), 4),
         }
@@ -280,11 +280,14 @@ def initial(k: Knowledge, signals: tuple[str, ...] = SIGNALS) -> EvidenceModel:
         rho=0.5,
         D=D,
         theta=theta,
-        # a VLLM rationalises: most of a wrong answer's AUs and VA follow its label (fitted per run)
+        phi=theta.copy(),
+        # a VLLM rationalises: most of an answer's AUs and VA follow its label (fitted per run)
         lam=np.full(len(AUS), 0.75),
+        eps=0.05,
         mu=mu,
         beta=np.full(2, 0.75),
-        sd=np.full((2, 2), 0.3),
+        tau=np.full(2, 0.3),
+        sig=np.full(2, 0.2),
         conf=np.array([0.8, 0.4, 0.3]),
         S=np.full((C, C), 1 / C) * 0.5 + np.eye(C) * 0.5,
     )
@@ -300,13 +303,9 @@ def fit(rows: list[tuple[FaceEvidence, int]], k: Knowledge, signals: tuple[str, 
     truth = np.array([y for _, y in rows])
     counts = np.bincount(truth, minlength=C)
     m.log_prior = np.log((counts + 5.0) / (counts.sum() + 5.0 * C))
-    stated = np.concatenate([ev.stated for ev, _ in rows]) if rows else np.zeros(0, int)
-    ytrue = np.concatenate([np.full(len(ev.stated), y) for ev, y in rows])
-    aus = np.concatenate([ev.aus for ev, _ in rows])
-    va = np.concatenate([ev.va for ev, _ in rows])
-    right = stated == ytrue
-    _fit_aus(m, stated, ytrue, aus, right)
-    _fit_va(m, stated, ytrue, va, right)
+    A, V, S = leakage.pad([ev for ev, _ in rows])
+    leakage.fit_aus(m, A, S, truth)
+    leakage.fit_va(m, V, S, truth)
     _fit_votes(m, rows, iters)
     sec = [(ev.second, y) for ev, y in rows if ev.second >= 0]
     if sec:
@@ -315,44 +314,6 @@ def fit(rows: list[tuple[FaceEvidence, int]], k: Knowledge, signals: tuple[str, 
             S[y, lab] += 1
         m.S = S / S.sum(axis=1, keepdims=True)
     return m
-
-
-def _fit_aus(m: EvidenceModel, stated, ytrue, aus, right) -> None:
-    """theta from right answers (shrunk to the prototypes); lam per AU by EM on wrong answers."""
-    for c in range(len(m.labels)):
-        sel = right & (stated == c)
-        x = aus[sel]
-        on = np.nansum(x, axis=0)
-        seen = (~np.isnan(x)).sum(axis=0)
-        m.theta[c] = np.clip((on + _KAPPA * m.theta[c]) / (seen + _KAPPA), 0.01, 0.99)
-    w = ~right
-    x, ts, ty = aus[w], m.theta[stated[w]], m.theta[ytrue[w]]
-    obs = ~np.isnan(x)
-    xs = np.nan_to_num(x)
-    ps = np.where(xs > 0.5, ts, 1 - ts)
-    py = np.where(xs > 0.5, ty, 1 - ty)
-    lam = m.lam.copy()
-    for _ in range(50):
-        r = lam * ps / (lam * ps + (1 - lam) * py)
-        lam = (np.where(obs, r, 0).sum(axis=0) + 1.0) / (obs.sum(axis=0) + 2.0)
-    m.lam = np.clip(lam, 0.01, 0.99)
-
-
-def _fit_va(m: EvidenceModel, stated, ytrue, va, right) -> None:
-    """mu from right answers (shrunk to the centroids), beta by least squares on wrong answers."""
-    ok = ~np.isnan(va).any(axis=1)
-    for c in range(len(m.labels)):
-        sel = ok & right & (stated == c)
-        m.mu[c] = (va[sel].sum(axis=0) + _KAPPA * m.mu[c]) / (sel.sum() + _KAPPA)
-    r_ok = ok & right
-    if r_ok.sum() > 2:
-        m.sd[0] = np.maximum(np.sqrt(((va[r_ok] - m.mu[stated[r_ok]]) ** 2).mean(axis=0)), _SD_FLOOR)
-    w = ok & ~right
-    if w.sum() > 2:
-        dx = m.mu[stated[w]] - m.mu[ytrue[w]]
-        dr = va[w] - m.mu[ytrue[w]]
-        m.beta = np.clip((dx * dr).sum(axis=0) / np.maximum((dx * dx).sum(axis=0), _EPS), 0.0, 1.0)
-        m.sd[1] = np.maximum(np.sqrt(((dr - m.beta * dx) ** 2).mean(axis=0)), _SD_FLOOR)
 
 
 def _fit_votes(m: EvidenceModel, rows: list[tuple[FaceEvidence, int]], iters: int) -> None:

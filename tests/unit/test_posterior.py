@@ -35,7 +35,8 @@ def _truth_tables(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def draw_faces(n: int, seed: int, lam: float, beta: float, rho=0.7, conf=(0.9, 0.3), n_answers=5):
     """Faces from the evidence model's own generative story with known parameters: per-face
-    accuracy and distractor, AUs and VA that follow the stated label with `lam` / `beta`,
+    accuracy and distractor; each face's own AUs and VA; each answer's AUs and VA follow its
+    stated label with `lam` / `beta`, else the face's own (an AU misread 3% of the time);
     one verification answer on the majority label."""
     rng = np.random.default_rng(seed)
     theta, mu = _truth_tables(rng)
@@ -44,6 +45,8 @@ def draw_faces(n: int, seed: int, lam: float, beta: float, rho=0.7, conf=(0.9, 0
         y = int(rng.integers(C))
         acc = rng.uniform(0.4, 1.0)
         d = int(rng.choice([c for c in range(C) if c != y]))
+        own_aus = rng.random(len(AUS)) < theta[y]
+        own_va = mu[y] + rng.normal(0, 0.15, 2)
         stated = []
         for _ in range(n_answers):
             if rng.random() < acc:
@@ -53,9 +56,15 @@ def draw_faces(n: int, seed: int, lam: float, beta: float, rho=0.7, conf=(0.9, 0
             else:
                 stated.append(int(rng.choice([c for c in range(C) if c != y])))
         aus = np.array(
-            [[float(rng.random() < theta[s if rng.random() < lam else y, u]) for u in range(len(AUS))] for s in stated]
+            [
+                [
+                    float(rng.random() < theta[s, u] if rng.random() < lam else own_aus[u] != (rng.random() < 0.03))
+                    for u in range(len(AUS))
+                ]
+                for s in stated
+            ]
         )
-        va = np.array([beta * mu[s] + (1 - beta) * mu[y] + rng.normal(0, 0.12, 2) for s in stated])
+        va = np.array([beta * mu[s] + (1 - beta) * own_va + rng.normal(0, 0.12, 2) for s in stated])
         prop = int(np.bincount(stated, minlength=C).argmax())
         ok = rng.random() < (conf[0] if prop == y else conf[1])
         corr = -1
@@ -77,6 +86,7 @@ def test_recovers_known_parameters():
     assert abs(float(m.lam.mean()) - 0.8) < 0.08
     assert np.all(np.abs(m.beta - 0.7) < 0.1)
     assert abs(m.rho - 0.7) < 0.1
+    assert abs(m.eps - 0.03) < 0.02 and np.all(np.abs(m.tau - 0.15) < 0.07) and np.all(np.abs(m.sig - 0.12) < 0.03)
     assert abs(m.conf[0] - 0.9) < 0.05
     assert abs(float((m.pi * posterior.GRID).sum()) - 0.7) < 0.05  # mean of U(0.4, 1.0)
 
