@@ -10,7 +10,7 @@ import pytest
 from tasks.core.params import Verify
 from tasks.method import trust
 from tasks.method.guarantee import settle
-from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, select_threshold
+from tasks.method.trust import CalRow, build, cp_upper, ece, folds_by_subject, load_saved, select_threshold
 
 
 def _draw(n: int, r: random.Random) -> tuple[list[float], list[bool]]:
@@ -147,3 +147,21 @@ def test_an_earlier_runs_trust_is_reused_only_for_the_same_run_kind(tmp_path):
     assert again.calibrator({"vote_lead": 3.0}) == pytest.approx(first.calibrator({"vote_lead": 3.0}))
     other = build(_rows(10), v, annotator="openai", run={"model": "other", "prompt_version": "v1"})
     assert other.report["source"] == "default" and other.threshold is None
+
+
+def test_a_trust_file_from_an_older_evidence_model_is_not_reused(tmp_path):
+    """An evidence model saved by an earlier version (without the face's own AUs and VA) is
+    not read into this one's: the run fits anew rather than scoring with half a model."""
+    import json
+
+    from tasks.core.knowledge import load
+    from tasks.method import posterior
+
+    state = posterior.initial(load()).to_state()
+    f = tmp_path / "trust.json"
+    body = {"model": {"intercept": 0.0, "coef": {"vote_lead": 1.0}}, "threshold": 0.9, "report": {}}
+    f.write_text(json.dumps({**body, "evidence_model": state}))
+    assert load_saved(str(f), {}).evidence is not None
+    old = {k: v for k, v in state.items() if k not in ("phi", "eps", "tau", "sig")}
+    f.write_text(json.dumps({**body, "evidence_model": old}))
+    assert load_saved(str(f), {}) is None
