@@ -75,6 +75,36 @@ class FaceEvidence:
     second: int = -1
 
 
+@dataclass
+class VoteStats:
+    """What the vote part of the model reads of many faces at once: label counts, the
+    verification round's proposal (-1: none), its confirmations, refusals, and refusals'
+    corrections counted by label."""
+
+    cnt: np.ndarray  # (F, C)
+    n: np.ndarray  # (F,)
+    proposal: np.ndarray  # (F,)
+    n_ok: np.ndarray  # (F,)
+    n_ref: np.ndarray  # (F,)
+    corr: np.ndarray  # (F, C)
+
+
+def vote_stats(evs: list[FaceEvidence], C: int) -> VoteStats:
+    F = len(evs)
+    cnt, corr = np.zeros((F, C)), np.zeros((F, C))
+    prop, n_ok, n_ref = np.full(F, -1), np.zeros(F), np.zeros(F)
+    for f, ev in enumerate(evs):
+        cnt[f] = np.bincount(ev.stated, minlength=C)
+        if ev.proposal >= 0:
+            prop[f] = ev.proposal
+            for ok, c in ev.verdicts:
+                n_ok[f] += ok
+                n_ref[f] += not ok
+                if not ok and c >= 0:
+                    corr[f, c] += 1
+    return VoteStats(cnt, cnt.sum(axis=1), prop, n_ok, n_ref, corr)
+
+
 def face_evidence(
     samples: list[dict],
     labels: tuple[str, ...],
@@ -162,41 +192,41 @@ class EvidenceModel:
             out += leakage.va_terms(self, V, S)[0]
         return out
 
-    def _vote_terms(self, ev: FaceEvidence) -> np.ndarray:
-        """(C, C, G) log-likelihood of the stated labels and the verification round under
-        (true y, distractor d, accuracy a)."""
+    def _vote_terms(self, vs: "VoteStats") -> np.ndarray:
+        """(F, C, C, G) log-likelihood of each face's stated labels and verification round
+        under (true y, distractor d, accuracy a)."""
         C = len(self.labels)
-        cnt = np.bincount(ev.stated, minlength=C).astype(float)
-        n = cnt.sum()
-        a = GRID[None, None, :]
-        lp_y, lp_d, lp_o = self._answer_probs()
-        kr = cnt[:, None, None]
-        kd = cnt[None, :, None] * np.ones((C, 1, 1))
-        ko = n - kr - kd
-        out = kr * lp_y + kd * lp_d + ko * lp_o
-        if "verification" in self.signals and ev.proposal >= 0:
-            p = ev.proposal
-            pc = np.full((C, C), self.conf[2])
-            pc[:, p] = self.conf[1]
-            pc[p, :] = self.conf[0]
-            pc = pc[:, :, None]
-
-            # P(an answer states label c) under (y, d, a), for the proposal and the corrections
-            def p_state(c: int) -> np.ndarray:
-                q = np.broadcast_to(np.exp(lp_o), (C, C, len(GRID))).copy()
-                q[:, c, :] = np.exp(lp_d[0, 0, :])
-                q[c, :, :] = a[0]
-                return q
-
-            not_p = np.clip(1 - p_state(p), _EPS, 1)
-            for ok, corr in ev.verdicts:
-                if ok:
-                    out = out + np.log(pc)
-                else:
-                    out = out + np.log1p(-pc)
-                    if corr >= 0:
-                        out = out + np.log(np.clip(p_state(corr), _EPS, 1)) - np.log(not_p)
+        lp_y, lp_d, lp_o = self._answer_probs()  # (G,) each
+        cnt = vs.cnt[:, :, None, None]  # (F, C, 1, 1): answers stating y
+        kd = vs.cnt[:, None, :, None]  # (F, 1, C, 1): answers stating d
+        out = cnt * lp_y + kd * lp_d + (vs.n[:, None, None, None] - cnt - kd) * lp_o
+        if "verification" not in self.signals or not (vs.proposal >= 0).any():
+            return out
+        log_state, log_not = self._state_logs()
+        f = np.flatnonzero(vs.proposal >= 0)
+        pr, i = vs.proposal[f], np.arange(len(f))
+        pc = np.full((len(f), C, C), self.conf[2])
+        pc[i, :, pr] = self.conf[1]
+        pc[i, pr, :] = self.conf[0]
+        pc = pc[..., None]
+        out[f] += vs.n_ok[f, None, None, None] * np.log(pc) + vs.n_ref[f, None, None, None] * np.log1p(-pc)
+        corr = vs.corr[f]
+        out[f] += np.tensordot(corr, log_state, axes=1) - corr.sum(axis=1)[:, None, None, None] * log_not[pr]
         return out
+
+    def _state_logs(self) -> tuple[np.ndarray, np.ndarray]:
+        """log P(an answer states c) and log P(it does not), under (y, d, a), for every label c:
+        (c, y, d, G) each. They depend on rho alone, so they are kept until it changes."""
+        key = ("state_logs", self.rho)
+        if getattr(self, "_cached", (None,))[0] != key:
+            C = len(self.labels)
+            lp_y, lp_d, lp_o = self._answer_probs()
+            q = np.broadcast_to(np.exp(lp_o), (C, C, C, len(GRID))).copy()
+            for c in range(C):
+                q[c, :, c, :] = np.exp(lp_d)
+                q[c, c, :, :] = GRID
+            self._cached = (key, np.log(np.clip(q, _EPS, 1)), np.log(np.clip(1 - q, _EPS, 1)))
+        return self._cached[1], self._cached[2]
 
     def _answer_probs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """log P(an answer states y), P(states the distractor), P(states one other label), on GRID."""
@@ -205,15 +235,15 @@ class EvidenceModel:
         lp_y = np.log(a)
         lp_d = np.log((1 - a) * (self.rho + (1 - self.rho) / (C - 1)))
         lp_o = np.log((1 - a) * (1 - self.rho) / (C - 1))
-        return lp_y[None, None, :], lp_d[None, None, :], lp_o[None, None, :]
+        return lp_y, lp_d, lp_o
 
-    def _latent(self, ev: FaceEvidence) -> np.ndarray:
-        """(C, C, G) log joint of (y, d, a) and the face's votes and verification round."""
-        return np.log(self.D + _EPS)[:, :, None] + np.log(self.pi)[None, None, :] + self._vote_terms(ev)
+    def _latent(self, vs: "VoteStats") -> np.ndarray:
+        """(F, C, C, G) log joint of (y, d, a) and each face's votes and verification round."""
+        return np.log(self.D + _EPS)[None, :, :, None] + np.log(self.pi)[None, None, None, :] + self._vote_terms(vs)
 
     def log_posterior(self, ev: FaceEvidence) -> np.ndarray:
         """(C,) log P(y | everything the face's answers carry)."""
-        lat = self._latent(ev)
+        lat = self._latent(vote_stats([ev], len(self.labels)))[0]
         m = lat.max(axis=(1, 2), keepdims=True)
         votes = (m + np.log(np.exp(lat - m).sum(axis=(1, 2), keepdims=True)))[:, 0, 0]
         lp = self.log_prior + votes + self._answer_terms(ev)
@@ -317,40 +347,45 @@ def fit(rows: list[tuple[FaceEvidence, int]], k: Knowledge, signals: tuple[str, 
 
 
 def _fit_votes(m: EvidenceModel, rows: list[tuple[FaceEvidence, int]], iters: int) -> None:
-    """EM for the accuracy distribution, the distractors, their share and the confirm rates."""
+    """EM for the accuracy distribution, the distractors, their share and the confirm rates,
+    over all calibration faces at once (in chunks, to bound memory)."""
     C = len(m.labels)
+    vs = vote_stats([ev for ev, _ in rows], C)
+    y = np.array([t for _, t in rows])
+    F = len(y)
+    verdicts = vs.n_ok + vs.n_ref
+    has_p = vs.proposal >= 0
+    wrong_n = float((vs.n - vs.cnt[np.arange(F), y]).sum())
     for _ in range(iters):
-        pi_acc = np.full(len(GRID), 0.5 / len(GRID))
-        D_acc = np.ones((C, C)) - np.eye(C)
-        sys_n = wrong_n = 0.0
-        conf_n = np.array([1.0, 1.0, 1.0])
-        conf_d = np.array([2.0, 2.0, 2.0])
         frac_d = m.rho / (m.rho + (1 - m.rho) / (C - 1))  # P(systematic | a wrong answer names d)
-        for ev, y in rows:
-            lat = m._latent(ev)[y]  # (C, G) over (d, a)
-            lat[y] = -np.inf
-            r = np.exp(lat - lat.max())
-            r /= r.sum()
-            pi_acc += r.sum(axis=0)
-            D_acc[y] += r.sum(axis=1)
-            cnt = np.bincount(ev.stated, minlength=C).astype(float)
-            wrong = cnt.sum() - cnt[y]
-            rd = r.sum(axis=1)  # P(d | face)
-            sys_n += float((rd * cnt).sum()) * frac_d
-            wrong_n += wrong
-            if ev.proposal >= 0:
-                oks = [ok for ok, _ in ev.verdicts]
-                if ev.proposal == y:
-                    conf_n[0] += sum(oks)
-                    conf_d[0] += len(oks)
-                else:
-                    w_d = rd[ev.proposal]
-                    conf_n[1] += w_d * sum(oks)
-                    conf_d[1] += w_d * len(oks)
-                    conf_n[2] += (1 - w_d) * sum(oks)
-                    conf_d[2] += (1 - w_d) * len(oks)
+        r = np.empty((F, C, len(GRID)))
+        for lo in range(0, F, 1024):
+            sl = slice(lo, lo + 1024)
+            part = _sub(vs, sl)
+            lat = m._latent(part)[np.arange(len(part.n)), y[sl]]  # (f, C, G) over (d, a)
+            lat[np.arange(len(part.n)), y[sl]] = -np.inf
+            e = np.exp(lat - lat.max(axis=(1, 2), keepdims=True))
+            r[sl] = e / e.sum(axis=(1, 2), keepdims=True)
+        rd = r.sum(axis=2)  # (F, C): P(d | face)
+        pi_acc = np.full(len(GRID), 0.5 / len(GRID)) + r.sum(axis=(0, 1))
+        D_acc = np.ones((C, C)) - np.eye(C)
+        np.add.at(D_acc, y, rd)
+        sys_n = float((rd * vs.cnt).sum()) * frac_d
+        right = has_p & (vs.proposal == y)
+        w_d = np.where(has_p & ~right, rd[np.arange(F), np.maximum(vs.proposal, 0)], 0.0)
+        other = has_p & ~right
+        conf_n = np.array(
+            [1.0 + vs.n_ok[right].sum(), 1.0 + (w_d * vs.n_ok).sum(), 1.0 + ((1 - w_d) * vs.n_ok)[other].sum()]
+        )
+        conf_d = np.array(
+            [2.0 + verdicts[right].sum(), 2.0 + (w_d * verdicts).sum(), 2.0 + ((1 - w_d) * verdicts)[other].sum()]
+        )
         m.pi = pi_acc / pi_acc.sum()
         np.fill_diagonal(D_acc, 0.0)
         m.D = D_acc / D_acc.sum(axis=1, keepdims=True)
         m.rho = float(np.clip(sys_n / wrong_n, 0.0, 0.99)) if wrong_n else m.rho
         m.conf = np.clip(conf_n / conf_d, 0.01, 0.99)
+
+
+def _sub(vs: VoteStats, sl: slice) -> VoteStats:
+    return VoteStats(vs.cnt[sl], vs.n[sl], vs.proposal[sl], vs.n_ok[sl], vs.n_ref[sl], vs.corr[sl])
