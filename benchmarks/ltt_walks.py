@@ -36,14 +36,9 @@ SPLITS = {
 
 
 def select(d: dict, walks, target: float, delta: float) -> float | None:
-    saved = trust.WALKS
-    trust.WALKS = walks
-    try:
-        sc = [x[0] for x in d["calibration"]]
-        ok = [x[1] for x in d["calibration"]]
-        return trust.select_threshold(sc, ok, target, delta, d["gated"]).threshold
-    finally:
-        trust.WALKS = saved
+    sc = [x[0] for x in d["calibration"]]
+    ok = [x[1] for x in d["calibration"]]
+    return trust.select_threshold(sc, ok, target, delta, d["gated"], table=walks).threshold
 
 
 def hindsight(d: dict, target: float, delta: float) -> float | None:

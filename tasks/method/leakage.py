@@ -49,9 +49,10 @@ def _au_pieces(m: Any, A: np.ndarray, S: np.ndarray):
     return obs, a, bs, 1 - b1, b1
 
 
-def _au_given_face(m: Any, A: np.ndarray, S: np.ndarray):
-    """log P(a face's answers for AU u | the face's AU u absent / present): (F, U) each."""
-    obs, _, bs, b0, b1 = _au_pieces(m, A, S)
+def _au_given_face(m: Any, pieces) -> tuple[np.ndarray, np.ndarray]:
+    """log P(a face's answers for AU u | the face's AU u absent / present): (F, U) each, from
+    `_au_pieces`."""
+    obs, _, bs, b0, b1 = pieces
     l0 = np.where(obs, np.log(m.lam * bs + (1 - m.lam) * b0), 0.0).sum(axis=1)
     l1 = np.where(obs, np.log(m.lam * bs + (1 - m.lam) * b1), 0.0).sum(axis=1)
     return l0, l1
@@ -60,7 +61,7 @@ def _au_given_face(m: Any, A: np.ndarray, S: np.ndarray):
 def au_terms(m: Any, A: np.ndarray, S: np.ndarray) -> np.ndarray:
     """(F, C) log-likelihood of each face's answers' AUs under each true expression y: per AU,
     the face's own AU summed out (present with probability phi[y, u])."""
-    l0, l1 = _au_given_face(m, A, S)
+    l0, l1 = _au_given_face(m, _au_pieces(m, A, S))
     top = np.maximum(l0, l1)[:, None, :]
     e0, e1 = np.exp(l0[:, None, :] - top), np.exp(l1[:, None, :] - top)
     return (top + np.log(m.phi[None] * e1 + (1 - m.phi[None]) * e0)).sum(axis=2)
@@ -96,8 +97,9 @@ def fit_aus(m: Any, A: np.ndarray, S: np.ndarray, truth: np.ndarray, iters: int 
         return
     prior = m.theta.copy()
     for _ in range(iters):
-        obs, a, bs, b0, b1 = _au_pieces(m, A, S)
-        l0, l1 = _au_given_face(m, A, S)
+        pieces = _au_pieces(m, A, S)
+        obs, a, bs, b0, b1 = pieces
+        l0, l1 = _au_given_face(m, pieces)
         ph = m.phi[truth]  # (F, U)
         top = np.maximum(l0, l1)
         w1 = ph * np.exp(l1 - top)

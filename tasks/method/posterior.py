@@ -17,8 +17,8 @@ true expression y:
   one label is explained by a distractor, not by a second true expression.
 - The face has its own true AUs and VA: AU u present with probability `phi[y, u]`, VA
   drawn around `mu[y]` with spread `tau`. Every answer, right or wrong, reports each AU
-  either from its stated label (with probability `lam[u]`; then u is on with probability
-  `theta[s, u]`, a rationalising model: `lam` near 1) or from the face (then it reports the
+  either from its stated label (with probability `lam`, one rate for all AUs; then u is on
+  with probability `theta[s, u]`, a rationalising model: `lam` near 1) or from the face (then it reports the
   face's own AU, flipped with probability `eps`). Its VA is `beta * mu[s] + (1 - beta) * v`
   plus noise `sig`, with v the face's own VA. Because the face's AUs and VA are one latent
   value shared by all its answers, the model knows that five answers leaking the same smile

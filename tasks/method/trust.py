@@ -103,22 +103,22 @@ def _chain(m: np.ndarray, k: np.ndarray, u: np.ndarray, target_error: float, sta
 WALKS = (("need", 0.2), ("quarter", 0.1), ("half", 0.7))
 
 
-def need_faces(target_error: float, delta: float) -> int:
+def need_faces(target_error: float, delta: float, table=WALKS) -> int:
     """The fewest accepted calibration faces that can pass with no error at all, on the
     strictest walk (its share of delta)."""
     if not 0 < target_error < 1:
         return 1
-    return math.ceil(math.log(WALKS[0][1] * delta) / math.log(1 - target_error))
+    return math.ceil(math.log(table[0][1] * delta) / math.log(1 - target_error))
 
 
-def walks(n: int, need: int) -> list[tuple[int, float]]:
+def walks(n: int, need: int, table=WALKS) -> list[tuple[int, float]]:
     """Where each walk starts (the depth: calibration faces first accepted) and its share of
     delta. One walk from the strictest thresholds stops at its first unlucky step (a few
     faces, one error), so three walks run: from where the threshold first accepts `need`
     faces, a quarter and a half of the `n`. Each start depends on the scores only, never on
     whether a label was right."""
     depth = {"need": need, "quarter": max(need, n // 4), "half": max(need, n // 2)}
-    return [(depth[name], share) for name, share in WALKS]
+    return [(depth[name], share) for name, share in table]
 
 
 def select_threshold(
@@ -128,20 +128,22 @@ def select_threshold(
     delta: float,
     gated: list[bool] | None = None,
     grid: tuple[float, ...] = GRID,
+    table=WALKS,
 ) -> Selection:
     """Learn-then-Test over `grid` (strict to lenient) with fixed-sequence testing, along the
     walks of `walks` (a union bound over them keeps the guarantee). The most lenient
-    threshold that any walk passes is chosen."""
+    threshold that any walk passes is chosen. `table`: where the walks start and their
+    shares of delta (`WALKS`; benchmarks/ltt_walks.py compares others)."""
     n = len(scores)
     gated = gated or [False] * n
     s = np.asarray(scores, float)
     ok = np.asarray(correct, bool)
     live = ~np.asarray(gated, bool)
     n_live = int(live.sum())
-    need = need_faces(target_error, delta)
+    need = need_faces(target_error, delta, table)
     m, k = _counts(s, ok, live, grid)
     found = []
-    for start, share in walks(n_live, need):
+    for start, share in walks(n_live, need, table):
         u = _upper(k, m, share * delta)
         j = _chain(m, k, u, target_error, start)
         if j is not None:
