@@ -52,7 +52,9 @@ def installed(tmp_path_factory) -> dict:
     pins = tmp_path / "pins.txt"  # the locked versions (and uv's cache) instead of whatever is newest
     lines = (ROOT / "requirements-test.lock").read_text().splitlines()
     pins.write_text("\n".join(ln.split(" ;")[0] for ln in lines if ln[:1].isalpha() and not ln.startswith("seke")))
-    _sh(UV, "pip", "install", "-q", "--python", py, f"{wheel}[local]", "-c", pins)
+    # compiled to bytecode, as `pip install` does by default (uv does not): on a machine that sets
+    # PYTHONDONTWRITEBYTECODE, every process would otherwise compile Prefect & co. from source
+    _sh(UV, "pip", "install", "-q", "--compile-bytecode", "--python", py, f"{wheel}[local]", "-c", pins)
     # nothing of this test session's: its Prefect server, DVC settings, and its warm stage runner
     # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_"))}
