@@ -4,8 +4,9 @@ The templates are this repository's own `dvc.yaml` and `params.yaml` (package da
 `tasks/project/`, links to the files at the repository root, so there is one copy of each;
 named `*.template.yaml`, because DVC would take a `dvc.yaml` there for a second pipeline).
 In a project the code comes from the installed package, not from project files, so the
-stages' dependencies on `tasks/`, `flows/` and `expectations` are replaced by one on
-`seke.version`, which `seke run` refreshes: upgrading the package re-runs the stages.
+stages' dependencies on `tasks/`, `flows/` and the stamp of the code they all run (stage
+`code`, dropped) are replaced by one on `seke.version`, which `seke run` refreshes: upgrading
+the package re-runs the stages.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from tasks.core.dvcfile import STAMP, STAMP_STAGE
 from tasks.core.knowledge import PROJECT_DIR
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "project"
@@ -75,10 +77,10 @@ def write_version(dest: Path) -> bool:
 def project_dvc_yaml() -> dict:
     """The repository's dvc.yaml with the code dependencies replaced by `seke.version`."""
     d = yaml.safe_load((TEMPLATES / "dvc.template.yaml").read_text())
+    del d["stages"][STAMP_STAGE]  # the code every stage runs is the package's: seke.version stamps it
     for stage in d["stages"].values():
-        deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE]
-        own = [PROJECT_DIR] if "tasks/knowledge" in stage.get("deps", []) else []  # the project's overrides
-        stage["deps"] = [*deps, *own, VERSION_FILE]
+        deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE and x != STAMP]
+        stage["deps"] = [*deps, PROJECT_DIR, VERSION_FILE]  # the project's knowledge overrides, the package
     d["plots"] = [p for p in d.get("plots", []) if not _plot_path(p).startswith("plots/feab")]  # FEAB: the repo's
     return d
 

@@ -50,15 +50,18 @@ def test_every_project_file_a_stage_reads_is_one_of_its_dvc_deps(built):
     from depcheck import uncovered
 
     proj, _ = built
+    from tasks.core.dvcfile import stage_names
+
     stages = yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]
-    traces = {s: json.loads((proj / ".seke" / "trace" / f"{s}.json").read_text()) for s in stages}
+    trace = proj / ".seke" / "trace"
+    traces = {s: json.loads((trace / f"{s}.json").read_text()) for s in stage_names(proj / "dvc.yaml")}
     assert all(len(t) > 5 for t in traces.values())
     assert uncovered(stages, traces) == {}
 
 
 def test_repro_builds_feid_with_valid_values(built):
     proj, out = built
-    assert _ran(out) == ["ingest", "crop", "prompt", "sample", "verify", "export"]
+    assert _ran(out) == ["code", "ingest", "crop", "prompt", "sample", "verify", "export"]
     feid = pq.read_table(proj / "data/feid/feid.parquet").to_pylist()
     assert feid, "some faces must be accepted"
     for r in feid:
