@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows import env, lockfile
+from flows import env
 
 env.apply()
 
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.stage not in stage_names():
         ap.error(f"unknown stage {a.stage!r}; stages: {', '.join(stage_names())}")
+    from flows import lockfile  # here, not at the top: a client of the warm runner never needs it (pyarrow, fsspec)
+
     lockfile.keep()  # dvc.lock as DVC left it, in case a kill cuts short its next write
     try:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
