@@ -146,7 +146,7 @@ def one(params: str) -> None:
     env.apply()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from flows.stages import export_flow, verify_flow
+    from flows.stages import stage_flow
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from prefect import flow
@@ -160,9 +160,9 @@ def one(params: str) -> None:
         warm()
         print(f"prefect start-up {time.perf_counter() - t:.1f} s", file=sys.stderr)
         t0 = time.perf_counter()
-        v = verify_flow(params_path=params)
+        v = stage_flow("verify")(params_path=params)
         t1 = time.perf_counter()
-        e = export_flow(params_path=params)
+        e = stage_flow("export")(params_path=params)
         t2 = time.perf_counter()
     print(
         json.dumps(
