@@ -21,6 +21,7 @@ the same Prefect flow runs, the same outputs, the same exit codes.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -44,6 +45,8 @@ PRELOAD = (
     "prefect",
     "prefect.flow_engine",
     "prefect.artifacts",
+    "prefect.utilities.visualization",  # what a flow run imports on its way: once here, not in every stage
+    "fastapi.encoders",
     "pandas",
     "numpy",
     "pyarrow",
@@ -238,6 +241,9 @@ def serve(path: str) -> None:
             __import__(m)
         except ImportError:
             pass
+    # what was imported stays out of the collector's way: no child scans it again, and no
+    # collection in a child writes to (and so copies) the pages it shares with the runner
+    gc.freeze()
     sys.path[0] = ""  # children put their own project first
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
