@@ -31,3 +31,20 @@ def pytest_collection_finish(session):
 
 def pytest_unconfigure(config):
     _SERVER.close()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prefect_quiet():
+    """For flows run in the test's own process: the session's Prefect server (started above),
+    no heartbeats. (prefect_test_harness would start a server of its own, on a fresh database:
+    about 20 s of migrations each time.)"""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    api = os.environ.get("PREFECT_API_URL")
+    assert api, "the session's Prefect server is not running"
+    # named here: Prefect read its settings when this process first imported it, before the server started
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -18,15 +18,6 @@ PARAMS = {
 }  # several batches for four images
 
 
-@pytest.fixture(scope="module")
-def prefect_quiet():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
 def _feid(proj) -> list[dict]:
     return pq.read_table(proj / "data/feid/feid.parquet").to_pylist()
 

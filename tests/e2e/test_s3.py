@@ -45,15 +45,6 @@ def aws_env(moto, monkeypatch):
     return moto
 
 
-@pytest.fixture(scope="module")
-def prefect_quiet():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
 PARAMS = {"expectations": {"max_class_share": 1.0, "min_classes": 1}, "verify": {"use_priors": False}}
 
 
