@@ -48,18 +48,15 @@ def metrics_markdown(stage: str, m: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+@cache
 def stage_flow(stage: str):
     """The Prefect flow of a stage of dvc.yaml (`tasks.core.dvcfile.stage_names`, the one stage
-    order), named after it, built when first asked for. Its one parameter is the params file:
-    a flow's parameter schema is built when the flow is, and one of the typed `Params` took
-    0.16 s, six times over in every stage's process."""
+    order), named after it and built when first asked for. Its one parameter is the params
+    file: Prefect builds a flow's parameter schema when it builds the flow, and one of the
+    typed `Params` costs a stage's process about 0.16 s."""
     if stage not in stage_names():
         raise KeyError(f"unknown stage {stage!r}; dvc.yaml's stages: {', '.join(stage_names())}")
-    return _flow(stage)
 
-
-@cache
-def _flow(stage: str):
     def run_stage(params_path: str = "params.yaml") -> dict:
         return _run(stage, params_path)
 
