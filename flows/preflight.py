@@ -14,17 +14,16 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
 from flows import lockfile
 from tasks.core.params_check import check
+from tasks.core.yamlio import load_yaml
 from tasks.infra.projectlock import ProjectBusy, project_lock
 
 __all__ = ["ProjectBusy", "preflight"]
 
 
 def _wait_s(params: Path) -> float:
-    d = yaml.safe_load(params.read_text()) or {}
+    d = load_yaml(params.read_text()) or {}
     return float(((d.get("incremental") or {}).get("lock_wait_s")) or 0.0)
 
 

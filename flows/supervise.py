@@ -32,6 +32,8 @@ from typing import IO
 
 import yaml
 
+from tasks.core.yamlio import load_yaml
+
 GRACE_S = 15.0  # SIGTERM to SIGKILL
 MIN_FREE = 1 << 20  # bytes: below this a file system counts as full
 FULL_S = 10.0  # ... when it stays so this long
@@ -59,25 +61,31 @@ def _existing(p: Path) -> Path:
     return p
 
 
-def watched(root: Path | str = ".") -> dict[int, Path]:
-    """One existing path per file system the run writes to, keyed by device."""
+def targets(root: Path | str = ".") -> list[Path]:
+    """The paths the run writes under: the project, Prefect's home, DVC's cache, the temporary
+    folder and a local response cache (`runtime.cache`). Read once per run: a poll only stats."""
     root = Path(root).resolve()
     paths = [root, Path(os.environ.get("PREFECT_HOME", root)), root / ".dvc" / "cache", Path(tempfile.gettempdir())]
     try:
-        cache = ((yaml.safe_load((root / "params.yaml").read_text()) or {}).get("runtime") or {}).get("cache")
+        cache = ((load_yaml((root / "params.yaml").read_text()) or {}).get("runtime") or {}).get("cache")
         if cache and "://" not in str(cache):
             paths.append(root / cache)
     except (OSError, yaml.YAMLError):
         pass
+    return paths
+
+
+def watched(paths: list[Path]) -> dict[int, Path]:
+    """One existing path per file system the run writes to, keyed by device."""
     out: dict[int, Path] = {}
     for p in map(_existing, paths):
         out.setdefault(p.stat().st_dev, p)
     return out
 
 
-def full(root: Path | str = ".") -> tuple[Path, int] | None:
+def full(paths: list[Path]) -> tuple[Path, int] | None:
     """A watched file system with less than MIN_FREE bytes free, and its free bytes."""
-    for p in watched(root).values():
+    for p in watched(paths).values():
         try:
             free = _free(p)
         except OSError:
@@ -201,6 +209,7 @@ def run(cmd: list[str], env: dict | None = None, root: Path | str = ".", output:
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             handlers[s] = signal.signal(s, on_signal)
+    paths = targets(root)
     try:
         low_since: float | None = None
         while True:
@@ -217,13 +226,13 @@ def run(cmd: list[str], env: dict | None = None, root: Path | str = ".", output:
                     "run again to resume (finished stages and paid answers are kept)",
                     128 + got[0],
                 )
-            where = full(root)
+            where = full(paths)
             low_since = (low_since or time.monotonic()) if where else None
             if where and time.monotonic() - low_since >= FULL_S:
                 _stop_group(proc)
                 raise Stopped(_full_line(where), EXIT_DISK_FULL)
         if rc:
-            where = full(root)
+            where = full(paths)
             if where:
                 raise Stopped(_full_line(where, f"the run failed (exit {rc})"), EXIT_DISK_FULL)
         return rc

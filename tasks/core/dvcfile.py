@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-import yaml
+from tasks.core.yamlio import load_yaml
 
 STAMP_STAGE = "code"
 STAMP = "data/code.json"
@@ -27,7 +27,7 @@ def _load(dvc_yaml: str | Path | None) -> dict:
     path = Path(dvc_yaml) if dvc_yaml else Path("dvc.yaml")
     if not path.exists():
         path = Path(__file__).resolve().parents[2] / "dvc.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    return (load_yaml(path.read_text()) or {}).get("stages", {})
 
 
 def stage_names(dvc_yaml: str | Path | None = None) -> list[str]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
 from tasks.core.knowledge import KNOWLEDGE_DIR, Knowledge
+from tasks.core.yamlio import load_yaml
 
 BANKS = KNOWLEDGE_DIR.parent / "instructions"  # versioned banks, package data beside the knowledge
 TASKS = ("classification", "va", "au", "description", "chain")
@@ -37,7 +36,7 @@ def load_bank(name: str) -> Bank:
     path = Path(name) if name.endswith((".yaml", ".yml")) else BANKS / f"{name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"instruction bank {name!r} not found ({path})")
-    d = yaml.safe_load(path.read_text())
+    d = load_yaml(path.read_text())
     missing = [t for t in TASKS if not d.get("questions", {}).get(t)]
     missing += [f"answers.{t}" for t in ("classification", "va", "au", "chain") if not d.get("answers", {}).get(t)]
     if missing:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
+from tasks.core.yamlio import load_yaml
 
 KNOWLEDGE_DIR = Path(__file__).parents[1] / "knowledge"  # data, beside the code packages
 PROJECT_DIR = "knowledge"  # a project's own versions of any of those files (`seke init` creates it)
@@ -111,7 +111,7 @@ class Knowledge:
 
 
 def _load_yaml(name: str) -> dict:
-    return yaml.safe_load(knowledge_file(name).read_text())
+    return load_yaml(knowledge_file(name).read_text())
 
 
 @lru_cache(maxsize=1)

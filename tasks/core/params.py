@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.core import backends
+from tasks.core.yamlio import load_yaml
 
 
 class Section(BaseModel):
@@ -419,7 +419,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
             cur = cur.setdefault(part, {})
             if not isinstance(cur, dict):
                 raise ParamsError(f"-S {o!r}: {part} is not a section")
-        cur[parts[-1]] = yaml.safe_load(val) if val != "" else ""
+        cur[parts[-1]] = load_yaml(val) if val != "" else ""
     return out
 
 
@@ -440,7 +440,7 @@ def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -
     p = Path(path)
     if not p.exists():
         raise ParamsError(f"{p} not found: run from the project root or pass --params")
-    d = _merge(yaml.safe_load(p.read_text()) or {}, parse_overrides(overrides))
+    d = _merge(load_yaml(p.read_text()) or {}, parse_overrides(overrides))
     try:
         return Params.model_validate(d)
     except ValidationError as ex:

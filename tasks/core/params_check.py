@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from tasks.core.params import Params, ParamsError, _merge, parse_overrides
+from tasks.core.yamlio import load_yaml
 
 # URL schemes and the extra (and the modules) each needs
 SCHEME_EXTRAS = {"s3": ("s3", ("s3fs", "dvc_s3")), "gs": ("gcs", ("gcsfs",)), "gcs": ("gcs", ("gcsfs",))}
@@ -25,7 +26,7 @@ def problems(path: str | Path = "params.yaml", overrides: list[str] | None = Non
     if not p.exists():
         return [f"{p}: not found (run from the project root or pass --params)"]
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = load_yaml(p.read_text()) or {}
         d = _merge(raw, parse_overrides(overrides))
     except (yaml.YAMLError, ParamsError) as e:
         return [f"{p}: {str(e).splitlines()[0]}"]

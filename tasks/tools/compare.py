@@ -20,9 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from tasks.core.knowledge import AUS, EXPRESSIONS
+from tasks.core.yamlio import load_yaml
 
 WORKSPACE = "workspace"
 VERDICT_COLUMNS = ["face_id", "accepted", "reasons", "confidence", "expression", "valence", "arousal", "aus"]
@@ -169,7 +168,7 @@ def load_version(repo: str, name: str, params_file: str = "params.yaml") -> Vers
     """params.yaml, the FEID rows and the verdicts (accepted FEID rows + rejected faces) of a version."""
     rev = resolve(repo, name)
     st = Store(repo, rev)
-    params = yaml.safe_load(st.read(params_file)) or {}
+    params = load_yaml(st.read(params_file)) or {}
     folder = params.get("paths", {}).get("feid", "data/feid")
     v = Version(name=name, rev=rev, repo=repo, params=params)
     table = st.feid(folder)

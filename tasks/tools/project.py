@@ -20,6 +20,7 @@ import yaml
 
 from tasks.core.dvcfile import STAMP, STAMP_STAGE
 from tasks.core.knowledge import PROJECT_DIR
+from tasks.core.yamlio import load_yaml
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "project"
 CODE = ("tasks", "flows", "expectations")
@@ -76,7 +77,7 @@ def write_version(dest: Path) -> bool:
 
 def project_dvc_yaml() -> dict:
     """The repository's dvc.yaml with the code dependencies replaced by `seke.version`."""
-    d = yaml.safe_load((TEMPLATES / "dvc.template.yaml").read_text())
+    d = load_yaml((TEMPLATES / "dvc.template.yaml").read_text())
     del d["stages"][STAMP_STAGE]  # the code every stage runs is the package's: seke.version stamps it
     for stage in d["stages"].values():
         deps = [x for x in stage.get("deps", []) if str(x).split("/")[0] not in CODE and x != STAMP]
@@ -90,7 +91,7 @@ def _plot_path(p) -> str:
 
 
 def project_params(images: str, manifest: str) -> dict:
-    p = yaml.safe_load((TEMPLATES / "params.template.yaml").read_text())
+    p = load_yaml((TEMPLATES / "params.template.yaml").read_text())
     p["paths"].update(input=images, manifest=manifest)
     p["bench"]["sources"] = []  # FEAB sources are the user's to list
     return p

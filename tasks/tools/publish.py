@@ -27,11 +27,11 @@ from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from tasks.core.instructions import IMAGE
 from tasks.core.knowledge import AUS, EXPRESSIONS
 from tasks.core.records import all_nullable, hf_features
+from tasks.core.yamlio import load_yaml
 
 FORMATS = ("hf", "sharegpt", "llava")
 IMAGE_TOKEN = IMAGE  # the token FEID puts in its first human turn
@@ -138,7 +138,7 @@ def version_for_export(repo: str, rev: str, name: str) -> tuple[pa.Table, CardIn
 
     sha = C.resolve(repo, rev)
     st = C.Store(repo, sha)
-    prm = yaml.safe_load(st.read("params.yaml")) or {}
+    prm = load_yaml(st.read("params.yaml")) or {}
     paths = prm.get("paths", {})
     table = st.feid(paths.get("feid", "data/feid"))
     sources, inp = "", paths.get("input", "")

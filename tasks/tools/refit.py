@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from tasks.core.knowledge import KNOWLEDGE_DIR, PROJECT_DIR, UnknownLabel, knowledge_file, load
+from tasks.core.yamlio import load_yaml
 
 
 def _rows(manifest_url: str) -> tuple[list[dict], str]:
@@ -65,7 +66,7 @@ def refit(manifest_url: str, out_path: str | Path, min_n: int = 20) -> dict:
             skipped += 1
             continue
         pts[e].append((v, a))
-    current = yaml.safe_load(knowledge_file("va.yaml").read_text())
+    current = load_yaml(knowledge_file("va.yaml").read_text())
     centroids = {}
     fitted = {}
     for e in k.expressions:

@@ -48,10 +48,10 @@ class Version:
 
 def load(repo: str, name: str) -> Version:
     """A version (`workspace`, a git rev, tag or DVC experiment) of the project at `repo`."""
-    import yaml
+    from tasks.core.yamlio import load_yaml
 
     st = Store(repo, resolve(repo, name))
-    params = yaml.safe_load(st.read("params.yaml")) or {}
+    params = load_yaml(st.read("params.yaml")) or {}
     paths = {"feid": "data/feid", "crop": "data/crop", "verify": "data/verify", **params.get("paths", {})}
     table = st.feid(paths["feid"])
     feid = table.select([c for c in LIGHT if c in table.column_names]).to_pylist()

@@ -40,7 +40,7 @@ def test_an_exit_code_passes_through(tmp_path):
 
 def test_a_full_disk_stops_a_command_that_would_spin_for_ever(tmp_path, monkeypatch):
     monkeypatch.setattr(supervise, "FULL_S", 1.0)
-    monkeypatch.setattr(supervise, "full", lambda root=".": (tmp_path, 4096))
+    monkeypatch.setattr(supervise, "full", lambda paths: (tmp_path, 4096))
     seen = _spawned(monkeypatch)
     t0 = time.monotonic()
     with pytest.raises(supervise.Stopped) as e:
@@ -53,7 +53,7 @@ def test_a_full_disk_stops_a_command_that_would_spin_for_ever(tmp_path, monkeypa
 def test_a_short_dip_in_free_space_does_not_stop_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(supervise, "FULL_S", 3.0)
     t0 = time.monotonic()
-    monkeypatch.setattr(supervise, "full", lambda root=".": (tmp_path, 0) if time.monotonic() - t0 < 1.5 else None)
+    monkeypatch.setattr(supervise, "full", lambda paths: (tmp_path, 0) if time.monotonic() - t0 < 1.5 else None)
     assert supervise.run([sys.executable, "-c", "import time; time.sleep(4)"], root=tmp_path) == 0
 
 
