@@ -64,7 +64,7 @@ def deployments(params_path: str = "params.yaml"):
             name="feid-pipeline",
             parameters={"root": root},
             concurrency_limit=1,
-            description="dvc repro, stage by stage (triggered by hand).",
+            description="dvc repro: every stale stage, each its own flow run (triggered by hand).",
         ),
     ]
 

@@ -10,10 +10,11 @@ One run, each step idempotent (a run killed anywhere is completed by the next on
    location manifest's labels. Files that cannot be read safely go to `refused.csv`.
 2. **Track**: `dvc add <inbox>/images` (the images go to DVC's cache, `images.dvc` to git).
 3. **Build**: when `dvc status` says anything changed, the whole pipeline (`flows.pipeline`,
-   stage by stage with `dvc repro`). Ingest reads the inbox next to `paths.input`, so the
-   version in `dvc.lock` is rebuilt by the stages' own commands from versioned inputs, and
-   every later `dvc repro` (after a parameter change, on another machine after `dvc pull`)
-   gives the same rows. Answers come from the response cache: no call is paid twice.
+   one `dvc repro`, each stage a Prefect flow run). Ingest reads the inbox next to
+   `paths.input`, so the version in `dvc.lock` is rebuilt by the stages' own commands from
+   versioned inputs, and every later `dvc repro` (after a parameter change, on another
+   machine after `dvc pull`) gives the same rows. Answers come from the response cache: no
+   call is paid twice.
 4. **Record**: `dvc push` to the default remote (`incremental.record`), and with
    `incremental.git_commit` a git commit of dvc.lock, the inbox's manifest, refusals and
    .dvc file, and the metrics. `seke compare HEAD~1 HEAD` then compares two versions.
@@ -83,8 +84,8 @@ def stale(root: str) -> dict:
 
 
 def build(root: str, budget_usd: float) -> dict[str, str]:
-    """The pipeline flow (dvc repro, stage by stage); a budget reaches the sample stage
-    through SEKE_BUDGET_USD (it stops a run, it never shapes a row: not a DVC param)."""
+    """The pipeline flow (one `dvc repro`): what DVC did with each stage. A budget reaches the
+    sample stage through SEKE_BUDGET_USD (it stops a run, it never shapes a row: not a DVC param)."""
     from flows.pipeline import pipeline
 
     saved = os.environ.get("SEKE_BUDGET_USD")
@@ -198,11 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--git-commit", action="store_true")
     a = ap.parse_args(argv)
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from flows.server import shared_server
 
-    with shared_server(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with shared_server(), env.no_heartbeats():
         r = incremental_flow(
             input=a.input,
             manifest=a.manifest,

@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     a = ap.parse_args(argv)
     trace(a.stage)
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from expectations import ExpectationsFailed
     from flows.stages import stage_flow
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     lockfile.keep()  # dvc.lock as DVC left it, in case a kill cuts short its next write
     try:
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with env.no_heartbeats():
             stage_flow(a.stage)(params_path=a.params)
         from prefect.events.worker import EventsWorker
 

@@ -201,8 +201,8 @@ def estimate(
     "  seke pipeline --force"
 )
 def pipeline(force: bool = typer.Option(False, "--force", "-f", help="re-run every stage")):
-    """Run the whole pipeline as one Prefect flow: one task per DVC stage, in DVC's order,
-    with DVC deciding which stages are stale (flows/pipeline.py)."""
+    """Run the whole pipeline as one Prefect flow: one `dvc repro`, with DVC deciding which
+    stages are stale, and each stage its own Prefect flow run (flows/pipeline.py)."""
     from flows.pipeline import pipeline as flow
     from flows.server import shared_server
 

@@ -30,6 +30,7 @@ import yaml
 from simserver import TEST_KEY
 
 from simvllm.server import ServerThread, SimConfig, SimVLLM
+from tasks.core.dvcfile import stage_names
 
 pytestmark = pytest.mark.e2e
 PARAMS = {
@@ -118,6 +119,9 @@ def test_three_versions_rebuild_compare_and_experiment(tmp_path):
             t = time.time()
             r = flow(proj, env)
             assert r["new_images"] == n_new and r["pushed"] and r["git_commit"]
+            # one `dvc repro`, and what it did with each stage: every stage ran on the new images
+            assert [s for s, did in r["stages"].items() if did == "ran" and s != "code"] == stage_names(), r["stages"]
+            assert r["stages"]["code"] == ("ran" if i == 0 else "skipped"), r["stages"]
             # the first run builds the base too; later ones annotate only the new faces
             assert len(faces_annotated(sim, t)) == n_new + (1 if i == 0 else 0)
             held += n_new
