@@ -52,14 +52,12 @@ def installed(tmp_path_factory) -> dict:
     pins = tmp_path / "pins.txt"  # the locked versions (and uv's cache) instead of whatever is newest
     lines = (ROOT / "requirements-test.lock").read_text().splitlines()
     pins.write_text("\n".join(ln.split(" ;")[0] for ln in lines if ln[:1].isalpha() and not ln.startswith("seke")))
-    _sh(UV, "pip", "install", "-q", "--python", py, f"{wheel}[local]", "-c", pins)
+    # compiled to bytecode, as `pip install` does by default (uv does not): on a machine that sets
+    # PYTHONDONTWRITEBYTECODE, every process would otherwise compile Prefect & co. from source
+    _sh(UV, "pip", "install", "-q", "--compile-bytecode", "--python", py, f"{wheel}[local]", "-c", pins)
     # nothing of this test session's: its Prefect server, DVC settings, and its warm stage runner
-    # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's;
-    # nor a PYTHONDONTWRITEBYTECODE (a new user's Python writes the bytecode of what it imports once,
-    # where with it set every process compiled Prefect & co. from source; compiling the whole venv
-    # up front, as `pip install` does, cost more than the modules the runs import)
-    drop = ("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_", "PYTHONDONTWRITEBYTECODE")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_"))}
     env.update(PATH=f"{venv / 'bin'}:{Path(UV).parent}:{env.get('PATH', '')}", DO_NOT_TRACK="1")
     return {"venv": venv, "py": py, "seke": venv / "bin" / "seke", "env": env}
 
