@@ -24,8 +24,11 @@ def pytest_collection_finish(session):
     runs (module fixtures build projects with `dvc repro` too): every stage subprocess
     inherits PREFECT_API_URL instead of starting a temporary server of its own."""
     if any(item.get_closest_marker("e2e") for item in session.items):
+        from prefectdb import seed
+
         from flows.server import shared_server
 
+        seed(os.environ["PREFECT_HOME"])  # migrated once per checkout, not once per worker and run
         _SERVER.enter_context(shared_server())
 
 

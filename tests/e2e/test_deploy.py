@@ -20,6 +20,7 @@ import opsproj
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from prefectdb import seed
 from simserver import TEST_KEY, sim_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +69,7 @@ def prefect_server(tmp_path):
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     }
+    seed(home, env)  # migrated once per checkout, not in this test
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
