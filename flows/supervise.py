@@ -70,7 +70,7 @@ def targets(root: Path | str = ".") -> list[Path]:
         cache = ((load_yaml((root / "params.yaml").read_text()) or {}).get("runtime") or {}).get("cache")
         if cache and "://" not in str(cache):
             paths.append(root / cache)
-    except (OSError, yaml.YAMLError):
+    except (OSError, AttributeError, yaml.YAMLError):  # no params.yaml, or not sections: the rest is watched
         pass
     return paths
 
@@ -193,6 +193,7 @@ def run(cmd: list[str], env: dict | None = None, root: Path | str = ".", output:
     only (a Prefect task's thread leaves them to its process)."""
     got: list[int] = []
     handlers = {}
+    paths = targets(root)
 
     def on_signal(signum, _frame):
         got.append(signum)
@@ -209,7 +210,6 @@ def run(cmd: list[str], env: dict | None = None, root: Path | str = ".", output:
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             handlers[s] = signal.signal(s, on_signal)
-    paths = targets(root)
     try:
         low_since: float | None = None
         while True:

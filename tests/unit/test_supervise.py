@@ -78,3 +78,11 @@ def test_a_full_disk_in_an_exception_chain_is_one_line(tmp_path):
         line = supervise.disk_full(e)
     assert line and line.startswith(f"no space left on the device holding {tmp_path}") and "x.parquet" in line
     assert supervise.disk_full(ValueError("no")) is None
+
+
+def test_params_that_are_not_sections_leave_the_run_watched_not_broken(tmp_path):
+    (tmp_path / "params.yaml").write_text("- a list, not sections\n")
+    assert supervise.targets(tmp_path)[0] == tmp_path.resolve()  # the project is still watched
+    assert supervise.run([sys.executable, "-c", "raise SystemExit(5)"], root=tmp_path) == 5
+    (tmp_path / "params.yaml").write_text("runtime:\n  cache: .seke/cache\n")
+    assert tmp_path.resolve() / ".seke/cache" in supervise.targets(tmp_path)
