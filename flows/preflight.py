@@ -5,12 +5,15 @@
    (`tasks.core.params_check`);
 2. take the project's lock (one writer per project, `tasks.infra.projectlock`): a second run
    waits `incremental.lock_wait_s`, then steps aside with one line naming the holder;
-3. repair a dvc.lock that a killed run cut short (`flows.lockfile`).
+3. repair a dvc.lock that a killed run cut short (`flows.lockfile`);
+4. wait for the dead holders of DVC's own lock to be reaped (`wait_for_dead_holders`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +23,39 @@ from tasks.core.yamlio import load_yaml
 from tasks.infra.projectlock import ProjectBusy, project_lock
 
 __all__ = ["ProjectBusy", "preflight"]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone (or not Linux)
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")
+
+
+def wait_for_dead_holders(root: Path | str = ".", timeout: float = 10.0) -> list[int]:
+    """Wait until no process named in DVC's read/write lock (`.dvc/tmp/rwlock`) is a zombie;
+    return those still one after `timeout`.
+
+    A `dvc repro` killed with its supervisor (`kill -9` of `seke run`) dies, but only init
+    can reap it, and an init may take seconds to. Until then DVC counts the zombie's PID as
+    a live holder and refuses every stage it had locked ("is busy"). A live holder is left
+    alone: that is a real second run."""
+    try:
+        info = json.loads((Path(root) / ".dvc" / "tmp" / "rwlock").read_text())
+    except (OSError, ValueError):
+        return []
+    holders = [
+        h
+        for kind in ("read", "write")
+        for v in (info.get(kind) or {}).values()
+        for h in (v if isinstance(v, list) else [v])
+    ]
+    pids = {int(h["pid"]) for h in holders if isinstance(h, dict) and str(h.get("pid", "")).isdigit()}
+    deadline = time.monotonic() + timeout
+    while (zombies := sorted(p for p in pids if _zombie(p))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return zombies
 
 
 def _wait_s(params: Path) -> float:
@@ -35,4 +71,6 @@ def preflight(root: Path | str = ".", overrides: list[str] | None = None) -> Ite
     params = Path(root) / "params.yaml"
     check(params, overrides)
     with project_lock(root, _wait_s(params)):
-        yield lockfile.repair(root)
+        note = lockfile.repair(root)
+        wait_for_dead_holders(root)
+        yield note

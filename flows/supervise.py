@@ -172,16 +172,21 @@ def members(pgid: int) -> list[int]:
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM to the command's group; SIGKILL to whatever of it is left after GRACE_S."""
+    """SIGTERM to the command's group; SIGKILL to whatever of it is left after GRACE_S.
+
+    Done when the group has no live member *and* the leader is reaped. A multi-threaded
+    leader (DVC) shows as a zombie while its other threads are still being torn down, and
+    cannot be reaped until they are: left unreaped, its PID lives on after this process, and
+    the next `dvc repro` finds its read/write lock held by that PID ("is busy")."""
     for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
+            proc.poll()
             return
         t0 = time.monotonic()
         while time.monotonic() - t0 < wait:
-            proc.poll()
-            if not members(proc.pid):
+            if proc.poll() is not None and not members(proc.pid):
                 return
             time.sleep(0.1)
 

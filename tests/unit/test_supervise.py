@@ -4,8 +4,10 @@ real `seke run` are in test_failing_cleanly.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -68,6 +70,27 @@ def test_a_signal_ends_the_whole_group_with_one_line(tmp_path, monkeypatch, sig)
     assert signal.getsignal(sig) is not None  # the handler was put back
 
 
+# A leader that is a zombie while its process still runs: its main thread has exited
+# (pthread_exit), another thread goes on for 3 s and SIGTERM is ignored. So is a dying DVC for a
+# moment: its main thread gone, its thread pool still being torn down.
+HALF_DEAD = [
+    sys.executable,
+    "-c",
+    "import ctypes, signal, threading, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "threading.Thread(target=time.sleep, args=(3,)).start(); ctypes.CDLL(None).pthread_exit(None)",
+]
+
+
+def test_a_stopped_run_reaps_its_command_so_no_pid_outlives_it(tmp_path, monkeypatch):
+    """An unreaped leader keeps its PID after `seke run` returns, and the next `dvc repro`
+    finds DVC's lock held by that PID ("is busy")."""
+    seen = _spawned(monkeypatch)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(supervise.Stopped):
+        supervise.run(HALF_DEAD, root=tmp_path)
+    assert seen[0].returncode is not None  # reaped: the PID is free
+
+
 def test_a_full_disk_in_an_exception_chain_is_one_line(tmp_path):
     try:
         try:
@@ -86,3 +109,27 @@ def test_params_that_are_not_sections_leave_the_run_watched_not_broken(tmp_path)
     assert supervise.run([sys.executable, "-c", "raise SystemExit(5)"], root=tmp_path) == 5
     (tmp_path / "params.yaml").write_text("runtime:\n  cache: .seke/cache\n")
     assert tmp_path.resolve() / ".seke/cache" in supervise.targets(tmp_path)
+
+
+def _rwlock(root, pids: list[int]) -> None:
+    d = root / ".dvc" / "tmp"
+    d.mkdir(parents=True)
+    holders = [{"pid": p, "cmd": "dvc repro"} for p in pids]
+    (d / "rwlock").write_text(json.dumps({"read": {str(root / "a"): holders}, "write": {str(root / "b"): holders[0]}}))
+
+
+def test_the_next_run_waits_for_a_killed_dvc_to_be_reaped_not_for_a_live_one(tmp_path):
+    """After `kill -9` of `seke run`, its DVC is a zombie until init reaps it, and DVC reads
+    the zombie's PID as a holder of its lock: preflight waits for the reaping."""
+    from flows.preflight import wait_for_dead_holders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once; this test is its "init"
+    while not open(f"/proc/{dead.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+        time.sleep(0.01)
+    _rwlock(tmp_path, [dead.pid, os.getpid()])  # and a live holder: a real second run
+    assert wait_for_dead_holders(tmp_path, timeout=0.5) == [dead.pid]  # not reaped: said so
+    threading.Timer(1.0, dead.wait).start()
+    t0 = time.monotonic()
+    assert wait_for_dead_holders(tmp_path, timeout=10) == []
+    assert 0.9 < time.monotonic() - t0 < 5  # waited for the reaping, not for the live holder
+    assert wait_for_dead_holders(tmp_path / "nowhere") == []  # no lock file: nothing to wait for
