@@ -26,11 +26,13 @@ ingest stage's dependency already, and the run only builds and records.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from flows import env
 
@@ -51,13 +53,19 @@ def _log():
         return logging.getLogger("seke.incremental")
 
 
-def _dvc(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        [env.tool("dvc"), *args], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}
-    )
-    if check and r.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
+@contextlib.contextmanager
+def _dvc(root: str) -> Iterator:
+    """The project's DVC repository, in this process: status, add and push are DVC's own
+    Python calls here, not one `dvc` process each (about a second of start-up apiece). Only the
+    build runs DVC as its own process, supervised (`flows.pipeline`)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(root) as repo:
+            yield repo
+    except DvcException as e:
+        raise RuntimeError(f"dvc: {e}") from e
 
 
 def _git(root: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -70,17 +78,17 @@ def track(root: str, p: Params) -> bool:
     if not (Path(root) / images).is_dir():
         return False
     dvcfile = f"{images}.dvc"
-    if (Path(root) / dvcfile).exists():
-        st = json.loads(_dvc(root, "status", "--json", dvcfile).stdout or "{}")
-        if not st:
+    with _dvc(root) as repo:
+        if (Path(root) / dvcfile).exists() and not repo.status(targets=[dvcfile]):
             return False
-    _dvc(root, "add", "-q", str(images))
+        repo.add(str(images))
     return True
 
 
 def stale(root: str) -> dict:
     """`dvc status` of the whole project ({} = every stage is up to date)."""
-    return json.loads(_dvc(root, "status", "--json").stdout or "{}")
+    with _dvc(root) as repo:
+        return repo.status()
 
 
 def build(root: str, budget_usd: float) -> dict[str, str]:
@@ -102,12 +110,12 @@ def build(root: str, budget_usd: float) -> dict[str, str]:
 
 
 def push(root: str) -> dict:
-    r = _dvc(root, "remote", "default", check=False)  # exits 1 ("No default remote set") without one
-    remote = r.stdout.strip() if r.returncode == 0 else ""
-    if not remote:
-        _log().warning("no default DVC remote: the version is in the local DVC cache only (dvc remote add -d ...)")
-        return {"pushed": False}
-    _dvc(root, "push", "-q")
+    with _dvc(root) as repo:
+        remote = repo.config["core"].get("remote", "")  # `dvc remote default`
+        if not remote:
+            _log().warning("no default DVC remote: the version is in the local DVC cache only (dvc remote add -d ...)")
+            return {"pushed": False}
+        repo.push()
     return {"pushed": True, "remote": remote}
 
 
