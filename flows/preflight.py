@@ -2,7 +2,8 @@
 `flows.server`, `seke run`, the pipeline and incremental flows), stale stages or not:
 
 1. check the whole params.yaml: every mistake one line, named by its path, no traceback
-   (`tasks.core.params_check`);
+   (`tasks.core.params_check`), and what the annotator backend needs from this environment
+   (the local models' files: `Annotator.environment_problems`);
 2. take the project's lock (one writer per project, `tasks.infra.projectlock`): a second run
    waits `incremental.lock_wait_s`, then steps aside with one line naming the holder;
 3. repair a dvc.lock that a killed run cut short (`flows.lockfile`);
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flows import lockfile
+from tasks.core.params import ParamsError, load
 from tasks.core.params_check import check
 from tasks.core.yamlio import load_yaml
 from tasks.infra.projectlock import ProjectBusy, project_lock
@@ -58,6 +60,20 @@ def wait_for_dead_holders(root: Path | str = ".", timeout: float = 10.0) -> list
     return zombies
 
 
+def _backend_ready(params: Path, overrides: list[str] | None) -> None:
+    """Raise ParamsError when the backend cannot run here: before any stage, not at sampling."""
+    from tasks.annotators import backend_class
+
+    p = load(params, overrides)
+    try:
+        cls = backend_class(p.annotator.backend)
+    except (ImportError, AttributeError, TypeError):  # a module:Class only the stage's path holds: its own error there
+        return
+    errs = cls.environment_problems(p)
+    if errs:
+        raise ParamsError(f"{params}: this environment cannot run it, nothing was run:\n  " + "\n  ".join(errs))
+
+
 def _wait_s(params: Path) -> float:
     d = load_yaml(params.read_text()) or {}
     return float(((d.get("incremental") or {}).get("lock_wait_s")) or 0.0)
@@ -70,6 +86,7 @@ def preflight(root: Path | str = ".", overrides: list[str] | None = None) -> Ite
     dvc.lock repair note (None when none was needed)."""
     params = Path(root) / "params.yaml"
     check(params, overrides)
+    _backend_ready(params, overrides)
     with project_lock(root, _wait_s(params)):
         note = lockfile.repair(root)
         wait_for_dead_holders(root)

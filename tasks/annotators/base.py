@@ -46,6 +46,13 @@ class Annotator(ABC):
         """Built from the whole params (`annotator` and `runtime` sections)."""
         return cls(params.annotator, params.runtime)
 
+    @classmethod
+    def environment_problems(cls, params) -> list[str]:
+        """What this environment lacks to run the backend with these params (a model file not
+        installed, ...), one line each naming the fix; checked before DVC starts
+        (`flows.preflight`). By default nothing: an endpoint is only known by calling it."""
+        return []
+
     def estimate(self, calls: Iterable[Call]) -> dict:
         """What `calls` would cost, sending nothing (`seke estimate`). By default: nothing but time."""
         calls = list(calls)

@@ -154,6 +154,14 @@ class LocalAnnotator(Annotator):
     def from_params(cls, params) -> "LocalAnnotator":
         return cls(params.annotator)
 
+    @classmethod
+    def environment_problems(cls, params) -> list[str]:
+        try:
+            models.check((*params.annotator.local.classifiers, "face_landmarker"))
+        except models.ModelMissing as e:
+            return [f"annotator.backend: local: {e}"]
+        return []
+
     def __init__(self, params) -> None:
         self.params = params
         self.model = params.model
