@@ -42,7 +42,7 @@ feid: setup
 test: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=25   # a worker per core, whole files each; the 25 slowest tests
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=25   # a worker per core, whole files each, longest first (tests/conftest.py); the 25 slowest tests
 
 # the fast tests on another Python (CI runs them on 3.12 and 3.13): make test-fast PYTHON=python3.13
 PYTHON ?= python3

@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = [str(Path(sys.executable).parent / "pytest"), "-q", "-n", "auto", "--dist", "loadfile"]
+SUITE += ["--no-loadscope-reorder"]  # as `make test`: end-to-end files first (tests/conftest.py)
 HZ = os.sysconf("SC_CLK_TCK")
 
 # (kind, test on the command line), first match wins

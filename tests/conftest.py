@@ -32,6 +32,22 @@ def pytest_collection_finish(session):
         _SERVER.enter_context(shared_server())
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The order `make test` hands files to its workers (with --no-loadscope-reorder): the
+    end-to-end files first, fewest tests first (one or two long scenarios each: the wheel, the
+    incremental flow, the warm runner), then the unit files. The longest work starts first and
+    the many short tests fill the end, so neither worker sits idle while the other finishes
+    one long file. (pytest-xdist's own order, most tests first, left the longest for last.)"""
+    tests: dict[str, int] = {}
+    e2e: set[str] = set()
+    for item in items:
+        f = item.location[0]
+        tests[f] = tests.get(f, 0) + 1
+        if item.get_closest_marker("e2e"):
+            e2e.add(f)
+    items.sort(key=lambda i: (i.location[0] not in e2e, tests[i.location[0]], i.location[0]))  # stable within a file
+
+
 def pytest_unconfigure(config):
     _SERVER.close()
 
