@@ -84,23 +84,32 @@ def _worker_run(base_url: str, key: str, shared: bool, first: int, n: int, budge
     return {"spent": ann.spent_usd, "results": got, "stop": stop, "t0": t0, "rate_waits": ann._rpm.waits}
 
 
+@pytest.fixture(scope="module")
+def two_workers():
+    """One two-worker cluster for the four runs below (each builds its annotator afresh on
+    the workers and shares limits under a key of its own): three cluster start-ups fewer."""
+    from distributed import LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        cluster.get_client() as client,
+    ):
+        yield client
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "control"])
 @pytest.mark.parametrize("limit", ["budget", "rate"])
-def test_two_workers_share_one_budget_and_one_rate(limit, shared):
+def test_two_workers_share_one_budget_and_one_rate(limit, shared, two_workers):
     """Two Dask workers, each with the whole budget or rate in its params: with the shared
     limits (what the sample stage sets up on Dask) they stay under one budget and one rate
     together; without them (the control) each gets its own."""
     import uuid
 
-    from distributed import LocalCluster
     from simserver import sim_server
 
     budget, rpm, n = (0.15, 0, 40) if limit == "budget" else (0.0, 120, 65)
-    with (
-        sim_server(set_env=False) as server,
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
-        cluster.get_client() as client,
-    ):
+    client = two_workers
+    with sim_server(set_env=False) as server:
         key = f"seke-test-{uuid.uuid4().hex}"
         workers = list(client.scheduler_info()["workers"])
         futs = [
