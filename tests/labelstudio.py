@@ -84,6 +84,7 @@ def server(data_dir: Path) -> Iterator[Server]:
         port = s.getsockname()[1]
     email, password = "reviewer@example.org", "review-pass-123"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "DJANGO_DB": "sqlite"}
+    env["LATEST_VERSION_CHECK"] = "false"  # no call to pypi.org at start-up: the test stays offline
     env.pop("PREFECT_API_URL", None)
     log = open(data_dir / "server.log", "wb")
     cmd = [str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
