@@ -19,20 +19,13 @@ from pathlib import Path
 from typing import Iterator
 
 from flows import lockfile
+from flows.supervise import proc_stat
 from tasks.core.params import ParamsError, load
 from tasks.core.params_check import check
 from tasks.core.yamlio import load_yaml
 from tasks.infra.projectlock import ProjectBusy, project_lock
 
 __all__ = ["ProjectBusy", "preflight"]
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone (or not Linux)
-        return False
-    return stat[stat.rindex(")") + 2 :].startswith("Z")
 
 
 def wait_for_dead_holders(root: Path | str = ".", timeout: float = 10.0) -> list[int]:
@@ -55,7 +48,7 @@ def wait_for_dead_holders(root: Path | str = ".", timeout: float = 10.0) -> list
     ]
     pids = {int(h["pid"]) for h in holders if isinstance(h, dict) and str(h.get("pid", "")).isdigit()}
     deadline = time.monotonic() + timeout
-    while (zombies := sorted(p for p in pids if _zombie(p))) and time.monotonic() < deadline:
+    while (zombies := sorted(p for p in pids if (proc_stat(p) or [""])[0] == "Z")) and time.monotonic() < deadline:
         time.sleep(0.1)
     return zombies
 

@@ -161,14 +161,19 @@ def members(pgid: int) -> list[int]:
             return []
     out = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = proc_stat(int(pid))
+        if fields and fields[0] != "Z" and int(fields[2]) == pgid:
             out.append(int(pid))
     return out
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: state, ppid, pgrp, ... (None: gone, or not Linux)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

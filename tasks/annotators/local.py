@@ -154,10 +154,15 @@ class LocalAnnotator(Annotator):
     def from_params(cls, params) -> "LocalAnnotator":
         return cls(params.annotator)
 
+    @staticmethod
+    def models_needed(classifiers) -> tuple[str, ...]:
+        """The model files (`tasks.infra.models`) these classifiers and the AU model read."""
+        return (*classifiers, "face_landmarker")
+
     @classmethod
     def environment_problems(cls, params) -> list[str]:
         try:
-            models.check((*params.annotator.local.classifiers, "face_landmarker"))
+            models.check(cls.models_needed(params.annotator.local.classifiers))
         except models.ModelMissing as e:
             return [f"annotator.backend: local: {e}"]
         return []
@@ -171,10 +176,10 @@ class LocalAnnotator(Annotator):
             raise ValueError("annotator.local.classifiers must name at least one of fer, facex")
         self.tta = bool(params.local.tta)
         # a missing or altered model file stops the stage here, before any sampling, naming the fix
-        models.check((*self.classifiers, "face_landmarker"))
+        models.check(self.models_needed(self.classifiers))
 
     def signature(self) -> dict:
-        files = {n: models.MODELS[n][2] for n in (*self.classifiers, "face_landmarker")}
+        files = {n: models.MODELS[n][2] for n in self.models_needed(self.classifiers)}
         return {
             "name": self.name,
             "version": self.version,
