@@ -69,7 +69,9 @@ class ServerThread:
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self.sim.app(), access_log=None, handle_signals=False)
+        # stopped, it cancels what is in flight (a "timed out" request sleeps timeout_sleep_s)
+        # instead of waiting for it, up to aiohttp's default of 60 s
+        self._runner = web.AppRunner(self.sim.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
         self._loop.run_until_complete(site.start())

@@ -44,25 +44,24 @@ def test_a_full_disk_stops_a_command_that_would_spin_for_ever(tmp_path, monkeypa
     monkeypatch.setattr(supervise, "FULL_S", 1.0)
     monkeypatch.setattr(supervise, "full", lambda paths: (tmp_path, 4096))
     seen = _spawned(monkeypatch)
-    t0 = time.monotonic()
-    with pytest.raises(supervise.Stopped) as e:
+    with pytest.raises(supervise.Stopped) as e:  # SPIN left alone would exit 0 after 120 s
         supervise.run(SPIN, root=tmp_path)
-    assert e.value.code == supervise.EXIT_DISK_FULL and time.monotonic() - t0 < 20
+    assert e.value.code == supervise.EXIT_DISK_FULL
     assert str(e.value).startswith(f"no space left on the device holding {tmp_path} (4 KiB free): the run was stopped")
     assert not _alive(seen[0].pid)  # its forked child too
 
 
 def test_a_short_dip_in_free_space_does_not_stop_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(supervise, "FULL_S", 3.0)
+    monkeypatch.setattr(supervise, "FULL_S", 1.5)
     t0 = time.monotonic()
-    monkeypatch.setattr(supervise, "full", lambda paths: (tmp_path, 0) if time.monotonic() - t0 < 1.5 else None)
-    assert supervise.run([sys.executable, "-c", "import time; time.sleep(4)"], root=tmp_path) == 0
+    monkeypatch.setattr(supervise, "full", lambda paths: (tmp_path, 0) if time.monotonic() - t0 < 0.6 else None)
+    assert supervise.run([sys.executable, "-c", "import time; time.sleep(2)"], root=tmp_path) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_whole_group_with_one_line(tmp_path, monkeypatch, sig):
     seen = _spawned(monkeypatch)
-    threading.Timer(1.0, os.kill, (os.getpid(), sig)).start()
+    threading.Timer(0.5, os.kill, (os.getpid(), sig)).start()
     with pytest.raises(supervise.Stopped) as e:
         supervise.run(SPIN, root=tmp_path)
     assert e.value.code == 128 + sig and str(e.value).startswith(f"stopped by {signal.Signals(sig).name}")
@@ -71,13 +70,13 @@ def test_a_signal_ends_the_whole_group_with_one_line(tmp_path, monkeypatch, sig)
 
 
 # A leader that is a zombie while its process still runs: its main thread has exited
-# (pthread_exit), another thread goes on for 3 s and SIGTERM is ignored. So is a dying DVC for a
+# (pthread_exit), another thread goes on for 1.5 s and SIGTERM is ignored. So is a dying DVC for a
 # moment: its main thread gone, its thread pool still being torn down.
 HALF_DEAD = [
     sys.executable,
     "-c",
     "import ctypes, signal, threading, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "threading.Thread(target=time.sleep, args=(3,)).start(); ctypes.CDLL(None).pthread_exit(None)",
+    "threading.Thread(target=time.sleep, args=(1.5,)).start(); ctypes.CDLL(None).pthread_exit(None)",
 ]
 
 
@@ -85,7 +84,7 @@ def test_a_stopped_run_reaps_its_command_so_no_pid_outlives_it(tmp_path, monkeyp
     """An unreaped leader keeps its PID after `seke run` returns, and the next `dvc repro`
     finds DVC's lock held by that PID ("is busy")."""
     seen = _spawned(monkeypatch)
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(supervise.Stopped):
         supervise.run(HALF_DEAD, root=tmp_path)
     assert seen[0].returncode is not None  # reaped: the PID is free
@@ -128,8 +127,7 @@ def test_the_next_run_waits_for_a_killed_dvc_to_be_reaped_not_for_a_live_one(tmp
         time.sleep(0.01)
     _rwlock(tmp_path, [dead.pid, os.getpid()])  # and a live holder: a real second run
     assert wait_for_dead_holders(tmp_path, timeout=0.5) == [dead.pid]  # not reaped: said so
-    threading.Timer(1.0, dead.wait).start()
-    t0 = time.monotonic()
+    threading.Timer(0.3, dead.wait).start()
     assert wait_for_dead_holders(tmp_path, timeout=10) == []
-    assert 0.9 < time.monotonic() - t0 < 5  # waited for the reaping, not for the live holder
+    assert not os.path.exists(f"/proc/{dead.pid}")  # it returned once the zombie was reaped
     assert wait_for_dead_holders(tmp_path / "nowhere") == []  # no lock file: nothing to wait for
