@@ -53,10 +53,13 @@ def render(page: Path, screenshot: Path, size: str = "1280,2000") -> tuple[int, 
     return int(m.group(1)), int(m.group(2))
 
 
-def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: tuple[int, int] = (1400, 1150)) -> int:
+def screenshot_logged_in(
+    url: str, cookies: list[dict], screenshot: Path, shows: str, size: tuple[int, int] = (1400, 1150)
+) -> int:
     """Open `url` in headless Chromium with `cookies` set (a web app's login session), wait
-    until the page has settled, save a PNG and return its size in bytes. Driven through the
-    DevTools protocol (websockets), so no browser-automation package is needed."""
+    until the page shows the text `shows` and has loaded its images (a single-page app renders
+    after loading its bundle and data), save a PNG and return its size in bytes. Driven through
+    the DevTools protocol (websockets), so no browser-automation package is needed."""
     import asyncio
     import base64
     import json
@@ -121,7 +124,18 @@ def screenshot_logged_in(url: str, cookies: list[dict], screenshot: Path, size: 
                         mobile=False,
                     )
                     await call("Page.navigate", url=url)
-                    await asyncio.sleep(12)  # the single-page app loads its bundle and the task
+                    ready = (
+                        f"document.readyState === 'complete' && document.body.innerText.includes({json.dumps(shows)})"
+                        " && [...document.images].every(i => i.complete)"
+                    )
+                    for _ in range(240):  # up to a minute
+                        r = await call("Runtime.evaluate", expression=ready, returnByValue=True)
+                        if r.get("result", {}).get("value") is True:
+                            break
+                        await asyncio.sleep(0.25)
+                    else:
+                        raise AssertionError(f"{url} did not show {shows!r} within a minute")
+                    await asyncio.sleep(0.5)  # the frame that shows it painted
                     shot = await call("Page.captureScreenshot", format="png")
                     return base64.b64decode(shot["data"])
 

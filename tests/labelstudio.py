@@ -104,7 +104,7 @@ def server(data_dir: Path) -> Iterator[Server]:
                 log.flush()
                 tail = (data_dir / "server.log").read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"Label Studio did not start; the end of {data_dir / 'server.log'}:\n{tail}")
-            time.sleep(1)
+            time.sleep(0.25)
         yield Server(url, email, password)
     finally:
         proc.terminate()

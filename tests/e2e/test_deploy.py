@@ -88,7 +88,7 @@ def prefect_server(tmp_path):
                 if proc.poll() is not None or time.time() > deadline:
                     reason = (tmp_path / "server.log").read_text()[-1500:]
                     pytest.skip(f"`prefect server start` could not start on this machine: {reason}")
-                time.sleep(1)
+                time.sleep(0.25)
         yield url
     finally:
         _stop(proc)
@@ -119,6 +119,7 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
     )
     with sim_server(set_env=False) as sim:
         env = opsproj.env(proj, PREFECT_API_URL=prefect_server, OPENAI_BASE_URL=sim.base_url, OPENAI_API_KEY=TEST_KEY)
+        env["PREFECT_RUNNER_POLL_FREQUENCY"] = "1"  # the runner asks for triggered runs every second, not every 10
         log = open(tmp_path / "serve.log", "w")
         serve = subprocess.Popen(
             [sys.executable, "-m", "flows.deploy", "serve"], cwd=proj, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -127,7 +128,7 @@ def test_triggered_deployment_run_completes(tmp_path, prefect_server):
             deadline = time.time() + 180
             while "being served" not in (tmp_path / "serve.log").read_text():
                 assert serve.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(2)
+                time.sleep(0.25)
             r = opsproj.run(
                 proj,
                 "prefect",

@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -115,17 +116,20 @@ def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path
     k = knowledge.load()
     proj = make_project(tmp_path, london=2, extra=EXTRA)
     env = project_env(proj)
-    run(proj, "dvc", "repro", env=env)
-    run(proj, "seke", "review", "export", "--calibration", "4", "--review", "3", env=env)
-    config = (proj / "review" / "label_config.xml").read_text()
-    tasks = json.loads((proj / "review" / "tasks.json").read_text())
-    assert [t["data"]["purpose"] for t in tasks].count("calibration") == 4
-    assert all("predictions" not in t for t in tasks if t["data"]["purpose"] == "calibration")
-    assert all(t["predictions"][0]["result"] for t in tasks if t["data"]["purpose"] == "review")
-
     ls_dir = tmp_path / "label-studio"
     ls_dir.mkdir()
+    # the project is built while Label Studio starts (its first start migrates its database)
+    build = subprocess.Popen(["dvc", "repro"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     with server(ls_dir) as ls:
+        out = build.communicate(timeout=1200)[0].decode(errors="replace")
+        assert build.returncode == 0, out[-3000:]
+        run(proj, "seke", "review", "export", "--calibration", "4", "--review", "3", env=env)
+        config = (proj / "review" / "label_config.xml").read_text()
+        tasks = json.loads((proj / "review" / "tasks.json").read_text())
+        assert [t["data"]["purpose"] for t in tasks].count("calibration") == 4
+        assert all("predictions" not in t for t in tasks if t["data"]["purpose"] == "calibration")
+        assert all(t["predictions"][0]["result"] for t in tasks if t["data"]["purpose"] == "review")
+
         project = ls.api("POST", "/api/projects", json={"title": "SEKE review", "label_config": config})
         ls.api("POST", f"/api/projects/{project['id']}/import", json=tasks)
         listed = ls.api("GET", "/api/tasks", params={"project": project["id"], "page_size": 100})
@@ -145,7 +149,8 @@ def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path
         exported = ls.api("GET", f"/api/projects/{project['id']}/export", params={"exportType": "JSON"})
         shot = tmp_path / "label_studio.png"
         first = min(t["id"] for t in listed)
-        n_bytes = screenshot_logged_in(f"{ls.url}/projects/{project['id']}/data?task={first}", ls.cookies(), shot)
+        page = f"{ls.url}/projects/{project['id']}/data?task={first}"
+        n_bytes = screenshot_logged_in(page, ls.cookies(), shot, shows=k.expressions[-1])  # its labelling interface
         assert n_bytes > 20_000  # a rendered page, not a blank one
         if os.environ.get("SEKE_SCREENSHOTS"):
             shutil.copy(shot, Path(os.environ["SEKE_SCREENSHOTS"]) / "label_studio.png")
