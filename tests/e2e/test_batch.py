@@ -168,6 +168,7 @@ def test_batch_mode_builds_the_online_feid_and_survives_kill_9(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             out_before = len(sim.batch_api.batches)
+            sim.config.update({"batch_latency_s": 0.2})  # slow only so that the kill lands while a batch is out
             run(proj, "dvc", "repro", env=env)
             assert len(sim.batch_api.batches) > out_before, "the run went on with its next rounds"
     sent = submitted(sim)

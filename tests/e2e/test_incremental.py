@@ -169,7 +169,7 @@ def test_kill_9_after_every_step_then_resume(tmp_path):
         (folder / "outside.jpg").symlink_to("/etc/hostname")
         with open(folder / "manifest.csv", "a") as fh:
             fh.write("outside.jpg,,,\n")
-    with ServerThread(SimVLLM(SimConfig(latency_ms=300))) as server:
+    with ServerThread(SimVLLM(SimConfig())) as server:
         sim = server.sim
         flow(ref, opsproj.env(ref, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY=TEST_KEY))
         reference = feid(ref)
@@ -179,7 +179,8 @@ def test_kill_9_after_every_step_then_resume(tmp_path):
             if step != "build":
                 flow(proj, env, crash_after=step)
                 continue
-            # a random moment of the build, while the sample stage is calling the endpoint
+            # a random moment of the build, while the sample stage is calling the (slowed) endpoint
+            sim.config.update({"latency_ms": 300})
             proc = subprocess.Popen(
                 [sys.executable, "-m", "flows.incremental"], cwd=proj, env=env, start_new_session=True,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -194,6 +195,7 @@ def test_kill_9_after_every_step_then_resume(tmp_path):
             proc.wait()
             paid_before_kill = set(ok(sim, since=start, until=killed_at - IN_FLIGHT_S))
             time.sleep(0.5)
+            sim.config.update({"latency_ms": 0})
             resumed_at = time.time()
         r = flow(proj, env)
     assert r["git_commit"], "the last run committed the version the killed runs had left"

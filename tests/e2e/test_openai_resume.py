@@ -66,6 +66,7 @@ def test_kill_9_mid_sample_then_resume(tmp_path):
         assert not (proj / "data/sample_runs/samples.parquet").exists(), "a killed stage publishes nothing"
 
         time.sleep(0.5)  # let the simulator log what it sent to the dead client
+        sim.config.update({"latency_ms": 0})  # slow only so that the kill lands mid-stage
         resumed_at = time.time()
         run(proj, "dvc", "repro", env=env)
         again = _ok(sim, since=resumed_at)
