@@ -77,9 +77,10 @@ def test_repro_builds_feid_with_valid_values(built):
     assert len({r["id"] for r in feid}) == len(feid)
 
 
-def test_every_stage_run_shows_progress_and_metrics_in_its_log_and_as_prefect_artifacts(built):
+def test_every_stage_run_shows_progress_and_metrics_in_its_log_and_as_prefect_artifacts(built, prefect_quiet):
     """Each stage's flow run (found from its own log lines, at INFO by default) logged its
-    progress line, and keeps a progress artifact at 100% and its metrics artifact."""
+    progress line, and keeps a progress artifact at 100% and its metrics artifact (asked of
+    the session's Prefect server, which the stages reported to: `prefect_quiet`)."""
     import asyncio
 
     from prefect.client.orchestration import get_client

@@ -59,6 +59,9 @@ def installed(tmp_path_factory) -> dict:
     # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_"))}
     env.update(PATH=f"{venv / 'bin'}:{Path(UV).parent}:{env.get('PATH', '')}", DO_NOT_TRACK="1")
+    # one Prefect home for both tests' projects, as a user who sets PREFECT_HOME has: the first
+    # `seke run` migrates its new database (what every new user's first run does), the next reuse it
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     return {"venv": venv, "py": py, "seke": venv / "bin" / "seke", "env": env}
 
 
