@@ -111,7 +111,7 @@ def _answer(i: int, k: knowledge.Knowledge) -> dict:
 def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path):
     from browser import screenshot_logged_in
     from labelstudio import server
-    from project import make_project, project_env, run
+    from project import BIN, make_project, project_env, run
 
     k = knowledge.load()
     proj = make_project(tmp_path, london=2, extra=EXTRA)
@@ -119,7 +119,9 @@ def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path
     ls_dir = tmp_path / "label-studio"
     ls_dir.mkdir()
     # the project is built while Label Studio starts (its first start migrates its database)
-    build = subprocess.Popen(["dvc", "repro"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    build = subprocess.Popen(
+        [str(BIN / "dvc"), "repro"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     with server(ls_dir) as ls:
         out = build.communicate(timeout=1200)[0].decode(errors="replace")
         assert build.returncode == 0, out[-3000:]
