@@ -108,7 +108,7 @@ def _answer(i: int, k: knowledge.Knowledge) -> dict:
 
 
 @pytest.mark.e2e
-def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path):
+def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path, request):
     from browser import screenshot_logged_in
     from labelstudio import server
     from project import BIN, make_project, project_env, run
@@ -122,6 +122,7 @@ def test_round_trip_through_a_real_label_studio_and_back_into_dvc_repro(tmp_path
     build = subprocess.Popen(
         [str(BIN / "dvc"), "repro"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
+    request.addfinalizer(build.kill)  # not left running when Label Studio fails to start (a no-op once reaped)
     with server(ls_dir) as ls:
         out = build.communicate(timeout=1200)[0].decode(errors="replace")
         assert build.returncode == 0, out[-3000:]
