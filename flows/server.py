@@ -56,8 +56,23 @@ def shared_server(timeout: float = 120.0) -> Iterator[str]:
     `with` block; yields the API URL."""
     from flows.warm import runner
 
-    with _prefect_server(timeout) as api, runner():
+    with _prefect_server(timeout) as api, runner(), _prefect_settings(api):
         yield api
+
+
+@contextmanager
+def _prefect_settings(api: str) -> Iterator[None]:
+    """This process's own flow runs (`flows.incremental`, `flows.pipeline`) on the server too.
+    Prefect reads `PREFECT_API_URL` once, when first imported: a process that imported it
+    before the server started would send them to a temporary server it starts in-process
+    (about 5 s of CPU, on the same database). Processes started inside read the environment."""
+    if "prefect.context" not in sys.modules:
+        yield  # imported later (or never), Prefect reads the environment
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        yield
 
 
 @contextmanager
