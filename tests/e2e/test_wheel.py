@@ -52,12 +52,16 @@ def installed(tmp_path_factory) -> dict:
     pins = tmp_path / "pins.txt"  # the locked versions (and uv's cache) instead of whatever is newest
     lines = (ROOT / "requirements-test.lock").read_text().splitlines()
     pins.write_text("\n".join(ln.split(" ;")[0] for ln in lines if ln[:1].isalpha() and not ln.startswith("seke")))
-    # compiled to bytecode, as `pip install` does by default (uv does not): on a machine that sets
-    # PYTHONDONTWRITEBYTECODE, every process would otherwise compile Prefect & co. from source
-    _sh(UV, "pip", "install", "-q", "--compile-bytecode", "--python", py, f"{wheel}[local]", "-c", pins)
+    # not compiled ahead (uv's default; `--compile-bytecode` compiles every module of every
+    # dependency, about 30 s of CPU here): the first process to import a module writes its
+    # bytecode, so only what runs is compiled, once
+    _sh(UV, "pip", "install", "-q", "--python", py, f"{wheel}[local]", "-c", pins)
     # nothing of this test session's: its Prefect server, DVC settings, and its warm stage runner
-    # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_"))}
+    # (SEKE_STAGE_SERVER), whose stages would run in this checkout's environment, not the wheel's;
+    # and bytecode written, even where this machine says not to (PYTHONDONTWRITEBYTECODE): else
+    # every process of the wheel's would compile Prefect & co. from source again
+    drop = ("PREFECT_", "DVC_", "PYTHONPATH", "SEKE_", "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(PATH=f"{venv / 'bin'}:{Path(UV).parent}:{env.get('PATH', '')}", DO_NOT_TRACK="1")
     # one Prefect home for both tests' projects, as a user who sets PREFECT_HOME has: the first
     # `seke run` migrates its new database (what every new user's first run does), the next reuse it
