@@ -65,7 +65,7 @@ def _prefect_settings(api: str) -> Iterator[None]:
     """This process's own flow runs (`flows.incremental`, `flows.pipeline`) on the server too.
     Prefect reads `PREFECT_API_URL` once, when first imported: a process that imported it
     before the server started would send them to a temporary server it starts in-process
-    (about 5 s of CPU, on the same database). Processes started inside read the environment."""
+    (about 8 s of CPU, on the same database). Processes started inside read the environment."""
     if "prefect.context" not in sys.modules:
         yield  # imported later (or never), Prefect reads the environment
         return

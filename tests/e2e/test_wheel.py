@@ -53,7 +53,7 @@ def installed(tmp_path_factory) -> dict:
     lines = (ROOT / "requirements-test.lock").read_text().splitlines()
     pins.write_text("\n".join(ln.split(" ;")[0] for ln in lines if ln[:1].isalpha() and not ln.startswith("seke")))
     # not compiled ahead (uv's default; `--compile-bytecode` compiles every module of every
-    # dependency, about 30 s of CPU here): the first process to import a module writes its
+    # dependency, about 35 s of CPU here): the first process to import a module writes its
     # bytecode, so only what runs is compiled, once
     _sh(UV, "pip", "install", "-q", "--python", py, f"{wheel}[local]", "-c", pins)
     # nothing of this test session's: its Prefect server, DVC settings, and its warm stage runner
