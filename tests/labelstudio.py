@@ -9,7 +9,7 @@ the test skips and says so.
 Each server starts on a copy of `tests/label-studio-<lock hash>.sqlite3.gz`, an empty database
 that this Label Studio version has migrated (its ~400 migrations made a start 34-37 s of CPU,
 against 8-11 s with them applied). After a change of the lock, `python tests/labelstudio.py
-template` writes the new one (a unit test fails until it does); without one, the server
+template` writes the new one (tests/unit/test_db_templates.py fails until it does); without one, the server
 migrates at start, as a new install does.
 """
 

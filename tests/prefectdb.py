@@ -1,16 +1,20 @@
 """A Prefect database already migrated, for the Prefect servers the tests start themselves (the
 session's, the on-demand daemon's, the deployment test's).
 
-A server on an empty database first runs every Alembic migration: about 13 s of CPU on this
-machine, each time. The migrations run once per checkout and Prefect version, into
-`.seke/prefect-template-<version>/prefect.db` (`prefect server database upgrade`), and each new
-Prefect home gets a copy. What a new user's first run does, migrating a fresh database, is
-`make feid`'s and test_wheel.py's to show.
+A server on an empty database first runs every Alembic migration: about 12 s of CPU on this
+machine, each time. The migrated, empty database of the locked Prefect version is kept in the
+repository, `tests/prefect-<version>.db.gz` (18 KB; `python tests/prefectdb.py template`
+rewrites it after a Prefect upgrade, and a unit test fails until then); without it, the
+migrations run once per checkout (`prefect server database upgrade`). Either lands in
+`.seke/prefect-template-<version>/prefect.db`, and each new Prefect home gets a copy. What a
+new user's first run does, migrating a fresh database, is `make feid`'s and test_wheel.py's
+to show.
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
 import os
 import shutil
 import subprocess
@@ -22,22 +26,51 @@ from typing import Mapping
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _template() -> Path:
+def _version() -> str:
     from importlib.metadata import version
 
-    db = ROOT / ".seke" / f"prefect-template-{version('prefect')}" / "prefect.db"
+    return version("prefect")
+
+
+def committed() -> Path:
+    """The migrated, empty database of the installed Prefect version, as kept in tests/."""
+    return ROOT / "tests" / f"prefect-{_version()}.db.gz"
+
+
+def _migrate(dest: Path) -> None:
+    """`prefect server database upgrade` on a new database, moved to `dest`."""
+    home = Path(tempfile.mkdtemp(prefix="prefect-", dir=dest.parent))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    upgrade = [str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"]
+    subprocess.run(upgrade, env=env, check=True, capture_output=True)
+    os.replace(home / "prefect.db", dest)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _template() -> Path:
+    db = ROOT / ".seke" / f"prefect-template-{_version()}" / "prefect.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".lock", "w") as lock:  # the test workers start at once: one migrates
+    with open(db.parent / ".lock", "w") as lock:  # the test workers start at once: one writes it
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not db.exists():
-            home = Path(tempfile.mkdtemp(prefix="prefect-", dir=db.parent))
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-            env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-            upgrade = [str(Path(sys.executable).with_name("prefect")), "server", "database", "upgrade", "-y"]
-            subprocess.run(upgrade, env=env, check=True, capture_output=True)
-            os.replace(home / "prefect.db", db)
-            shutil.rmtree(home, ignore_errors=True)
+            if committed().exists():
+                tmp = db.with_suffix(".tmp")
+                tmp.write_bytes(gzip.decompress(committed().read_bytes()))
+                os.replace(tmp, db)
+            else:
+                _migrate(db)
     return db
+
+
+def write_template() -> Path:
+    """Migrate a new database with the installed Prefect and keep it, gzipped, in tests/."""
+    with tempfile.TemporaryDirectory() as d:
+        _migrate(Path(d) / "prefect.db")
+        for old in committed().parent.glob("prefect-*.db.gz"):
+            old.unlink()
+        committed().write_bytes(gzip.compress((Path(d) / "prefect.db").read_bytes(), mtime=0))
+    return committed()
 
 
 def seed(home: Path | str, env: Mapping[str, str] = os.environ) -> None:
@@ -48,3 +81,9 @@ def seed(home: Path | str, env: Mapping[str, str] = os.environ) -> None:
         return
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(_template(), db)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["template"]:
+        raise SystemExit("usage: python tests/prefectdb.py template")
+    print(write_template())
