@@ -15,7 +15,6 @@ migrates at start, as a new install does.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Iterator
 
 import pytest
 import requests
+from dbtemplate import keep, restore
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "tests" / "label-studio.lock"
@@ -95,7 +95,7 @@ def server(data_dir: Path) -> Iterator[Server]:
         port = s.getsockname()[1]
     email, password = "reviewer@example.org", "review-pass-123"
     if TEMPLATE.exists():
-        (data_dir / DB).write_bytes(gzip.decompress(TEMPLATE.read_bytes()))
+        restore(TEMPLATE, data_dir / DB)
     log = open(data_dir / "server.log", "wb")
     cmd = [str(exe), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
@@ -140,10 +140,7 @@ def write_template() -> Path:
         r = subprocess.run([str(exe), "version"], env=_env(Path(d)), capture_output=True, text=True)
         if r.returncode != 0 or not (Path(d) / DB).is_file():
             raise SystemExit(f"label-studio version failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        for old in TEMPLATE.parent.glob("label-studio-*.sqlite3.gz"):
-            old.unlink()
-        TEMPLATE.write_bytes(gzip.compress((Path(d) / DB).read_bytes(), mtime=0))
-    return TEMPLATE
+        return keep(Path(d) / DB, TEMPLATE, "label-studio-*.sqlite3.gz")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ A server on an empty database first runs every Alembic migration: about 12 s of 
 machine, each time. The migrated, empty database of the locked Prefect version is kept in the
 repository, `tests/prefect-<version>.db.gz` (18 KB; `python tests/prefectdb.py template`
 rewrites it after a Prefect upgrade, and a unit test fails until then); without it, the
-migrations run once per checkout (`prefect server database upgrade`). Either lands in
-`.seke/prefect-template-<version>/prefect.db`, and each new Prefect home gets a copy. What a
+migrations run once per checkout (`prefect server database upgrade`, into
+`.seke/prefect-template-<version>/prefect.db`). Each new Prefect home gets a copy. What a
 new user's first run does, migrating a fresh database, is `make feid`'s and test_wheel.py's
 to show.
 """
@@ -14,7 +14,6 @@ to show.
 from __future__ import annotations
 
 import fcntl
-import gzip
 import os
 import shutil
 import subprocess
@@ -22,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Mapping
+
+from dbtemplate import keep, restore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,29 +49,22 @@ def _migrate(dest: Path) -> None:
     shutil.rmtree(home, ignore_errors=True)
 
 
-def _template() -> Path:
+def _migrated() -> Path:
+    """Without a kept template for this Prefect: one migrated database per checkout."""
     db = ROOT / ".seke" / f"prefect-template-{_version()}" / "prefect.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.parent / ".lock", "w") as lock:  # the test workers start at once: one writes it
+    with open(db.parent / ".lock", "w") as lock:  # the test workers start at once: one migrates
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not db.exists():
-            if committed().exists():
-                tmp = db.with_suffix(".tmp")
-                tmp.write_bytes(gzip.decompress(committed().read_bytes()))
-                os.replace(tmp, db)
-            else:
-                _migrate(db)
+            _migrate(db)
     return db
 
 
 def write_template() -> Path:
-    """Migrate a new database with the installed Prefect and keep it, gzipped, in tests/."""
+    """Migrate a new database with the installed Prefect and keep it in tests/."""
     with tempfile.TemporaryDirectory() as d:
         _migrate(Path(d) / "prefect.db")
-        for old in committed().parent.glob("prefect-*.db.gz"):
-            old.unlink()
-        committed().write_bytes(gzip.compress((Path(d) / "prefect.db").read_bytes(), mtime=0))
-    return committed()
+        return keep(Path(d) / "prefect.db", committed(), "prefect-*.db.gz")
 
 
 def seed(home: Path | str, env: Mapping[str, str] = os.environ) -> None:
@@ -79,8 +73,11 @@ def seed(home: Path | str, env: Mapping[str, str] = os.environ) -> None:
     db = Path(home) / "prefect.db"
     if db.exists() or env.get("PREFECT_API_DATABASE_CONNECTION_URL"):
         return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(_template(), db)
+    if committed().exists():
+        restore(committed(), db)
+    else:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(_migrated(), db)
 
 
 if __name__ == "__main__":
